@@ -1,0 +1,1 @@
+"""The harness around profl_core: the ``profl`` CLI, suites, reports, plots and benchmarks."""

@@ -1,0 +1,9 @@
+"""One module per ``profl`` sub-command.
+
+Each module defines ``NAME`` (the sub-command), ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int`` (the exit code). :data:`COMMANDS` lists them in help order.
+"""
+
+from bench.commands import models
+
+COMMANDS = [models]

@@ -1,0 +1,191 @@
+"""The BlockedModel contract (DESIGN §3).
+
+A BlockedModel is an ordered list of named blocks ``block1 .. blockT`` followed by a ``head``.
+Block names are state_dict prefixes, so ``model.state_dict()`` keys start with ``block<i>.`` or
+``head.``. Block *indices* passed to :meth:`BlockedModel.forward_blocks` are 0-based and
+half-open like Python slices; ProFL *steps* ``t`` are 1-based as in the paper (step t trains
+block t).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from profl_core.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Everything needed to build one model.
+
+    Attributes:
+        name: model family, one of :data:`profl_core.models.MODEL_NAMES`.
+        num_classes: classifier outputs.
+        in_channels: input image channels.
+        input_size: input height and width in pixels (square images).
+        width: channel multiplier; every hidden width ``c`` becomes ``ceil(c * width)``
+            (HeteroFL's rule, so a narrow model is a channel prefix of the wide one).
+    """
+
+    name: str
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: int = 32
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ConfigError(f"model spec: num_classes={self.num_classes}; use 2 or more")
+        if self.in_channels < 1 or self.input_size < 1:
+            raise ConfigError("model spec: in_channels and input_size must be positive")
+        if not 0.0 < self.width <= 1.0:
+            raise ConfigError(f"model spec: width={self.width}; use a value in (0, 1]")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "model spec") -> ModelSpec:
+        """Build a spec from a mapping, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) shape of one sample."""
+        return (self.in_channels, self.input_size, self.input_size)
+
+
+def scaled(channels: int, width: float) -> int:
+    """Scale a channel count by a width multiplier (HeteroFL's ceil rule)."""
+    return max(1, math.ceil(channels * width))
+
+
+class BlockedModel(nn.Module):
+    """An ordered list of named blocks plus a head.
+
+    Subclasses build their blocks and head and call :meth:`_set_blocks`. They implement
+    :meth:`output_module` because only they know their stage shapes.
+    """
+
+    spec: ModelSpec
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self._block_names: tuple[str, ...] = ()
+
+    def _set_blocks(self, blocks: Sequence[nn.Module], head: nn.Module) -> None:
+        names = []
+        for i, block in enumerate(blocks, start=1):
+            name = f"block{i}"
+            self.add_module(name, block)
+            names.append(name)
+        self.head = head
+        self._block_names = tuple(names)
+
+    def block_names(self) -> tuple[str, ...]:
+        """Block names in forward order; each is a state_dict prefix."""
+        return self._block_names
+
+    @property
+    def num_blocks(self) -> int:
+        """T, the number of blocks."""
+        return len(self._block_names)
+
+    def block(self, index: int) -> nn.Module:
+        """The block at a 0-based index."""
+        module = getattr(self, self._block_names[index])
+        assert isinstance(module, nn.Module)
+        return module
+
+    def forward_blocks(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Run blocks ``start .. stop-1`` (0-based, half-open) on ``x``; the head is not run."""
+        stop = self.num_blocks if stop is None else stop
+        if not 0 <= start <= stop <= self.num_blocks:
+            raise IndexError(f"blocks [{start}, {stop}) out of range for {self.num_blocks} blocks")
+        for i in range(start, stop):
+            x = self.block(i)(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The full model: every block, then the head."""
+        return self.head(self.forward_blocks(x))
+
+    def block_output_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample output shape of every block, computed on the meta device."""
+        shapes = []
+        with torch.no_grad():
+            x = torch.zeros((1, *self.spec.input_shape), device="meta")
+            meta_blocks = [self._meta_copy(self.block(i)) for i in range(self.num_blocks)]
+            for block in meta_blocks:
+                x = block(x)
+                shapes.append(tuple(x.shape[1:]))
+        return shapes
+
+    @staticmethod
+    def _meta_copy(module: nn.Module) -> nn.Module:
+        clone = copy.deepcopy(module)
+        return clone.to_empty(device="meta").eval()
+
+    def output_module(self, step: int) -> nn.Module:
+        """ProFL's output module for growing step ``step`` (1-based).
+
+        It maps the output of block ``step`` to logits. For ``step < T`` it is one basic layer
+        per missing block followed by the head's pooling and classifier; for ``step == T`` it is
+        a fresh head.
+        """
+        raise NotImplementedError
+
+    def _check_step(self, step: int) -> None:
+        if not 1 <= step <= self.num_blocks:
+            raise ConfigError(f"step {step} out of range; use 1..{self.num_blocks}")
+
+
+class PoolHead(nn.Module):
+    """Global average pooling followed by a linear classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ConvBlockedModel(BlockedModel):
+    """A convolutional BlockedModel whose blocks are stages that halve the resolution.
+
+    ``stage_channels[i]`` is the output channel count of block ``i``. The output module of step
+    t is one basic 3x3 stride-2 convolution (no bias, no norm, no activation, as in the
+    authors' code) per missing stage, then a :class:`PoolHead`.
+    """
+
+    stage_channels: tuple[int, ...]
+
+    def output_module(self, step: int) -> nn.Module:
+        """See :meth:`BlockedModel.output_module`.
+
+        The basic layer standing in for block ``k`` is named ``basic<k>``, so the output module
+        of step t-1 is the one of step t plus ``basic<t>`` (what ProFL's shrinking builds).
+        """
+        self._check_step(step)
+        channels = self.stage_channels
+        layers: dict[str, nn.Module] = {}
+        for i in range(step, self.num_blocks):
+            layers[f"basic{i + 1}"] = nn.Conv2d(
+                channels[i - 1], channels[i], 3, stride=2, padding=1, bias=False
+            )
+        layers["head"] = PoolHead(channels[-1], self.spec.num_classes)
+        return nn.Sequential(OrderedDict(layers))

@@ -1,0 +1,163 @@
+"""Schema-versioned result files with provenance, written atomically (DESIGN §3, §5).
+
+A :class:`ResultFile` holds :class:`Record` rows (``key``, ``metric``, ``value``, ``unit``,
+``case_hash``). Files are written to a temporary file in the same folder and moved into place
+with :func:`os.replace`, so a reader never sees half a file and an interrupted write loses
+nothing that was there before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from profl_core.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """One measured number. ``unit`` is ``"B"`` for bytes, ``"s"``, ``"ratio"``, ``"%"``..."""
+
+    key: str
+    metric: str
+    value: float
+    unit: str
+    case_hash: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultFile:
+    """A suite's records plus where and when they were produced."""
+
+    suite: str
+    records: tuple[Record, ...]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    created_utc: str = ""
+    schema_version: int = SCHEMA_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data = asdict(self)
+        data["records"] = [asdict(r) for r in self.records]
+        return data
+
+    def values(self, metric: str) -> dict[str, float]:
+        """``{key: value}`` for one metric."""
+        return {r.key: r.value for r in self.records if r.metric == metric}
+
+
+def case_hash(params: Mapping[str, Any]) -> str:
+    """A short stable hash of a case's parameters (sorted JSON, SHA-256, 12 hex digits)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def utc_now() -> str:
+    """The current UTC time as ``YYYY-MM-DDTHH:MM:SSZ``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    """``{"sha": ..., "dirty": bool}`` of the git checkout at ``repo`` (``"unknown"`` outside git)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo, capture_output=True, text=True, check=True,
+        ).stdout
+        return {"sha": sha, "dirty": bool(status.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": "unknown", "dirty": False}
+
+
+def provenance(repo: Path) -> dict[str, Any]:
+    """Machine, software and commit of this run."""
+    cuda = torch.version.cuda if torch.cuda.is_available() else None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "machine": platform.node(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": cuda,
+        "git": git_state(repo),
+    }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(path: Path, result: ResultFile) -> None:
+    """Write a result file atomically as indented JSON."""
+    atomic_write_text(path, json.dumps(result.to_json(), indent=1, sort_keys=False) + "\n")
+
+
+def read_result(path: Path) -> ResultFile:
+    """Read a result file; a missing, malformed or newer-schema file is a ConfigError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such result file; run the suite first") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path}: schema_version={version!r}, this version reads {SCHEMA_VERSION}; "
+            "regenerate the file"
+        )
+    try:
+        records = tuple(Record(**r) for r in data["records"])
+        return ResultFile(
+            suite=data["suite"], records=records, provenance=data.get("provenance", {}),
+            created_utc=data.get("created_utc", ""), extra=data.get("extra", {}),
+        )
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: malformed result file ({err}); regenerate it") from None
+
+
+def new_result(
+    suite: str, records: Iterable[Record], *, repo: Path, extra: Mapping[str, Any] | None = None
+) -> ResultFile:
+    """A result file stamped with the current time and this machine's provenance."""
+    return ResultFile(
+        suite=suite, records=tuple(records), provenance=provenance(repo),
+        created_utc=utc_now(), extra=dict(extra or {}),
+    )
+
+
+def run_dir(root: Path, suite: str, *, repo: Path) -> Path:
+    """``root/runs/<machine>/<utc>_<sha8>[-dirty]_<suite>/`` (not created)."""
+    git = git_state(repo)
+    sha = str(git["sha"])[:8] + ("-dirty" if git["dirty"] else "")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return root / "runs" / platform.node() / f"{stamp}_{sha}_{suite}"
