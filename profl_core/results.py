@@ -72,7 +72,7 @@ def utc_now() -> str:
 
 
 def git_state(repo: Path) -> dict[str, Any]:
-    """``{"sha": ..., "dirty": bool}`` of the git checkout at ``repo`` (``"unknown"`` outside git)."""
+    """The commit sha and dirty flag of the checkout at ``repo`` ("unknown" outside git)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True

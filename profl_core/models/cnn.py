@@ -32,9 +32,8 @@ class CNN(ConvBlockedModel):
         in_ch = spec.in_channels
         for i, out_ch in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks.append(
-                nn.Sequential(*conv_bn_relu(in_ch, out_ch, stride), *conv_bn_relu(out_ch, out_ch, 1))
-            )
+            layers = [*conv_bn_relu(in_ch, out_ch, stride), *conv_bn_relu(out_ch, out_ch, 1)]
+            blocks.append(nn.Sequential(*layers))
             in_ch = out_ch
         self.stage_channels = widths
         self._set_blocks(blocks, PoolHead(widths[-1], spec.num_classes))
