@@ -1,0 +1,46 @@
+# Two commands for a new user: `make test` and `make bench`. Both set up .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUITE ?= default
+FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: test bench lint data venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The stamp is rebuilt when pyproject.toml changes.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@echo "== installing profl-bench with the dev extra into $(VENV) (torch comes from pip; first time takes a few minutes)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed-dev
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+# Fashion-MNIST: Debian's package when apt is usable as root, else a torchvision download.
+data: venv
+	@if [ -f $(FMNIST_DEB_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "== Fashion-MNIST found in $(FMNIST_DEB_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)); then \
+	  echo "== installed Debian's dataset-fashion-mnist into $(FMNIST_DEB_DIR)"; \
+	else \
+	  echo "== downloading Fashion-MNIST with torchvision into data/"; \
+	  $(BIN)/profl data fetch fashion-mnist --data-dir data; \
+	fi
+
+bench: venv data
+	$(BIN)/profl bench $(SUITE)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
