@@ -62,7 +62,9 @@ def test_resnet18_has_the_published_parameter_count() -> None:
     assert _count(_model("resnet18")) == 11_173_962
 
 
-@pytest.mark.parametrize(("name", "depths"), [("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))])
+@pytest.mark.parametrize(
+    ("name", "depths"), [("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))]
+)
 @pytest.mark.parametrize("classes", [10, 100])
 def test_resnet_counts_match_hand_count(name: str, depths: tuple[int, ...], classes: int) -> None:
     assert _count(_model(name, num_classes=classes)) == _resnet_oracle(depths, classes)
