@@ -1,0 +1,192 @@
+"""The federated engine's data types and the :class:`Method` protocol (DESIGN §3).
+
+The split follows Flower's strategy: the method configures a round (which clients train which
+sub-model) and aggregates their updates; the engine (:mod:`profl_core.fl.loop`) owns the round
+loop, runs the clients and evaluates. Server state is passed in and returned explicitly.
+
+Names used everywhere: a *module name* is a state-dict prefix of the server's weights
+(``block2``, ``head``, ``om1.basic3``); a state dict key is ``<module name>.<param>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from torch import Tensor, nn
+
+from profl_core.devices import Fleet
+
+#: Memory table as the engine sees it: sub-model name ("full", "grow:2", "shrink:3") -> bytes.
+MemoryTable = Mapping[str, int]
+
+LossKind = Literal["ce", "mse"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientTask:
+    """What one client trains in one round.
+
+    Attributes:
+        client_id: Index of the client (== device id in the fleet == data partition index).
+        submodel: Sub-model name, also the memory-table key ("full", "grow:2", "shrink:3").
+        trainable: Module names whose parameters are trained; everything else is frozen.
+        required_bytes: Peak training memory of the sub-model, from the memory table.
+        local_epochs: Passes over the local data.
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        batch_size: Local mini-batch size.
+        loss: ``"ce"`` (labels) or ``"mse"`` (match the sub-model's teacher logits).
+    """
+
+    client_id: int
+    submodel: str
+    trainable: frozenset[str]
+    required_bytes: int
+    local_epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    loss: LossKind = "ce"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientUpdate:
+    """A client's result: name-keyed (possibly partial) weights plus metrics."""
+
+    client_id: int
+    state: Mapping[str, Tensor]
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class SubModel:
+    """A runnable sub-model: modules by name and the paths through them.
+
+    The forward of the trained path is ``student(prefix(x))``; with ``teacher`` set, the loss
+    target is ``teacher(prefix(x))``. Each path is a sequence of module names applied in order.
+
+    Attributes:
+        modules: Module name -> module (loaded with the server weights).
+        prefix: Frozen feature extractor, run under ``torch.no_grad()`` (cacheable).
+        student: The path that produces the logits and receives gradients.
+        teacher: The distillation target path (frozen, ``no_grad``); empty for CE.
+        trainable: Module names whose parameters are trained.
+    """
+
+    modules: dict[str, nn.Module]
+    prefix: tuple[str, ...]
+    student: tuple[str, ...]
+    teacher: tuple[str, ...] = ()
+    trainable: frozenset[str] = frozenset()
+
+    def run(self, path: Sequence[str], x: Tensor) -> Tensor:
+        """Apply the modules of ``path`` to ``x`` in order."""
+        for name in path:
+            x = self.modules[name](x)
+        return x
+
+    def state(self, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Name-keyed state (params and buffers) of ``names`` (default: all modules)."""
+        out: dict[str, Tensor] = {}
+        for name in self.modules if names is None else names:
+            for key, value in self.modules[name].state_dict().items():
+                out[f"{name}.{key}"] = value
+        return out
+
+
+@dataclass(kw_only=True)
+class ServerState:
+    """The server's state: global weights plus the method's bookkeeping.
+
+    ``meta`` holds only what ``torch.load(weights_only=True)`` can read back: numbers,
+    strings, bools, None, lists, dicts and tensors.
+    """
+
+    weights: dict[str, Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRecord:
+    """One line of ``rounds.jsonl``.
+
+    Attributes:
+        round: 1-based round number.
+        stage: Method stage ("shrink", "grow", "full").
+        step: ProFL step t (0 when the method has no steps).
+        submodel: Sub-model name trained this round.
+        accuracy: Test accuracy in [0, 1], or None when not evaluated this round.
+        loss: Test cross-entropy, or None when not evaluated.
+        train_loss: Mean local training loss over the participants.
+        participants: Client ids that trained.
+        eligible_share: Share of the fleet whose budget fits the round's sub-model.
+        required_bytes: Per participant, the bytes its task needs (same order).
+        wall_s: Seconds this round took (training + aggregation + evaluation).
+        metrics: Method-specific numbers (e.g. ``em``).
+    """
+
+    round: int
+    stage: str
+    step: int
+    submodel: str
+    accuracy: float | None
+    loss: float | None
+    train_loss: float
+    participants: tuple[int, ...]
+    eligible_share: float
+    required_bytes: tuple[int, ...]
+    wall_s: float
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """An FL algorithm: Flower's configure/aggregate split with explicit server state."""
+
+    name: str
+
+    def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
+        """The initial server state for ``model`` (a BlockedModel)."""
+        ...
+
+    def configure_round(
+        self,
+        rnd: int,
+        state: ServerState,
+        fleet: Fleet,
+        memory_table: MemoryTable,
+        rng: np.random.Generator,
+    ) -> list[ClientTask]:
+        """The round's client tasks; ``state`` is not changed."""
+        ...
+
+    def aggregate(
+        self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
+    ) -> ServerState:
+        """The new state after the round's updates."""
+        ...
+
+    def is_finished(self, state: ServerState) -> bool:
+        """True when training is complete."""
+        ...
+
+    def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
+        """The sub-model a client trains for ``task``, loaded with the server weights."""
+        ...
+
+    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
+        """The global sub-model named ``submodel`` (the one a round trained), to evaluate."""
+        ...
+
+    def position(self, state: ServerState) -> tuple[str, int, str]:
+        """``(stage, step, submodel)`` that the next (or last) round trains."""
+        ...
+
+    def round_metrics(self, state: ServerState) -> dict[str, float | None]:
+        """Method numbers to record for the round just aggregated (e.g. EM)."""
+        ...

@@ -1,0 +1,1 @@
+"""FL methods, one algorithm per file."""

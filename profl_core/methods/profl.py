@@ -1,0 +1,361 @@
+"""ProFL: progressive block training under device memory limits.
+
+Paper: Yebo Wu, Li Li, Cheng-zhong Xu, "Breaking the Memory Wall for Heterogeneous Federated
+Learning via Progressive Training", KDD '25, arXiv 2404.13349. Details and what is inferred:
+``reference/profl-paper.md``.
+
+The model is cut into blocks ``B_1 .. B_T`` plus a head. Every round selects clients whose memory
+budget fits the current step's measured peak (memory-table key ``grow:t`` or ``shrink:t``) and
+averages the trained part with FedAvg.
+
+1. *Progressive shrinking* (``shrink=True``), for t = T down to 2:
+   a. train the real ``B_t`` and the current output module ``OM_t`` (the real head for t = T)
+      on top of the frozen ``B_1 .. B_{t-1}`` (sub-model ``grow:t``);
+   b. fit a basic layer ``basic<t>`` to mimic ``B_t``: MSE between the logits of
+      ``OM_t(basic<t>(h))`` and of ``OM_t(B_t(h))``, where ``h`` is the frozen prefix's output
+      and only ``basic<t>`` is trained (sub-model ``shrink:t``). ``basic<t>`` followed by
+      ``OM_t`` becomes ``OM_{t-1}``, the output module of block t-1.
+2. *Progressive growing*, for t = 1 .. T: train ``B_t`` and ``OM_t`` (from shrinking; the real
+   head at t = T) with ``B_1 .. B_{t-1}`` frozen (sub-model ``grow:t``); ``OM_t`` is then
+   discarded.
+
+A step ends when the effective movement of its active block (``B_t``, or ``basic<t>`` while
+fitting) has converged (:class:`~profl_core.methods.effective_movement.FreezeRule`) or when it
+reaches its round cap; ``schedule="fixed"`` gives every step the same number of rounds.
+``shrink=False`` skips stage 1 (an ablation: output modules keep their random init).
+
+Choices where the paper is silent: the distillation learning rate defaults to the training lr
+(0.01); the authors' 1e-5 barely moves a fresh layer in a few rounds (set ``distill_lr`` to use
+it). While fitting ``basic<t>`` the rest of ``OM_{t-1}`` is a frozen copy of ``OM_t`` (the
+authors' ``flash=2/1`` branches). Round budget: each step may use at most
+``(rounds left) // (steps left)`` rounds (capped by ``max_rounds``), so unused rounds of a step
+that converged early go to later steps and growing always reaches step T.
+
+Server weights: ``block<i>.*``, ``head.*`` (the model) and ``om<t>.*`` for t = 1 .. T-1 (the
+output module of block t: ``basic<t+1> .. basic<T>`` then ``head``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from profl_core.devices import Fleet
+from profl_core.errors import ConfigError
+from profl_core.fl.aggregate import Weighting, fedavg
+from profl_core.fl.selection import select_clients
+from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
+from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
+from profl_core.models import BlockedModel
+
+Schedule = Literal["em", "fixed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProFLConfig:
+    """ProFL's settings (defaults from the authors' code and config, profl-paper.md §2).
+
+    Attributes:
+        rounds: Total round budget of the run (all steps together).
+        per_round: Clients per round.
+        local_epochs: Local epochs per round.
+        batch_size: Local batch size.
+        lr: SGD learning rate of block training.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        distill_lr: SGD learning rate of the basic-layer fit (authors: 1e-5).
+        schedule: ``"em"`` (effective movement) or ``"fixed"`` (equal rounds per step).
+        shrink: Run the shrinking stage.
+        em_window: EM window H (authors' ``window_size``).
+        em_evaluation_number: EM values fitted by the freeze rule.
+        em_slope_threshold: Freeze rule's flatness threshold.
+        em_level: Freeze rule's level threshold.
+        em_samples: Scalars of the active block sampled for EM (fixed per step).
+        min_rounds: Fewest rounds per step.
+        max_rounds: Most rounds per step (None: only the budget rule).
+        weighting: FedAvg weights: ``"examples"`` or ``"uniform"`` (authors: uniform count).
+    """
+
+    rounds: int
+    per_round: int = 20
+    local_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    distill_lr: float = 0.01
+    schedule: Schedule = "em"
+    shrink: bool = True
+    em_window: int = 20
+    em_evaluation_number: int = 15
+    em_slope_threshold: float = 0.2
+    em_level: float = 0.5
+    em_samples: int = 10_000
+    min_rounds: int = 1
+    max_rounds: int | None = None
+    weighting: Weighting = "examples"
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"profl: rounds={self.rounds}; use 1 or more")
+        if self.schedule not in ("em", "fixed"):
+            raise ConfigError(f"profl: schedule={self.schedule!r}; use 'em' or 'fixed'")
+        if self.weighting not in ("examples", "uniform"):
+            raise ConfigError(f"profl: weighting={self.weighting!r}; use 'examples' or 'uniform'")
+        if min(self.per_round, self.local_epochs, self.batch_size, self.em_window) < 1:
+            raise ConfigError("profl: per_round, local_epochs, batch_size, em_window must be >= 1")
+        too_few = self.max_rounds is not None and self.max_rounds < self.min_rounds
+        if self.min_rounds < 1 or too_few:
+            raise ConfigError("profl: need 1 <= min_rounds <= max_rounds")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProFLConfig:
+        """Build from a mapping; unknown keys are a ConfigError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"profl config: unknown key {unknown[0]!r}; known: {sorted(known)}")
+        return cls(**data)
+
+    def freeze_rule(self) -> FreezeRule:
+        """The EM freeze rule of these settings."""
+        return FreezeRule(
+            window=self.em_window, evaluation_number=self.em_evaluation_number,
+            slope_threshold=self.em_slope_threshold, em_level=self.em_level,
+            min_rounds=self.min_rounds,
+        )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of the plan: ``stage`` ("shrink"/"grow"), block ``step`` and the sub-model."""
+
+    stage: str
+    step: int
+    submodel: str  # "grow:t" trains B_t + OM_t; "shrink:t" fits basic<t>
+
+    @property
+    def fitting(self) -> bool:
+        """True for the basic-layer fit (distillation) half of a shrinking step."""
+        return self.submodel.startswith("shrink:")
+
+
+def plan(num_blocks: int, *, shrink: bool) -> list[Phase]:
+    """Shrink T..2 (train B_t, then fit basic<t>), then grow 1..T."""
+    phases: list[Phase] = []
+    if shrink:
+        for t in range(num_blocks, 1, -1):
+            phases += [Phase("shrink", t, f"grow:{t}"), Phase("shrink", t, f"shrink:{t}")]
+    phases += [Phase("grow", t, f"grow:{t}") for t in range(1, num_blocks + 1)]
+    return phases
+
+
+def parse_submodel(submodel: str) -> tuple[str, int]:
+    """``"grow:2"`` -> ``("grow", 2)``."""
+    kind, _, step = submodel.partition(":")
+    if kind not in ("grow", "shrink") or not step.isdigit():
+        raise ConfigError(f"profl: unknown sub-model {submodel!r}; use grow:t or shrink:t")
+    return kind, int(step)
+
+
+class ProFL:
+    """ProFL as a :class:`~profl_core.fl.types.Method`."""
+
+    name = "profl"
+
+    def __init__(self, config: ProFLConfig) -> None:
+        self.config = config
+        self._modules: nn.Module | None = None
+        self._param_keys: frozenset[str] = frozenset()
+        self._num_blocks = 0
+        self._phases: list[Phase] = []
+
+    # ----------------------------------------------------------------- structure
+
+    def _container(self) -> nn.Module:
+        if self._modules is None:
+            raise ConfigError("profl: call init_state(model, rng) first")
+        return self._modules
+
+    def _om(self, t: int) -> list[str]:
+        """Module names of the output module of block t (the real head for t = T)."""
+        if t == self._num_blocks:
+            return ["head"]
+        om = self._container().get_submodule(f"om{t}")
+        return [f"om{t}.{child}" for child, _ in om.named_children()]
+
+    def _paths(self, submodel: str) -> tuple[list[str], list[str], list[str], frozenset[str]]:
+        """(prefix, student, teacher, trainable) of a sub-model."""
+        kind, t = parse_submodel(submodel)
+        if not 1 <= t <= self._num_blocks or (kind == "shrink" and t < 2):
+            raise ConfigError(f"profl: sub-model {submodel!r} out of range")
+        prefix = [f"block{i}" for i in range(1, t)]
+        if kind == "grow":
+            student = [f"block{t}", *self._om(t)]
+            return prefix, student, [], frozenset(student)
+        student = self._om(t - 1)
+        teacher = [f"block{t}", *self._om(t)]
+        return prefix, student, teacher, frozenset({f"om{t - 1}.basic{t}"})
+
+    def _build(self, weights: Mapping[str, Tensor], submodel: str, *, teacher: bool) -> SubModel:
+        prefix, student, teach, trainable = self._paths(submodel)
+        teach = teach if teacher else []
+        modules: dict[str, nn.Module] = {}
+        for name in [*prefix, *student, *teach]:
+            module = copy.deepcopy(self._container().get_submodule(name))
+            start = name + "."
+            module.load_state_dict(
+                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)}
+            )
+            modules[name] = module
+        return SubModel(
+            modules=modules, prefix=tuple(prefix), student=tuple(student),
+            teacher=tuple(teach), trainable=trainable,
+        )
+
+    def _active(self, phase: Phase) -> str:
+        """The block whose effective movement ends the step."""
+        return f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
+
+    def _active_vector(self, weights: Mapping[str, Tensor], phase: Phase) -> Tensor:
+        start = self._active(phase) + "."
+        keys = sorted(k for k in self._param_keys if k.startswith(start))
+        return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
+
+    # ----------------------------------------------------------------- Method protocol
+
+    def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
+        """Model weights plus freshly initialized output modules ``om1 .. om<T-1>``."""
+        if not isinstance(model, BlockedModel):
+            raise ConfigError("profl needs a BlockedModel")
+        base = copy.deepcopy(model)
+        container = nn.Module()
+        for name in base.block_names():
+            container.add_module(name, base.get_submodule(name))
+        container.add_module("head", base.head)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            for t in range(1, base.num_blocks):
+                container.add_module(f"om{t}", base.output_module(t))
+        self._modules = container
+        self._num_blocks = base.num_blocks
+        self._param_keys = frozenset(k for k, _ in container.named_parameters())
+        self._phases = plan(base.num_blocks, shrink=self.config.shrink)
+        weights = {k: v.detach().clone() for k, v in container.state_dict().items()}
+        meta: dict[str, Any] = {
+            "em_seed": int(rng.integers(2**62)), "phase": 0, "rounds_used": 0,
+            "finished": False, "last_em": None,
+        }
+        self._enter_phase(weights, meta)
+        return ServerState(weights=weights, meta=meta)
+
+    def position(self, state: ServerState) -> tuple[str, int, str]:
+        """``(stage, step, submodel)`` of the current phase."""
+        phase = self._phases[min(int(state.meta["phase"]), len(self._phases) - 1)]
+        return phase.stage, phase.step, phase.submodel
+
+    def configure_round(
+        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
+        rng: np.random.Generator,
+    ) -> list[ClientTask]:
+        """Select clients whose budget fits the step's required bytes; give each the step."""
+        _, _, submodel = self.position(state)
+        if submodel not in memory_table:
+            raise ConfigError(f"profl: the memory table has no entry for {submodel!r}")
+        required = int(memory_table[submodel])
+        fitting = submodel.startswith("shrink:")
+        trainable = self._paths(submodel)[3]
+        cfg = self.config
+        return [
+            ClientTask(
+                client_id=cid, submodel=submodel, trainable=trainable, required_bytes=required,
+                local_epochs=cfg.local_epochs, lr=cfg.distill_lr if fitting else cfg.lr,
+                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                batch_size=cfg.batch_size, loss="mse" if fitting else "ce",
+            )
+            for cid in select_clients(fleet, required, cfg.per_round, rng, submodel=submodel)
+        ]
+
+    def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
+        """The client's sub-model (with the teacher path while fitting a basic layer)."""
+        return self._build(state.weights, task.submodel, teacher=True)
+
+    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
+        """The global sub-model ``submodel`` (block-trained or with the fitted basic layer)."""
+        return self._build(state.weights, submodel, teacher=False)
+
+    def aggregate(
+        self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
+    ) -> ServerState:
+        """FedAvg the trained part; log the active block; end the step when it has converged."""
+        weights = fedavg(state.weights, updates, weighting=self.config.weighting)
+        meta = dict(state.meta)
+        phase = self._phases[int(meta["phase"])]
+        meta["rounds_in_phase"] = int(meta["rounds_in_phase"]) + 1
+        meta["rounds_used"] = int(meta["rounds_used"]) + 1
+        row = self._active_vector(weights, phase)[meta["em_indices"]]
+        rule = self.config.freeze_rule()
+        keep = rule.window + rule.evaluation_number
+        trajectory = torch.cat([meta["em_trajectory"], row[None]])[-keep:]
+        meta["em_trajectory"] = trajectory
+        history = trajectory.double().numpy()
+        meta["last_em"] = (
+            effective_movement(history, rule.window) if history.shape[0] > rule.window else None
+        )
+        done_rounds, cap = int(meta["rounds_in_phase"]), int(meta["phase_max"])
+        if self.config.schedule == "fixed":
+            done = done_rounds >= cap
+        else:
+            done = rule.decide(history, done_rounds, cap)
+        if done:
+            meta["phase"] = int(meta["phase"]) + 1
+            self._enter_phase(weights, meta)
+        return ServerState(weights=weights, meta=meta)
+
+    def is_finished(self, state: ServerState) -> bool:
+        """True after the last growing step."""
+        return bool(state.meta["finished"])
+
+    def round_metrics(self, state: ServerState) -> dict[str, float | None]:
+        """The active block's latest effective movement (None before a full window)."""
+        em = state.meta.get("last_em")
+        return {"em": None if em is None else float(em)}
+
+    # ----------------------------------------------------------------- stage transitions
+
+    def _enter_phase(self, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        """Start ``meta["phase"]``: build OM_{t-1} when fitting, fix the EM sample, set the cap."""
+        index = int(meta["phase"])
+        if index >= len(self._phases):
+            meta["finished"] = True
+            return
+        phase = self._phases[index]
+        if phase.fitting:
+            # OM_{t-1} = fresh basic<t> followed by a copy of OM_t (the real head for t = T).
+            t = phase.step
+            for src in self._om(t):
+                child = src.rsplit(".", 1)[-1] if "." in src else "head"
+                for key in [k for k in weights if k.startswith(src + ".")]:
+                    weights[f"om{t - 1}.{child}{key[len(src):]}"] = weights[key].clone()
+        left = len(self._phases) - index
+        cap = max(1, (self.config.rounds - int(meta["rounds_used"])) // left)
+        if self.config.max_rounds is not None:
+            cap = min(cap, self.config.max_rounds)
+        meta["phase_max"] = max(cap, 1)
+        meta["rounds_in_phase"] = 0
+        vector = self._active_vector(weights, phase)
+        rng = np.random.default_rng([int(meta["em_seed"]), index])
+        indices = sample_indices(vector.numel(), self.config.em_samples, rng=rng)
+        meta["em_indices"] = torch.from_numpy(indices)
+        meta["em_trajectory"] = vector[meta["em_indices"]][None].clone()
+
+
+def model_weights(state: ServerState) -> dict[str, Tensor]:
+    """The trained model's own weights (``block<i>.*`` and ``head.*``), without output modules."""
+    return {k: v for k, v in state.weights.items() if not k.startswith("om")}
