@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -97,6 +97,63 @@ class StepObserver:
 
     def after_step(self) -> None:
         """The step is over."""
+
+
+LOSS_SEGMENT, OPTIMIZER_SEGMENT = "loss", "optimizer"
+
+
+class SegmentObserver(StepObserver):
+    """Turns step callbacks into ``(block, phase)`` segments and named checkpoints.
+
+    Forward segments start at ``before_block``; ops between the last block and backward belong
+    to ``("loss", "forward")``. Backward starts in ``("loss", "backward")``; a block's backward
+    segment starts when the gradient of its output is ready, through a tensor hook registered
+    only on outputs that require grad (so blocks run under ``no_grad`` have no backward
+    segment and no hook ever touches a ``requires_grad=False`` tensor). ``optimizer.step()``
+    and ``zero_grad`` form ``("optimizer", "optimizer")``. Checkpoints are ``after_forward``,
+    ``after_backward``, ``after_optimizer`` and ``after_step``.
+    """
+
+    def enter_segment(self, block: str, phase: str) -> None:
+        """What follows belongs to ``(block, phase)``."""
+
+    def checkpoint(self, name: str) -> None:
+        """A named point of the step was reached."""
+
+    def before_block(self, name: str) -> None:
+        """Enter the block's forward segment."""
+        self.enter_segment(name, "forward")
+
+    def after_block(self, name: str, output: Tensor) -> None:
+        """Hook the start of the block's backward when its output is in the graph."""
+        if output.requires_grad and output.grad_fn is not None:
+
+            def started(grad: Tensor) -> None:
+                self.enter_segment(name, "backward")
+
+            output.register_hook(started)
+
+    def before_loss(self) -> None:
+        """Enter the loss's forward segment."""
+        self.enter_segment(LOSS_SEGMENT, "forward")
+
+    def before_backward(self) -> None:
+        """Checkpoint ``after_forward``; enter the loss's backward segment."""
+        self.checkpoint("after_forward")
+        self.enter_segment(LOSS_SEGMENT, "backward")
+
+    def before_optimizer(self) -> None:
+        """Checkpoint ``after_backward``; enter the optimizer segment."""
+        self.checkpoint("after_backward")
+        self.enter_segment(OPTIMIZER_SEGMENT, "optimizer")
+
+    def before_zero_grad(self) -> None:
+        """Checkpoint ``after_optimizer``."""
+        self.checkpoint("after_optimizer")
+
+    def after_step(self) -> None:
+        """Checkpoint ``after_step``."""
+        self.checkpoint("after_step")
 
 
 @dataclass(frozen=True)
@@ -254,6 +311,19 @@ class TrainingCase:
         out = asdict(self)
         out["model"] = asdict(self.model)
         return out
+
+    @classmethod
+    def from_params(cls, data: Mapping[str, Any]) -> TrainingCase:
+        """Inverse of :meth:`params`; raises ConfigError on unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"training case: unknown key {unknown[0]!r}; known: {sorted(known)}")
+        values = dict(data)
+        if "model" not in values:
+            raise ConfigError("training case: missing key 'model'; write it with params()")
+        values["model"] = ModelSpec.from_dict(dict(values["model"]), where="training case model")
+        return cls(**values)
 
 
 def check_step(kind: str, step: int | None, blocks: int) -> None:

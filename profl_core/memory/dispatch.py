@@ -32,14 +32,14 @@ import gc
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from profl_core.memory.case import PreparedStep, StepObserver, TrainingCase, build_step
+from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase, build_step
 from profl_core.memory.categories import Category
 from profl_core.memory.report import BlockPeak, MemoryReport, Phase
 
@@ -47,7 +47,6 @@ CUDA_BLOCK_BYTES = 512
 CHECKPOINTS: tuple[str, ...] = (
     "before_step", "after_forward", "after_backward", "after_optimizer", "after_step"
 )
-LOSS, OPTIMIZER = "loss", "optimizer"
 
 
 def storage_bytes(storage: torch.UntypedStorage) -> int:
@@ -283,43 +282,21 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[Tensor]:
                 yield value
 
 
-class _TrackerObserver(StepObserver):
+class _TrackerObserver(SegmentObserver):
     """Moves the tracker between segments as the step runs."""
 
     def __init__(self, tracker: StorageTracker, prepared: PreparedStep) -> None:
         self.tracker = tracker
         self.prepared = prepared
 
-    def before_block(self, name: str) -> None:
-        self.tracker.enter_segment(name, "forward")
+    def enter_segment(self, block: str, phase: str) -> None:
+        self.tracker.enter_segment(block, cast(Phase, phase))
 
-    def after_block(self, name: str, output: Tensor) -> None:
-        if output.requires_grad and output.grad_fn is not None:
-            tracker = self.tracker
-
-            def started(grad: Tensor) -> None:
-                tracker.enter_segment(name, "backward")
-
-            output.register_hook(started)
-
-    def before_loss(self) -> None:
-        self.tracker.enter_segment(LOSS, "forward")
-
-    def before_backward(self) -> None:
-        self.tracker.checkpoint("after_forward")
-        self.tracker.enter_segment(LOSS, "backward")
-
-    def before_optimizer(self) -> None:
-        self.tracker.checkpoint("after_backward")
-        self.tracker.enter_segment(OPTIMIZER, "optimizer")
-
-    def before_zero_grad(self) -> None:
-        for tensor in _state_tensors(self.prepared.optimizer):
-            self.tracker.track(tensor, Category.OPTIMIZER_STATE, retag=True)
-        self.tracker.checkpoint("after_optimizer")
-
-    def after_step(self) -> None:
-        self.tracker.checkpoint("after_step")
+    def checkpoint(self, name: str) -> None:
+        if name == "after_optimizer":
+            for tensor in _state_tensors(self.prepared.optimizer):
+                self.tracker.track(tensor, Category.OPTIMIZER_STATE, retag=True)
+        self.tracker.checkpoint(name)
 
 
 def measure_step(
