@@ -1,0 +1,71 @@
+"""``profl trace``: one training case's per-block memory table, its peak and the breakdown."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import replace
+
+from tabulate import tabulate
+
+from profl_core.memory import PROBES, MemoryReport, case_from_text, measure
+from profl_core.memory.categories import Category
+from profl_core.models import check_model_name, native_spec
+
+NAME = "trace"
+HELP = "print one case's per-block peak memory (forward/backward), its peak and breakdown"
+MIB = float(1 << 20)
+TOP_CATEGORIES = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model name (see `profl models`)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--case", default="full", help="full, grow:T or shrink:T")
+    parser.add_argument("--probe", default="predict", help=f"one of {', '.join(PROBES)}")
+    parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    parser.add_argument("--optimizer", default="sgd", help="sgd or adam")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the probe's)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / MIB:,.2f}"
+
+
+def _top(breakdown: Mapping[Category, int]) -> str:
+    items = sorted(breakdown.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{cat} {_mib(n)}" for cat, n in items[:TOP_CATEGORIES])
+
+
+def render(report: MemoryReport) -> str:
+    """The per-block table, the peak and the breakdown at the peak as text."""
+    rows = [
+        {"block": b.block, "phase": b.phase, "peak MiB": _mib(b.peak_bytes),
+         "top categories": _top(b.breakdown)}
+        for b in report.blocks
+    ]
+    lines = [f"{report.case_key}  probe={report.probe}  device={report.device}", ""]
+    if rows:
+        lines += [tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
+    where = f" at {report.peak_at[0]} ({report.peak_at[1]})" if report.peak_at else ""
+    lines.append(f"peak {_mib(report.peak_bytes)} MiB{where}; "
+                 f"baseline {_mib(report.baseline_bytes)} MiB")
+    if report.peak_breakdown:
+        breakdown = [{"category": str(c), "MiB": _mib(n)}
+                     for c, n in sorted(report.peak_breakdown.items(), key=lambda kv: -kv[1])]
+        lines += ["", tabulate(breakdown, headers="keys", tablefmt="github",
+                               disable_numparse=True)]
+    for key, value in report.extra.items():
+        if "." not in key:
+            lines.append(f"{key}: {_mib(value)} MiB")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_model_name(args.model)
+    spec = replace(native_spec(args.model), width=args.width)
+    case = case_from_text(spec, args.case, batch_size=args.batch_size, optimizer=args.optimizer)
+    report = measure(case, probe=args.probe, device=args.device)
+    print(report.to_json() if args.json else render(report))
+    return 0
