@@ -4,6 +4,6 @@ Each module defines ``NAME`` (the sub-command), ``HELP`` (one line), ``add_argum
 and ``run(args) -> int`` (the exit code). :data:`COMMANDS` lists them in help order.
 """
 
-from bench.commands import data, devices, models, trace
+from bench.commands import bench, check, data, devices, memory, models, trace, train
 
-COMMANDS = [models, data, devices, trace]
+COMMANDS = [bench, memory, trace, check, devices, models, data, train]

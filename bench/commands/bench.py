@@ -1,0 +1,32 @@
+"""``profl bench [SUITE]``: run a suite into ``results/runs/`` and print its tables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.runner import latest_run, new_run_folder, run_suite
+from bench.suites import load_suite, suite_names
+
+NAME = "bench"
+HELP = "run a suite (default: the model zoo and the memory section) into results/runs/"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", nargs="?", default="default",
+                        help=f"suite name ({', '.join(suite_names())}) or a .toml path")
+    parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue --out (or this suite's newest run) without redoing cases")
+
+
+def run(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    if args.resume:
+        folder = args.out or latest_run(suite.name)
+    else:
+        folder = args.out or new_run_folder(suite.name)
+    for line in run_suite(suite, folder, resume=args.resume):
+        print(line)
+    print(f"\nwrote {folder}/report.md, result.json, tables/ and figures/")
+    return 0

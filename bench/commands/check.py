@@ -1,0 +1,126 @@
+"""``profl check``: the CI memory gate (DESIGN §5).
+
+Measures the ``memory-ci`` suite and compares each case's peak bytes and per-block peak bytes
+with ``results/baselines/memory-ci.json`` for this torch minor version. Exit codes: 0 when
+nothing regressed, 1 on a regression (the table names each case), 2 on unusable input (no
+baseline for this torch version, a malformed file). ``--update`` rewrites this torch version's
+entry deliberately; other versions' entries are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+from bench.memory_suite import REPO, MemorySection, measure_with_progress, memory_records
+from bench.suites import load_suite
+from profl_core.compare import Diff, Status, Values, compare, failed
+from profl_core.errors import ConfigError
+from profl_core.results import SCHEMA_VERSION, atomic_write_text, utc_now
+
+NAME = "check"
+HELP = "compare per-case and per-block peak bytes with the committed baseline (the CI gate)"
+DEFAULT_BASELINE = REPO / "results" / "baselines" / "memory-ci.json"
+GATED_PREFIXES = ("peak_bytes", "block_peak_bytes:")
+DEFAULT_TOLERANCES = {"peak_bytes": 0.005, "block_peak_bytes": 0.005}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", default="memory-ci", help="suite whose memory section is gated")
+    parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
+    parser.add_argument("--update", action="store_true",
+                        help="rewrite this torch version's baseline with the current numbers")
+    parser.add_argument("--all", action="store_true", help="show every row, not only changes")
+
+
+def torch_minor() -> str:
+    """``"2.14"`` for torch 2.14.1+cu130."""
+    major, minor = torch.__version__.split(".")[:2]
+    return f"{major}.{minor}"
+
+
+def current_values(section: MemorySection, scratch: Path) -> Values:
+    """Measure the section; ``{case key: {gated metric: bytes}}``."""
+    reports = measure_with_progress(section, scratch, resume=False, desc="check")
+    values: dict[str, dict[str, float]] = {}
+    for record in memory_records(section, reports):
+        if record.metric.startswith(GATED_PREFIXES) and record.unit == "B":
+            values.setdefault(record.key, {})[record.metric] = int(record.value)
+    return values
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    """The whole baseline file (an empty skeleton when it does not exist yet)."""
+    if not path.exists():
+        return {"schema_version": SCHEMA_VERSION, "suite": "memory-ci",
+                "tolerances": DEFAULT_TOLERANCES, "torch": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
+                          "restore it from git") from None
+    if data.get("schema_version") != SCHEMA_VERSION or not isinstance(data.get("torch"), dict):
+        raise ConfigError(f"{path}: not a schema-{SCHEMA_VERSION} baseline; restore it from git "
+                          "or rebuild it with `profl check --update`")
+    return data
+
+
+def render(diffs: list[Diff], *, show_all: bool) -> str:
+    """The diff table (only changed rows unless ``show_all``)."""
+    rows = [
+        [d.key, d.metric,
+         "" if d.baseline is None else f"{d.baseline / 2**20:.3f}",
+         "" if d.current is None else f"{d.current / 2**20:.3f}",
+         "" if d.relative_change is None else f"{100 * d.relative_change:+.2f}%",
+         f"{100 * d.tolerance:.1f}%", str(d.status)]
+        for d in diffs if show_all or d.status != Status.OK
+    ]
+    headers = ["case", "metric", "baseline MiB", "current MiB", "change", "tolerance", "status"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def run(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    if suite.memory is None:
+        raise ConfigError(f"{suite.path}: no [memory] section to check")
+    baseline = read_baseline(args.baseline)
+    version = torch_minor()
+    with tempfile.TemporaryDirectory(prefix="profl-check-") as scratch:
+        current = current_values(suite.memory, Path(scratch))
+    if args.update:
+        baseline["torch"][version] = {
+            "updated_utc": utc_now(), "probe": suite.memory.probe,
+            "batch_size": suite.memory.batch_size, "cases": current,
+        }
+        atomic_write_text(args.baseline, json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+        print(f"updated {args.baseline} for torch {version}: {len(current)} cases")
+        return 0
+    entry = baseline["torch"].get(version)
+    if entry is None:
+        known = ", ".join(sorted(baseline["torch"])) or "none"
+        raise ConfigError(f"{args.baseline}: no baseline for torch {version} (have: {known}); "
+                          "review the numbers and run `profl check --update`")
+    tolerances: Mapping[str, float] = baseline.get("tolerances", DEFAULT_TOLERANCES)
+    diffs = compare(entry["cases"], current, tolerances=tolerances)
+    bad = failed(diffs)
+    changed = [d for d in diffs if d.status != Status.OK]
+    if changed or args.all:
+        print(render(diffs, show_all=args.all))
+    ok = sum(d.status == Status.OK for d in diffs)
+    print(f"\nchecked {len(diffs)} numbers of {len(current)} cases against torch {version}: "
+          f"{ok} within tolerance, {len(bad)} failing")
+    if bad:
+        cases = sorted({d.key for d in bad})
+        print(f"FAIL: memory regression in {', '.join(cases)}")
+        return 1
+    if any(d.status == Status.IMPROVED for d in diffs):
+        print("note: some numbers improved beyond tolerance; run `profl check --update` to lock "
+              "them in")
+    return 0

@@ -1,0 +1,44 @@
+"""``profl memory``: the memory section for chosen models, batch size and probe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.memory_suite import MemorySection
+from bench.runner import latest_run, new_run_folder, run_suite
+from bench.suites import Suite
+from profl_core.errors import ConfigError
+from profl_core.memory import PROBES
+from profl_core.models import MODEL_NAMES, check_model_name
+
+NAME = "memory"
+HELP = "per-case and per-block training memory of every ProFL step, and participation per fleet"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", help="model (repeatable; default: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--probe", default="predict", help=f"one of {', '.join(PROBES)}")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue --out without redoing cases")
+
+
+def run(args: argparse.Namespace) -> int:
+    models = tuple(args.model or MODEL_NAMES)
+    for name in models:
+        check_model_name(name)
+    if args.probe not in PROBES:
+        raise ConfigError(f"--probe {args.probe!r}; use one of {', '.join(PROBES)}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}; use a positive integer")
+    section = MemorySection(models=models, batch_size=args.batch_size, probe=args.probe,
+                            num_classes=args.num_classes)
+    suite = Suite(name="memory", path=Path("-"), zoo_models=(), memory=section)
+    folder = args.out or (latest_run("memory") if args.resume else new_run_folder("memory"))
+    for line in run_suite(suite, folder, resume=args.resume):
+        print(line)
+    print(f"\nwrote {folder}/result.json, tables/ and figures/")
+    return 0

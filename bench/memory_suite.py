@@ -1,0 +1,270 @@
+"""The memory section: every case of every model at one batch size, measured and tabulated.
+
+Input: model names, a batch size, a probe, the device profiles and fleets. Output, all under one
+run folder: ``cases/<case>.json`` (one MemoryReport each, so an interrupted run resumes where it
+stopped), ``result.json`` (records), ``tables/*.md|csv`` and ``figures/*.png``. Tables and
+figures are rebuilt from ``result.json`` alone (:func:`render_memory`), never from memory state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from profl_core.devices import Fleet, load_fleet, load_profiles
+from profl_core.memory import MemoryReport, TrainingCase, measure
+from profl_core.memory.categories import Category
+from profl_core.models import ModelSpec, build_model, native_spec
+from profl_core.results import Record, ResultFile, atomic_write_text, case_hash
+
+MIB = 1 << 20
+REPO = Path(__file__).resolve().parents[1]
+DEVICES_DIR = REPO / "devices"
+
+
+def profl_cases(spec: ModelSpec, batch_size: int) -> list[TrainingCase]:
+    """The full model, then ProFL's steps in training order: shrink T..2, grow 1..T."""
+    num_blocks = build_model(spec).num_blocks
+    cases = [TrainingCase(model=spec, kind="full", step=None, batch_size=batch_size)]
+    cases += [
+        TrainingCase(model=spec, kind="shrink", step=t, batch_size=batch_size)
+        for t in range(num_blocks, 1, -1)
+    ]
+    cases += [
+        TrainingCase(model=spec, kind="grow", step=t, batch_size=batch_size)
+        for t in range(1, num_blocks + 1)
+    ]
+    return cases
+
+
+@dataclass(frozen=True)
+class MemorySection:
+    """What to measure: models on their native inputs at one batch size with one probe."""
+
+    models: tuple[str, ...]
+    batch_size: int = 64
+    probe: str = "predict"
+    num_classes: int = 10
+
+    def cases(self) -> list[TrainingCase]:
+        """Every case of every model."""
+        out: list[TrainingCase] = []
+        for name in self.models:
+            out += profl_cases(native_spec(name, num_classes=self.num_classes), self.batch_size)
+        return out
+
+
+def _case_file(folder: Path, case: TrainingCase) -> Path:
+    return folder / "cases" / (case.key.replace("/", "_").replace(":", "-") + ".json")
+
+
+def measure_section(
+    section: MemorySection,
+    folder: Path,
+    *,
+    resume: bool,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, MemoryReport]:
+    """Measure every case, reusing ``cases/*.json`` from an earlier run when ``resume``."""
+    reports: dict[str, MemoryReport] = {}
+    for case in section.cases():
+        path = _case_file(folder, case)
+        if resume and path.exists():
+            reports[case.key] = MemoryReport.from_json(path.read_text(encoding="utf-8"))
+        else:
+            report = measure(case, probe=section.probe)
+            atomic_write_text(path, report.to_json() + "\n")
+            reports[case.key] = report
+        if progress is not None:
+            progress(case.key)
+    return reports
+
+
+def measure_with_progress(
+    section: MemorySection, folder: Path, *, resume: bool, desc: str
+) -> dict[str, MemoryReport]:
+    """:func:`measure_section` with a tqdm bar (shown on a terminal only)."""
+    from tqdm import tqdm
+
+    total = len(section.cases())
+    with tqdm(total=total, desc=desc, unit="case", dynamic_ncols=True, disable=None) as bar:
+
+        def advance(key: str) -> None:
+            bar.set_postfix_str(key)
+            bar.update()
+
+        return measure_section(section, folder, resume=resume, progress=advance)
+
+
+def fleets_for(reference_peak_bytes: int, devices_dir: Path = DEVICES_DIR) -> list[Fleet]:
+    """Every shipped fleet; relative fleets are scaled to ``reference_peak_bytes``."""
+    profiles = load_profiles(devices_dir / "profiles")
+    return [
+        load_fleet(path, profiles, reference_peak_bytes=reference_peak_bytes)
+        for path in sorted((devices_dir / "fleets").glob("*.toml"))
+    ]
+
+
+def memory_records(
+    section: MemorySection, reports: dict[str, MemoryReport], devices_dir: Path = DEVICES_DIR
+) -> list[Record]:
+    """Result records: bytes per case, block and category; ProFL's peak; participation."""
+    records: list[Record] = []
+    for name in section.models:
+        cases = profl_cases(native_spec(name, num_classes=section.num_classes), section.batch_size)
+        full = reports[cases[0].key]
+        fleets = fleets_for(full.peak_bytes, devices_dir)
+        for case in cases:
+            report = reports[case.key]
+            h = case_hash(case.params())
+            peak_block, peak_phase = report.peak_at or ("", "")
+            records += [
+                Record(key=case.key, metric="peak_bytes", value=report.peak_bytes, unit="B",
+                       case_hash=h),
+                Record(key=case.key, metric="baseline_bytes", value=report.baseline_bytes,
+                       unit="B", case_hash=h),
+                Record(key=case.key, metric=f"peak_at:{peak_block}:{peak_phase}", value=1,
+                       unit="flag", case_hash=h),
+            ]
+            records += [
+                Record(key=case.key, metric=f"breakdown_bytes:{cat}", value=b, unit="B",
+                       case_hash=h)
+                for cat, b in report.peak_breakdown.items()
+            ]
+            records += [
+                Record(key=case.key, metric=f"block_peak_bytes:{bp.block}:{bp.phase}",
+                       value=bp.peak_bytes, unit="B", case_hash=h)
+                for bp in report.blocks
+            ]
+            records += [
+                Record(key=case.key, metric=f"participation:{fleet.name}",
+                       value=fleet.participation(report.required_bytes), unit="ratio",
+                       case_hash=h)
+                for fleet in fleets
+            ]
+        steps = [reports[c.key].peak_bytes for c in cases[1:]]
+        grow = [reports[c.key].peak_bytes for c in cases if c.kind == "grow"]
+        model_key = f"{name}/profl/bs{section.batch_size}"
+        records += [
+            Record(key=model_key, metric="full_peak_bytes", value=full.peak_bytes, unit="B"),
+            Record(key=model_key, metric="profl_peak_bytes", value=max(steps), unit="B"),
+            Record(key=model_key, metric="grow_peak_bytes", value=max(grow), unit="B"),
+            Record(key=model_key, metric="reduction", value=1 - max(steps) / full.peak_bytes,
+                   unit="ratio"),
+        ]
+    return records
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    model, case, _batch = key.split("/")
+    return model, case
+
+
+def case_frame(result: ResultFile) -> pd.DataFrame:
+    """One row per case: model, case, peak, baseline and where the peak happened (MiB)."""
+    rows: dict[str, dict[str, object]] = {}
+    for r in result.records:
+        if r.unit == "B" and r.metric in ("peak_bytes", "baseline_bytes"):
+            model, case = _split_key(r.key)
+            row = rows.setdefault(r.key, {"model": model, "case": case})
+            row[r.metric.replace("_bytes", "_mib")] = r.value / MIB
+        elif r.metric.startswith("peak_at:"):
+            _, block, phase = r.metric.split(":")
+            rows.setdefault(r.key, {})["peak_at"] = f"{block} {phase}"
+    return pd.DataFrame(list(rows.values()))
+
+
+def summary_frame(result: ResultFile) -> pd.DataFrame:
+    """One row per model: full-model peak, ProFL peak and the reduction."""
+    rows: dict[str, dict[str, object]] = {}
+    for r in result.records:
+        if r.key.count("/") == 2 and "/profl/" in r.key:
+            row = rows.setdefault(r.key, {"model": r.key.split("/")[0]})
+            if r.unit == "B":
+                row[r.metric.replace("_bytes", "_mib")] = r.value / MIB
+            else:
+                row["reduction_%"] = 100 * r.value
+    return pd.DataFrame(list(rows.values()))
+
+
+def breakdown_frame(result: ResultFile) -> pd.DataFrame:
+    """Long form: model, case, category, MiB at the case's peak."""
+    rows = [
+        {**dict(zip(("model", "case"), _split_key(r.key), strict=True)),
+         "category": r.metric.split(":", 1)[1], "mib": r.value / MIB}
+        for r in result.records if r.metric.startswith("breakdown_bytes:")
+    ]
+    return pd.DataFrame(rows)
+
+
+def block_frame(result: ResultFile) -> pd.DataFrame:
+    """Long form: model, case, block, phase, peak MiB of that segment."""
+    rows = []
+    for r in result.records:
+        if r.metric.startswith("block_peak_bytes:"):
+            _, block, phase = r.metric.split(":")
+            model, case = _split_key(r.key)
+            rows.append({"model": model, "case": case, "block": block, "phase": phase,
+                         "mib": r.value / MIB})
+    return pd.DataFrame(rows)
+
+
+def participation_frame(result: ResultFile) -> pd.DataFrame:
+    """Long form: model, case, fleet, share of devices that can train the case (%)."""
+    rows = [
+        {**dict(zip(("model", "case"), _split_key(r.key), strict=True)),
+         "fleet": r.metric.split(":", 1)[1], "participation_%": 100 * r.value}
+        for r in result.records if r.metric.startswith("participation:")
+    ]
+    return pd.DataFrame(rows)
+
+
+CATEGORY_ORDER = [str(c) for c in Category]
+
+
+def render_memory(result: ResultFile, folder: Path) -> list[Path]:
+    """Write the memory tables (markdown + CSV) and figures (PNG) from a result file."""
+    from tabulate import tabulate
+
+    from bench import plots
+
+    written: list[Path] = []
+    tables = {
+        "memory_summary": summary_frame(result),
+        "memory_cases": case_frame(result),
+        "memory_participation": participation_frame(result).pivot_table(
+            index=["model", "case"], columns="fleet", values="participation_%", sort=False
+        ).reset_index(),
+    }
+    for name, frame in tables.items():
+        md = folder / "tables" / f"{name}.md"
+        atomic_write_text(md, tabulate(frame, headers="keys", tablefmt="github",
+                                       showindex=False, floatfmt=".1f") + "\n")
+        csv = md.with_suffix(".csv")
+        atomic_write_text(csv, frame.to_csv(index=False))
+        written += [md, csv]
+    written += plots.memory_figures(
+        breakdown_frame(result), block_frame(result), participation_frame(result),
+        folder / "figures", category_order=CATEGORY_ORDER,
+    )
+    return written
+
+
+def summary_text(result: ResultFile) -> str:
+    """The per-model summary as a markdown table (what the CLI prints)."""
+    from tabulate import tabulate
+
+    return tabulate(summary_frame(result), headers="keys", tablefmt="github", showindex=False,
+                    floatfmt=".1f")
+
+
+def select(records: Iterable[Record], metrics: Sequence[str]) -> list[Record]:
+    """Records whose metric is one of ``metrics``."""
+    wanted = set(metrics)
+    return [r for r in records if r.metric in wanted]

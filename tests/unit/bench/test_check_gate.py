@@ -1,0 +1,86 @@
+"""The CI memory gate: passes on the committed baseline, fails when a block keeps more."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bench.cli import main
+from bench.commands.check import DEFAULT_BASELINE, torch_minor
+from profl_core.models import BUILDERS, ModelSpec
+from profl_core.models.cnn import CNN
+
+SUITE = """
+name = "gate-test"
+[memory]
+models = ["cnn"]
+batch_size = 16
+probe = "predict"
+"""
+
+
+class KeepsExtra(nn.Module):
+    """Wraps a block and multiplies its output by a parameter: one more saved activation."""
+
+    def __init__(self, block: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.block = block
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x) * self.scale
+
+
+class LeakyCNN(CNN):
+    """The cnn with block 2 keeping an extra activation for the backward pass."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.block2 = KeepsExtra(self.block2, self.stage_channels[1])
+
+
+@pytest.fixture
+def suite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "gate-test.toml"
+    path.write_text(SUITE, encoding="utf-8")
+    return path
+
+
+def test_committed_baseline_covers_this_torch_version() -> None:
+    data = json.loads(DEFAULT_BASELINE.read_text(encoding="utf-8"))
+    cases = data["torch"][torch_minor()]["cases"]
+    assert len(cases) == 52  # 6 models x (full + shrink T..2 + grow 1..T)
+
+
+def test_gate_passes_then_fails_on_an_extra_activation(
+    suite_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    baseline = tmp_path / "baseline.json"
+    args = ["check", "--suite", str(suite_file), "--baseline", str(baseline)]
+    assert main([*args, "--update"]) == 0
+    assert main(args) == 0
+    capsys.readouterr()
+
+    monkeypatch.setitem(BUILDERS, "cnn", LeakyCNN)
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: memory regression in" in out
+    assert "cnn/full/bs16" in out
+    assert "cnn/grow:2/bs16" in out
+    assert "cnn/grow:1/bs16" not in out.split("FAIL")[1]  # block 1 alone does not change
+
+
+def test_missing_baseline_version_is_exit_2(
+    suite_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"schema_version": 1, "torch": {"0.1": {"cases": {}}}}))
+    assert main(["check", "--suite", str(suite_file), "--baseline", str(baseline)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "no baseline for torch" in err[0]
