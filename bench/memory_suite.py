@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from profl_core.devices import Fleet, load_fleet, load_profiles
-from profl_core.memory import MemoryReport, TrainingCase, measure
+from profl_core.memory import MemoryReport, TrainingCase, all_cases, measure
 from profl_core.memory.categories import Category
-from profl_core.models import ModelSpec, build_model, native_spec
+from profl_core.models import ModelSpec, native_spec
 from profl_core.results import Record, ResultFile, atomic_write_text, case_hash
 
 MIB = 1 << 20
@@ -27,17 +27,7 @@ DEVICES_DIR = REPO / "devices"
 
 def profl_cases(spec: ModelSpec, batch_size: int) -> list[TrainingCase]:
     """The full model, then ProFL's steps in training order: shrink T..2, grow 1..T."""
-    num_blocks = build_model(spec).num_blocks
-    cases = [TrainingCase(model=spec, kind="full", step=None, batch_size=batch_size)]
-    cases += [
-        TrainingCase(model=spec, kind="shrink", step=t, batch_size=batch_size)
-        for t in range(num_blocks, 1, -1)
-    ]
-    cases += [
-        TrainingCase(model=spec, kind="grow", step=t, batch_size=batch_size)
-        for t in range(1, num_blocks + 1)
-    ]
-    return cases
+    return all_cases(spec, batch_size=batch_size)
 
 
 @dataclass(frozen=True)

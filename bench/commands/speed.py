@@ -1,0 +1,63 @@
+"""``profl speed``: the pytest-benchmark speed suite and the target ratios it measures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from bench.memory_suite import REPO
+from bench.runner import new_run_folder
+from profl_core.errors import ConfigError
+from profl_core.results import atomic_write_text
+
+NAME = "speed"
+HELP = "run the speed benchmarks (pytest-benchmark) and report the target ratios"
+SPEED_TESTS = REPO / "bench" / "test_speed.py"
+# (name, numerator test, denominator test or None for seconds, target, direction)
+TARGETS = [
+    ("dispatch probe overhead (resnet18, bs 64)", "test_dispatch_traced_step_resnet18",
+     "test_untraced_step_resnet18", 1.10, "<="),
+    ("predict whole memory table (s)", "test_predict_whole_memory_table", None, 60.0, "<="),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
+    parser.add_argument("-k", dest="select", help="pytest -k expression to run a subset")
+
+
+def ratios(benchmark_json: dict) -> list[list[str]]:
+    """Rows of (target, measured, goal, met) from a pytest-benchmark JSON dump."""
+    means = {b["name"]: b["stats"]["mean"] for b in benchmark_json["benchmarks"]}
+    rows = []
+    for label, num, den, goal, op in TARGETS:
+        if num not in means or (den is not None and den not in means):
+            continue
+        value = means[num] / means[den] if den else means[num]
+        met = value <= goal if op == "<=" else value >= goal
+        rows.append([label, f"{value:.3f}", f"{op} {goal}", "yes" if met else "NO"])
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = args.out or new_run_folder("speed")
+    folder.mkdir(parents=True, exist_ok=True)
+    dump = folder / "benchmark.json"
+    cmd = [sys.executable, "-m", "pytest", str(SPEED_TESTS), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={dump}", "--benchmark-columns=mean,stddev,rounds"]
+    if args.select:
+        cmd += ["-k", args.select]
+    code = subprocess.run(cmd, cwd=REPO, check=False).returncode
+    if code != 0 or not dump.exists():
+        raise ConfigError(f"speed benchmarks failed (pytest exit {code}); see the output above")
+    table = tabulate(ratios(json.loads(dump.read_text())),
+                     headers=["target", "measured", "goal", "met"], tablefmt="github")
+    atomic_write_text(folder / "speed.md", "# Speed targets\n\n" + table + "\n")
+    print(table)
+    print(f"\nwrote {dump} and {folder / 'speed.md'}")
+    return 0
