@@ -1,0 +1,33 @@
+"""``profl trace`` through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+
+
+def test_trace_prints_the_block_table_and_the_peak(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trace", "--model", "cnn", "--batch-size", "4", "--case", "grow:2"])
+    out = capsys.readouterr().out
+    assert (code, "| block2    | backward" in out, "peak " in out) == (0, True, True)
+
+
+def test_trace_json_is_a_memory_report(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trace", "--model", "cnn", "--batch-size", "2", "--case", "shrink:3", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert (code, data["case_key"], data["probe"]) == (0, "cnn/shrink:3/bs2", "predict")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--case", "grow:9"], ["--probe", "bogus"], ["--width", "0"], ["--batch-size", "0"]],
+)
+def test_trace_bad_input_is_one_error_line(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["trace", "--model", "resnet18", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (code, len(err), err[0].startswith("profl: error:")) == (2, 1, True)
