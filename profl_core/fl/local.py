@@ -53,16 +53,21 @@ def is_trainable(name: str, trainable: Iterable[str]) -> bool:
     return any(name == t or name.startswith(t + ".") for t in trainable)
 
 
-def prepare(sub: SubModel, trainable: frozenset[str], frozen_bn: FrozenBN) -> list[nn.Parameter]:
+def updates_bn(name: str, task: ClientTask, frozen_bn: FrozenBN) -> bool:
+    """True when frozen module ``name`` runs its batch norm in train mode for ``task``."""
+    return frozen_bn == "train" or is_trainable(name, task.bn_update)
+
+
+def prepare(sub: SubModel, task: ClientTask, frozen_bn: FrozenBN) -> list[nn.Parameter]:
     """Set ``requires_grad`` and train/eval modes; return the trainable parameters."""
     params: list[nn.Parameter] = []
     for name, module in sub.modules.items():
-        train = is_trainable(name, trainable)
+        train = is_trainable(name, task.trainable)
         for p in module.parameters():
             p.requires_grad_(train)
             if train:
                 params.append(p)
-        module.train(train or frozen_bn == "train")
+        module.train(train or updates_bn(name, task, frozen_bn))
     return params
 
 
@@ -73,7 +78,7 @@ def setup(sub: SubModel, task: ClientTask, config: LocalConfig) -> torch.optim.O
     """
     for module in sub.modules.values():
         module.to(torch.device(config.device))
-    params = prepare(sub, task.trainable, config.frozen_bn)
+    params = prepare(sub, task, config.frozen_bn)
     if not params:
         raise ConfigError(f"{task.submodel}: no trainable parameters in {sorted(task.trainable)}")
     return torch.optim.SGD(
@@ -108,8 +113,9 @@ def train_client(
         config: Engine-side settings.
 
     Returns:
-        The update: the state of the trainable modules (with ``frozen_bn="train"`` also the
-        buffers of the frozen ones), ``num_examples = len(data)`` and ``train_loss``.
+        The update: the state of the trainable modules plus the buffers of the frozen ones
+        whose batch norm ran in train mode (``frozen_bn="train"`` or ``task.bn_update``),
+        ``num_examples = len(data)`` and ``train_loss``.
     """
     if len(data) == 0:
         raise ConfigError(f"client {task.client_id} has no data")
@@ -117,7 +123,10 @@ def train_client(
         raise ConfigError(f"{task.submodel}: an mse task needs a teacher path")
     device = torch.device(config.device)
     optimizer = setup(sub, task, config)
-    cached = config.feature_cache and config.frozen_bn == "eval" and bool(sub.prefix)
+    cached = (
+        config.feature_cache and config.frozen_bn == "eval" and not task.bn_update
+        and bool(sub.prefix)
+    )
     features = prefix_features(sub, data.x, task.batch_size, device) if cached else None
     n = len(data)
     losses: list[float] = []
@@ -130,13 +139,13 @@ def train_client(
             else:
                 with torch.no_grad():
                     feats = sub.run(sub.prefix, data.x[idx].to(device))
-            logits = sub.run(sub.student, feats)
+            logits = sub.output(feats)
             if task.loss == "mse":
                 with torch.no_grad():
                     target = sub.run(sub.teacher, feats)
                 loss = F.mse_loss(logits, target)
             else:
-                loss = F.cross_entropy(logits, data.y[idx].to(device))
+                loss = (sub.criterion or F.cross_entropy)(logits, data.y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -145,7 +154,7 @@ def train_client(
     for name, module in sub.modules.items():
         if is_trainable(name, task.trainable):
             items = module.state_dict().items()
-        elif config.frozen_bn == "train":
+        elif updates_bn(name, task, config.frozen_bn):
             items = ((k, b) for k, b in module.named_buffers())
         else:
             continue
@@ -172,7 +181,7 @@ def evaluate(
         for start in range(0, len(data), batch_size):
             x = data.x[start:start + batch_size].to(dev)
             y = data.y[start:start + batch_size].to(dev)
-            logits = sub.run(sub.student, sub.run(sub.prefix, x))
+            logits = sub.output(sub.run(sub.prefix, x))
             total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())
     return correct / len(data), total_loss / len(data)

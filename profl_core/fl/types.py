@@ -10,7 +10,7 @@ Names used everywhere: a *module name* is a state-dict prefix of the server's we
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -40,6 +40,10 @@ class ClientTask:
         weight_decay: SGD weight decay.
         batch_size: Local mini-batch size.
         loss: ``"ce"`` (labels) or ``"mse"`` (match the sub-model's teacher logits).
+        bn_update: Frozen module names whose batch-norm statistics still update (train mode)
+            and are sent back, whatever the engine's ``frozen_bn`` says: blocks that were never
+            trained (ProFL's random-init prefix while shrinking), whose default statistics
+            (mean 0, variance 1) would otherwise collapse their features.
     """
 
     client_id: int
@@ -52,6 +56,7 @@ class ClientTask:
     weight_decay: float = 5e-4
     batch_size: int = 64
     loss: LossKind = "ce"
+    bn_update: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +82,10 @@ class SubModel:
         student: The path that produces the logits and receives gradients.
         teacher: The distillation target path (frozen, ``no_grad``); empty for CE.
         trainable: Module names whose parameters are trained.
+        forward: Optional student forward replacing the ``student`` path, for sub-models that
+            branch (DepthFL's exits); the student names still list the modules it uses.
+        criterion: Optional ``(output, labels) -> loss`` replacing cross-entropy for ``"ce"``
+            tasks (HeteroFL's masked classifier, DepthFL's self-distillation).
     """
 
     modules: dict[str, nn.Module]
@@ -84,6 +93,12 @@ class SubModel:
     student: tuple[str, ...]
     teacher: tuple[str, ...] = ()
     trainable: frozenset[str] = frozenset()
+    forward: Callable[[Tensor], Tensor] | None = None
+    criterion: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def output(self, features: Tensor) -> Tensor:
+        """The student's output for prefix features: ``forward`` if set, else the student path."""
+        return self.run(self.student, features) if self.forward is None else self.forward(features)
 
     def run(self, path: Sequence[str], x: Tensor) -> Tensor:
         """Apply the modules of ``path`` to ``x`` in order."""

@@ -24,7 +24,11 @@ fitting) has converged (:class:`~profl_core.methods.effective_movement.FreezeRul
 reaches its round cap; ``schedule="fixed"`` gives every step the same number of rounds.
 ``shrink=False`` skips stage 1 (an ablation: output modules keep their random init).
 
-Choices where the paper is silent: the distillation learning rate defaults to the training lr
+Choices where the paper is silent: while shrinking, the frozen prefix ``B_1 .. B_{t-1}`` is still
+at its random init, so its batch norm runs in train mode and its statistics are averaged like
+weights (``ClientTask.bn_update``); in eval mode its default statistics collapse the features
+and the step cannot learn. While growing, frozen blocks are trained and their batch norm is
+fixed (eval mode) by default. The distillation learning rate defaults to the training lr
 (0.01); the authors' 1e-5 barely moves a fresh layer in a few rounds (set ``distill_lr`` to use
 it). While fitting ``basic<t>`` the rest of ``OM_{t-1}`` is a frozen copy of ``OM_t`` (the
 authors' ``flash=2/1`` branches). Round budget: each step may use at most
@@ -265,19 +269,22 @@ class ProFL:
         rng: np.random.Generator,
     ) -> list[ClientTask]:
         """Select clients whose budget fits the step's required bytes; give each the step."""
-        _, _, submodel = self.position(state)
+        stage, _, submodel = self.position(state)
         if submodel not in memory_table:
             raise ConfigError(f"profl: the memory table has no entry for {submodel!r}")
         required = int(memory_table[submodel])
         fitting = submodel.startswith("shrink:")
-        trainable = self._paths(submodel)[3]
+        prefix, _, _, trainable = self._paths(submodel)
+        # While shrinking, the frozen prefix has never been trained: its batch norm keeps
+        # updating its statistics (as in the authors' code), else its features collapse.
+        bn_update = frozenset(prefix) if stage == "shrink" else frozenset()
         cfg = self.config
         return [
             ClientTask(
                 client_id=cid, submodel=submodel, trainable=trainable, required_bytes=required,
                 local_epochs=cfg.local_epochs, lr=cfg.distill_lr if fitting else cfg.lr,
                 momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                batch_size=cfg.batch_size, loss="mse" if fitting else "ce",
+                batch_size=cfg.batch_size, loss="mse" if fitting else "ce", bn_update=bn_update,
             )
             for cid in select_clients(fleet, required, cfg.per_round, rng, submodel=submodel)
         ]

@@ -96,8 +96,12 @@ def test_frozen_sets_and_optimizer_params(phase: int) -> None:
     }
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert held == expected_params
-    frozen = [m for name, m in sub.modules.items() if name not in trainable_names]
-    assert all(not m.training for m in frozen)
+    frozen = {name: m for name, m in sub.modules.items() if name not in trainable_names}
+    # Batch norm of a frozen module updates only while shrinking, and only in the untrained prefix
+    expected_bn_update = set(sub.prefix) if _stage == "shrink" else set()
+    assert set(task.bn_update) == expected_bn_update
+    assert {name for name, m in frozen.items() if m.training} == expected_bn_update
+    frozen = list(frozen.values())
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
 
 
