@@ -270,6 +270,8 @@ def run_federated(
     if resume and isinstance(sink, JsonlSink):
         sink.truncate(start - 1)
     budgets = np.array([d.budget_bytes for d in fleet.devices], dtype=np.int64)
+    # Methods with several sub-model sizes say which share of the fleet can take part.
+    share = getattr(method, "eligible_share", None)
     rnd = start
     while rnd <= config.rounds and not method.is_finished(state):
         t0 = time.perf_counter()
@@ -292,7 +294,8 @@ def run_federated(
             accuracy=accuracy, loss=loss,
             train_loss=sum(u.metrics["train_loss"] * u.num_examples for u in updates) / examples,
             participants=tuple(t.client_id for t in tasks),
-            eligible_share=float((budgets >= required).mean()) if budgets.size else 0.0,
+            eligible_share=share(fleet, memory_table) if share is not None else (
+                float((budgets >= required).mean()) if budgets.size else 0.0),
             required_bytes=tuple(t.required_bytes for t in tasks),
             wall_s=time.perf_counter() - t0,
             metrics=method.round_metrics(state),

@@ -32,7 +32,18 @@ The optimizer is SGD with momentum 0.9 and weight decay 5e-4 (the ProFL authors'
 momentum buffer per trainable parameter) or Adam (two moments and a step count). Inputs are
 synthetic random tensors of the case's shape: memory does not depend on their values.
 
-Later sub-model families (HeteroFL widths, DepthFL depths) plug in through :data:`KINDS`.
+``depth:k`` (k = 1..T, DepthFL's depth-k sub-model)
+    Blocks 1..k, each followed by its exit (:mod:`profl_core.models.exits`: ProFL's output
+    module of step i for i < T, the head for i == T), everything trainable; the loss is
+    DepthFL's mutual self-distillation (:func:`~profl_core.models.exits.mutual_distillation_loss`,
+    weight 1). Segments are ``block1, exit1, block2, ...``; the deepest exit is ``output``.
+
+``trunc:k`` (k = 1..T, InclusiveFL's depth-k sub-model as DepthFL's authors re-implemented it)
+    Blocks 1..k and only the exit after block k, everything trainable, cross-entropy.
+    ``trunc:T`` trains the same modules as ``full``.
+
+Width-scaled sub-models (HeteroFL, FedRolex, AllSmall) are ``full`` cases of a spec with
+``ModelSpec.width < 1``. Further families plug in through :data:`KINDS`.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
 from profl_core.models import BlockedModel, ModelSpec, build_model, check_model_name, native_spec
+from profl_core.models.exits import build_exit, exit_name, mutual_distillation_loss
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 DTYPES: dict[str, torch.dtype] = {
@@ -250,8 +262,8 @@ class TrainingCase:
 
     Attributes:
         model: the model spec (width multiplier included).
-        kind: a key of :data:`KINDS` (``full``, ``grow``, ``shrink``).
-        step: 1-based step for ``grow``/``shrink``; ``None`` for ``full``.
+        kind: a key of :data:`KINDS` (``full``, ``grow``, ``shrink``, ``depth``, ``trunc``).
+        step: 1-based step (or depth) for every kind but ``full``; ``None`` for ``full``.
         batch_size: samples per step.
         optimizer: ``sgd`` (momentum 0.9, weight decay 5e-4) or ``adam``.
         dtype: parameter and input dtype name (``float32``, ``bfloat16``, ...).
@@ -354,7 +366,8 @@ def parse_case(text: str, *, blocks: int | None = None) -> tuple[str, int | None
     """
     match = _CASE_RE.match(text.strip())
     if match is None or match.group(1) not in KINDS:
-        raise ConfigError(f"case {text!r}: not a case; write full, grow:T or shrink:T")
+        raise ConfigError(f"case {text!r}: not a case; write full or KIND:T, KIND one of "
+                          f"{', '.join(k for k in KINDS if k != 'full')}")
     kind, raw = match.group(1), match.group(2)
     step = None if raw is None else int(raw)
     if blocks is not None:
@@ -468,12 +481,52 @@ def _distill_forward(prepared: PreparedStep, obs: StepObserver) -> Tensor:
     return F.mse_loss(student_logits, teacher_logits)
 
 
+def _prepare_depth(
+    model: BlockedModel, case: TrainingCase
+) -> tuple[tuple[Segment, ...], ForwardFn]:
+    k = case.step
+    assert k is not None
+    segments: list[Segment] = []
+    for i in range(1, k + 1):
+        segments.append(Segment(model.block_names()[i - 1], model.block(i - 1), True, True))
+        name = "output" if i == k else exit_name(i, model.num_blocks)
+        segments.append(Segment(name, build_exit(model, i), True, True))
+    return tuple(segments), _multi_exit_forward
+
+
+def _multi_exit_forward(prepared: PreparedStep, obs: StepObserver) -> Tensor:
+    """Blocks and exits interleaved (block1, exit1, block2, ...); DepthFL's loss with w = 1."""
+    h = prepared.inputs
+    logits = []
+    for block, head in zip(prepared.segments[::2], prepared.segments[1::2], strict=True):
+        h = _run_segments((block,), h, obs)
+        logits.append(_run_segments((head,), h, obs))
+    obs.before_loss()
+    assert prepared.labels is not None
+    return mutual_distillation_loss(logits, prepared.labels, kd_weight=1.0)
+
+
+def _prepare_trunc(
+    model: BlockedModel, case: TrainingCase
+) -> tuple[tuple[Segment, ...], ForwardFn]:
+    k = case.step
+    assert k is not None
+    names = model.block_names()
+    segments = [Segment(names[i], model.block(i), True, True) for i in range(k)]
+    segments.append(Segment("output", build_exit(model, k), True, True))
+    return tuple(segments), _cross_entropy_forward
+
+
 KINDS: dict[str, Kind] = {
     "full": Kind(name="full", steps=lambda blocks: range(0), prepare=_prepare_full),
     "grow": Kind(name="grow", steps=lambda blocks: range(1, blocks + 1), prepare=_prepare_grow),
     "shrink": Kind(
         name="shrink", steps=lambda blocks: range(2, blocks + 1), prepare=_prepare_shrink
     ),
+    "depth": Kind(name="depth", steps=lambda blocks: range(1, blocks + 1),
+                  prepare=_prepare_depth),
+    "trunc": Kind(name="trunc", steps=lambda blocks: range(1, blocks + 1),
+                  prepare=_prepare_trunc),
 }
 
 
@@ -526,7 +579,7 @@ def prepare_step(case: TrainingCase, model: BlockedModel, *, seed: int = 0) -> P
         segments=segments,
         optimizer=_make_optimizer(case, params),
         inputs=inputs,
-        labels=labels if forward is _cross_entropy_forward else None,
+        labels=None if forward is _distill_forward else labels,
         forward=forward,
     )
 

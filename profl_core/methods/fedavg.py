@@ -1,9 +1,29 @@
-"""FedAvg on the full model (McMahan et al., "Communication-Efficient Learning of Deep Networks
-from Decentralized Data", AISTATS 2017, arXiv 1602.05629).
+"""Full-model FedAvg with three eligibility policies: AllLarge, ExclusiveFL and AllSmall.
 
-Every round draws ``per_round`` clients uniformly from the whole fleet, each trains the full
-model, and the server takes the example-weighted mean. With ``policy="all"`` memory is ignored:
-this is the AllLarge upper bound. (ExclusiveFL / AllSmall policies come later on this class.)
+FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized
+Data", AISTATS 2017, arXiv 1602.05629. The three reference points are InclusiveFL's (Liu et al.,
+KDD 2022; DepthFL calls ExclusiveFL "exclusive learning"); reference/baselines.md §1.
+
+Every round draws ``per_round`` clients uniformly from the eligible devices, each trains the
+same fixed architecture, and the server takes the example-weighted mean. The policies differ in
+the architecture and in who is eligible:
+
+* ``alllarge`` (the upper bound): the full model, every device, memory ignored;
+* ``exclusivefl``: the full model, only devices whose budget fits its measured peak (memory-table
+  entry ``full``); weak devices and their data never take part;
+* ``allsmall``: the widest width-scaled model (HeteroFL's levels 1, 1/2, .., 1/16, memory-table
+  entries ``full`` / ``w0.5`` / ..) whose measured peak fits **every** device of the fleet; all
+  devices are eligible.
+
+AllSmall's model is the channel prefix of the global weights (:mod:`profl_core.methods.width`);
+every client holds the same slice, so the scatter-back mean is plain FedAvg on the small model
+and the rest of the global tensors is never used. The small model keeps standard BN with running
+statistics (plain FedAvg; no sBN, no Scaler).
+
+Choices that differ from the papers: ExclusiveFL samples ``per_round`` of the *eligible* devices
+(DepthFL's code samples 10 % of the reduced population: fewer clients per round);
+the AllSmall model is the width-scaled one (DepthFL also ran a depth-1 AllSmall); weights are
+by examples (DepthFL's unweighted mean equals this on its equal-sized IID splits).
 """
 
 from __future__ import annotations
@@ -19,11 +39,27 @@ from torch import nn
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
 from profl_core.fl.aggregate import Weighting, fedavg
-from profl_core.fl.selection import select_any
+from profl_core.fl.selection import select_any, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
-from profl_core.models import BlockedModel
+from profl_core.memory.case import TrainingCase
+from profl_core.methods import tiers
+from profl_core.methods.width import (
+    LEVELS,
+    build_width_model,
+    check_levels,
+    extract,
+    require_sliceable,
+    scatter_mean,
+    shapes,
+    slice_plan,
+    static_indices,
+    width_cases,
+    width_name,
+)
+from profl_core.models import BlockedModel, ModelSpec
 
-Policy = Literal["all"]
+Policy = Literal["alllarge", "exclusivefl", "allsmall", "all"]
+POLICIES: tuple[str, ...] = ("alllarge", "exclusivefl", "allsmall")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,8 +74,9 @@ class FedAvgConfig:
         lr: SGD learning rate.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
-        policy: Who may take part; ``"all"``: every device, memory ignored.
+        policy: ``"alllarge"`` (``"all"`` is an alias), ``"exclusivefl"`` or ``"allsmall"``.
         weighting: ``"examples"`` or ``"uniform"``.
+        levels: AllSmall's candidate widths.
     """
 
     rounds: int
@@ -49,14 +86,16 @@ class FedAvgConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    policy: Policy = "all"
+    policy: Policy = "alllarge"
     weighting: Weighting = "examples"
+    levels: tuple[float, ...] = LEVELS
 
     def __post_init__(self) -> None:
         if min(self.rounds, self.per_round, self.local_epochs, self.batch_size) < 1:
             raise ConfigError("fedavg: rounds, per_round, local_epochs, batch_size must be >= 1")
-        if self.policy != "all":
-            raise ConfigError(f"fedavg: policy={self.policy!r}; only 'all' is available")
+        if self.policy not in (*POLICIES, "all"):
+            raise ConfigError(f"fedavg: policy={self.policy!r}; use one of {', '.join(POLICIES)}")
+        check_levels(self.levels)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FedAvgConfig:
@@ -65,7 +104,15 @@ class FedAvgConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"fedavg config: unknown key {unknown[0]!r}; known: {sorted(known)}")
-        return cls(**data)
+        values = dict(data)
+        if "levels" in values:
+            values["levels"] = tuple(values["levels"])
+        return cls(**values)
+
+    @property
+    def resolved_policy(self) -> str:
+        """The policy with the ``all`` alias resolved."""
+        return "alllarge" if self.policy == "all" else self.policy
 
 
 class FedAvg:
@@ -75,46 +122,100 @@ class FedAvg:
 
     def __init__(self, config: FedAvgConfig) -> None:
         self.config = config
+        self.policy = config.resolved_policy
+        self.levels = check_levels(config.levels)
         self._model: BlockedModel | None = None
+        self._small: str | None = None  # AllSmall's sub-model, fixed by the fleet
 
     def _names(self) -> list[str]:
         if self._model is None:
             raise ConfigError("fedavg: call init_state(model, rng) first")
         return [*self._model.block_names(), "head"]
 
+    # --- memory ---------------------------------------------------------------------------------
+
+    def memory_cases(
+        self, spec: ModelSpec, *, batch_size: int, **options: object
+    ) -> dict[str, TrainingCase]:
+        """``full``, plus every width level for AllSmall."""
+        levels = sorted({1.0, *self.levels}) if self.policy == "allsmall" else [1.0]
+        return width_cases(spec, levels, batch_size=batch_size, **options)
+
+    def small_model(self, fleet: Fleet, memory_table: MemoryTable) -> str:
+        """AllSmall: the widest level whose measured peak fits the smallest budget."""
+        weakest = min((d.budget_bytes for d in fleet.devices), default=0)
+        options = [width_name(w) for w in self.levels]
+        name = tiers.largest_fitting(weakest, options, memory_table)
+        if name is None:
+            smallest = options[-1]
+            raise ConfigError(
+                f"allsmall: even {smallest} needs "
+                f"{tiers.required(memory_table, smallest) / 2**20:.1f} MiB, the weakest device "
+                f"of fleet {fleet.name!r} has {weakest / 2**20:.1f} MiB; add a narrower level or "
+                "use a smaller batch size"
+            )
+        return name
+
+    def eligible_share(self, fleet: Fleet, memory_table: MemoryTable) -> float:
+        """AllSmall: 1. AllLarge and ExclusiveFL: the share whose budget fits the full model."""
+        if self.policy == "allsmall":
+            return 1.0 if fleet.devices else 0.0
+        return fleet.participation(int(memory_table.get("full", 0)))
+
+    # --- Method protocol --------------------------------------------------------------------------
+
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """The model's weights; ``meta`` counts rounds."""
         if not isinstance(model, BlockedModel):
             raise ConfigError("fedavg needs a BlockedModel")
+        if self.policy == "allsmall":
+            require_sliceable(model, "allsmall")
         self._model = copy.deepcopy(model)
         weights = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
         return ServerState(weights=weights, meta={"rounds_used": 0})
 
     def position(self, state: ServerState) -> tuple[str, int, str]:
-        """Always ``("full", 0, "full")``."""
-        return "full", 0, "full"
+        """``("full", 0, <sub-model>)``: ``full``, or AllSmall's width once it is known."""
+        return "full", 0, self._small or ("allsmall" if self.policy == "allsmall" else "full")
 
     def configure_round(
         self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
         rng: np.random.Generator,
     ) -> list[ClientTask]:
-        """``per_round`` clients from the whole fleet, each training the full model."""
+        """``per_round`` eligible clients, each training the policy's model."""
         cfg = self.config
-        required = int(memory_table.get("full", 0))
+        if self.policy == "alllarge":
+            submodel = "full"
+            required = int(memory_table.get("full", 0))
+            chosen = select_any(fleet, cfg.per_round, rng)
+        elif self.policy == "exclusivefl":
+            submodel = "full"
+            required = tiers.required(memory_table, "full")
+            chosen = select_clients(fleet, required, cfg.per_round, rng, submodel="full")
+        else:
+            submodel = self._small = self.small_model(fleet, memory_table)
+            required = tiers.required(memory_table, submodel)
+            chosen = select_any(fleet, cfg.per_round, rng)
         trainable = frozenset(self._names())
         return [
             ClientTask(
-                client_id=cid, submodel="full", trainable=trainable, required_bytes=required,
+                client_id=cid, submodel=submodel, trainable=trainable, required_bytes=required,
                 local_epochs=cfg.local_epochs, lr=cfg.lr, momentum=cfg.momentum,
                 weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
             )
-            for cid in select_any(fleet, cfg.per_round, rng)
+            for cid in chosen
         ]
 
-    def _build(self, state: ServerState) -> SubModel:
+    def _build(self, state: ServerState, submodel: str) -> SubModel:
         assert self._model is not None
-        model = copy.deepcopy(self._model)
-        model.load_state_dict(state.weights)
+        if submodel == "full":
+            model = copy.deepcopy(self._model)
+            model.load_state_dict(state.weights)
+        else:
+            level = next(w for w in self.levels if width_name(w) == submodel)
+            model = build_width_model(self._model.spec, level)
+            plan = slice_plan(shapes(state.weights), shapes(model.state_dict()), static_indices)
+            model.load_state_dict(extract(state.weights, plan))
         names = self._names()
         return SubModel(
             modules={n: model.get_submodule(n) for n in names}, prefix=(),
@@ -122,18 +223,28 @@ class FedAvg:
         )
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
-        """The full model."""
-        return self._build(state)
+        """The policy's model (full, or AllSmall's channel prefix)."""
+        return self._build(state, task.submodel)
 
     def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
-        """The full model."""
-        return self._build(state)
+        """The trained model: full, or AllSmall's small model."""
+        return self._build(state, self._small or submodel)
 
     def aggregate(
         self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
     ) -> ServerState:
-        """Example-weighted mean of the full models."""
-        weights = fedavg(state.weights, updates, weighting=self.config.weighting)
+        """Example-weighted mean of the clients' models."""
+        if self.policy == "allsmall" and updates:
+            n = [float(u.num_examples) if self.config.weighting == "examples" else 1.0
+                 for u in updates]
+            global_shapes = shapes(state.weights)
+            contributions = [
+                (u.state, slice_plan(global_shapes, shapes(u.state), static_indices))
+                for u in updates
+            ]
+            weights = scatter_mean(state.weights, contributions, n)
+        else:
+            weights = fedavg(state.weights, updates, weighting=self.config.weighting)
         return ServerState(
             weights=weights, meta={"rounds_used": int(state.meta["rounds_used"]) + 1}
         )
