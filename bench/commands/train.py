@@ -1,4 +1,8 @@
-"""``profl train``: one federated run (ProFL or full-model FedAvg) with results and a curve.
+"""``profl train``: one federated run (ProFL or a baseline) with results and a curve.
+
+Methods come from :data:`METHODS` (``--method``): ProFL, full-model FedAvg with its three
+policies (``fedavg`` = ``alllarge``, ``exclusivefl``, ``allsmall``), ``heterofl``, ``fedrolex``,
+``depthfl`` and ``inclusivefl``. Each baseline names its own memory-table cases.
 
 Writes into ``--out`` (default ``results/runs/<machine>/<utc>_<sha>_train-<method>/``):
 ``rounds.jsonl`` (one record per round), ``checkpoint.pt`` (every ``--checkpoint-every`` rounds
@@ -13,6 +17,7 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +31,20 @@ from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.fl import FederatedData, JsonlSink, RoundRecord, RunConfig, run_federated
 from profl_core.fl.selection import require_trainable
+from profl_core.fl.types import Method
 from profl_core.memory import all_cases
 from profl_core.memory.table import required_bytes_table
+from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.fedrolex import FedRolex
+from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
+from profl_core.methods.inclusivefl import InclusiveFL
 from profl_core.methods.profl import ProFL, ProFLConfig, model_weights, plan
 from profl_core.models import MODEL_NAMES, ModelSpec, build_model, check_model_name, native_spec
 from profl_core.results import Record, atomic_write_text, new_result, run_dir, write_result
 
 NAME = "train"
-HELP = "run federated training (profl or fedavg) on a fleet; write rounds, result and a curve"
+HELP = "run federated training (profl or a baseline) on a fleet; write rounds, result, a curve"
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICES_DIR = REPO / "devices"
@@ -42,7 +52,7 @@ MIB = 2**20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("profl", "fedavg"), default="profl")
+    parser.add_argument("--method", choices=tuple(METHODS), default="profl")
     parser.add_argument("--model", default="cnn", help=f"one of {', '.join(MODEL_NAMES)}")
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
     parser.add_argument("--dataset", choices=DATASET_NAMES, default="fashion-mnist")
@@ -91,11 +101,23 @@ def model_spec(args: argparse.Namespace, train: ArrayDataset) -> ModelSpec:
                        width=args.width)
 
 
-def memory_table(spec: ModelSpec, args: argparse.Namespace) -> dict[str, int]:
-    """Required bytes of every sub-model (predict probe), keyed ``full``/``grow:t``/``shrink:t``."""
-    cases = all_cases(spec, batch_size=args.batch_size, frozen_bn_eval=args.frozen_bn == "eval")
-    table = required_bytes_table(cases, probe="predict")
-    return {case.label: table[case.key] for case in cases}
+def memory_table(
+    spec: ModelSpec, args: argparse.Namespace, method: Method | None = None
+) -> dict[str, int]:
+    """Required bytes of every sub-model (predict probe), keyed by the method's sub-model names.
+
+    ProFL's names are ``full``/``grow:t``/``shrink:t``; a baseline lists its own cases
+    (``memory_cases``: width levels, depths), always including ``full``.
+    """
+    frozen_bn_eval = args.frozen_bn == "eval"
+    cases_of = getattr(method, "memory_cases", None)
+    if cases_of is not None:
+        named = cases_of(spec, batch_size=args.batch_size, frozen_bn_eval=frozen_bn_eval)
+    else:
+        named = {c.label: c for c in all_cases(spec, batch_size=args.batch_size,
+                                                frozen_bn_eval=frozen_bn_eval)}
+    table = required_bytes_table(named.values(), probe="predict")
+    return {name: table[case.key] for name, case in named.items()}
 
 
 def spec_blocks(spec: ModelSpec) -> int:
@@ -123,16 +145,57 @@ def make_fleet(args: argparse.Namespace, full_bytes: int) -> Fleet:
     return Fleet(fleet.name, fleet.devices[: args.clients], fleet.kind)
 
 
-def make_method(args: argparse.Namespace) -> ProFL | FedAvg:
-    """The method with the command's settings."""
+MethodBuilder = Callable[[argparse.Namespace, dict[str, Any], FederatedData], Method]
+
+
+def _profl(args: argparse.Namespace, common: dict[str, Any], data: FederatedData) -> Method:
+    return ProFL(ProFLConfig(**common, distill_lr=args.distill_lr, schedule=args.schedule,
+                             shrink=not args.no_shrink))
+
+
+def _fedavg(policy: str) -> MethodBuilder:
+    def build(args: argparse.Namespace, common: dict[str, Any], data: FederatedData) -> Method:
+        return FedAvg(FedAvgConfig(**common, policy=policy))  # type: ignore[arg-type]
+
+    return build
+
+
+def _width(cls: type[HeteroFL]) -> MethodBuilder:
+    def build(args: argparse.Namespace, common: dict[str, Any], data: FederatedData) -> Method:
+        return cls(HeteroFLConfig(**common), client_data=data.clients)
+
+    return build
+
+
+def _depth(cls: type[DepthFL]) -> MethodBuilder:
+    def build(args: argparse.Namespace, common: dict[str, Any], data: FederatedData) -> Method:
+        return cls(DepthFLConfig(**common, metrics_every=args.eval_every), test_data=data.test)
+
+    return build
+
+
+#: ``--method`` name -> builder from the command's settings and the run's data.
+METHODS: dict[str, MethodBuilder] = {
+    "profl": _profl,
+    "fedavg": _fedavg("alllarge"),
+    "alllarge": _fedavg("alllarge"),
+    "exclusivefl": _fedavg("exclusivefl"),
+    "allsmall": _fedavg("allsmall"),
+    "heterofl": _width(HeteroFL),
+    "fedrolex": _width(FedRolex),
+    "depthfl": _depth(DepthFL),
+    "inclusivefl": _depth(InclusiveFL),
+}
+
+
+def make_method(args: argparse.Namespace, data: FederatedData) -> Method:
+    """The method with the command's settings (HeteroFL/FedRolex see the client data for label
+    masks and sBN; DepthFL/InclusiveFL see the test set for per-exit accuracy)."""
     common: dict[str, Any] = {
         "rounds": args.rounds, "per_round": args.per_round, "local_epochs": args.local_epochs,
         "batch_size": args.batch_size, "lr": args.lr,
     }
-    if args.method == "fedavg":
-        return FedAvg(FedAvgConfig(**common))
-    return ProFL(ProFLConfig(**common, distill_lr=args.distill_lr, schedule=args.schedule,
-                             shrink=not args.no_shrink))
+    return METHODS[args.method](args, common, data)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -203,12 +266,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
     train, test = load_data(args)
     spec = model_spec(args, train)
-    table = memory_table(spec, args)
-    fleet = make_fleet(args, table["full"])
     parts = partition(args.partition, train.y.numpy(), args.clients,
                       np.random.default_rng(args.seed))
     data = FederatedData(clients=tuple(train.subset(p) for p in parts), test=test)
-    method = make_method(args)
+    method = make_method(args, data)
+    table = memory_table(spec, args, method)
+    fleet = make_fleet(args, table["full"])
     if isinstance(method, ProFL):  # fail before training when a step fits no device
         for name in {p.submodel for p in plan(spec_blocks(spec), shrink=not args.no_shrink)}:
             require_trainable(fleet, table[name], name)
