@@ -17,12 +17,17 @@ from profl_core.results import atomic_write_text
 
 NAME = "speed"
 HELP = "run the speed benchmarks (pytest-benchmark) and report the target ratios"
-SPEED_TESTS = REPO / "bench" / "test_speed.py"
+SPEED_TESTS = [REPO / "bench" / "test_speed.py", REPO / "bench" / "test_speed_fl.py"]
 # (name, numerator test, denominator test or None for seconds, target, direction)
 TARGETS = [
     ("dispatch probe overhead (resnet18, bs 64)", "test_dispatch_traced_step_resnet18",
      "test_untraced_step_resnet18", 1.10, "<="),
     ("predict whole memory table (s)", "test_predict_whole_memory_table", None, 60.0, "<="),
+    *[(f"ProFL grow:{t} round / FedAvg round", f"test_profl_round[{t}]", "test_fedavg_round",
+       0.8, "<=") for t in range(1, 5)],
+    ("ProFL mean growing round / FedAvg round", "profl_mean", "test_fedavg_round", 0.8, "<="),
+    ("feature cache speed-up (grow:3, 5 epochs)", "test_feature_cache_grow3_5_epochs[uncached]",
+     "test_feature_cache_grow3_5_epochs[cached]", 1.5, ">="),
 ]
 
 
@@ -34,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def ratios(benchmark_json: dict) -> list[list[str]]:
     """Rows of (target, measured, goal, met) from a pytest-benchmark JSON dump."""
     means = {b["name"]: b["stats"]["mean"] for b in benchmark_json["benchmarks"]}
+    grow = [v for k, v in means.items() if k.startswith("test_profl_round[")]
+    if grow:
+        means["profl_mean"] = sum(grow) / len(grow)
     rows = []
     for label, num, den, goal, op in TARGETS:
         if num not in means or (den is not None and den not in means):
@@ -48,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     folder = args.out or new_run_folder("speed")
     folder.mkdir(parents=True, exist_ok=True)
     dump = folder / "benchmark.json"
-    cmd = [sys.executable, "-m", "pytest", str(SPEED_TESTS), "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *map(str, SPEED_TESTS), "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={dump}", "--benchmark-columns=mean,stddev,rounds"]
     if args.select:
         cmd += ["-k", args.select]
