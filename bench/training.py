@@ -1,0 +1,416 @@
+"""One federated training run from a :class:`TrainingConfig`, shared by ``profl train`` and suites.
+
+:func:`run_training` loads the data (or takes it ready), partitions it, builds the method, its
+memory table and the fleet, runs :func:`~profl_core.fl.run_federated` and writes into one
+folder: ``rounds.jsonl``, ``checkpoint.pt``, ``model.pt``, ``result.json`` (summary records read
+back from ``rounds.jsonl``), ``learning_curve.png`` and ``README.txt``. ``result.json`` is
+written last, so its presence marks a finished run; ``resume=True`` continues an unfinished one
+from its checkpoint and ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.commands.data import data_search_dirs
+from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
+from profl_core.devices import Fleet, load_fleet, load_profiles
+from profl_core.errors import ConfigError
+from profl_core.fl import FederatedData, JsonlSink, RoundRecord, RunConfig, run_federated
+from profl_core.fl.selection import require_trainable
+from profl_core.fl.types import Method
+from profl_core.memory import all_cases
+from profl_core.memory.table import required_bytes_table
+from profl_core.methods.depthfl import DepthFL, DepthFLConfig
+from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.fedrolex import FedRolex
+from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
+from profl_core.methods.inclusivefl import InclusiveFL
+from profl_core.methods.profl import ProFL, ProFLConfig, model_weights, plan
+from profl_core.models import ModelSpec, build_model, check_model_name, native_spec
+from profl_core.results import Record, ResultFile, atomic_write_text, new_result, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICES_DIR = REPO / "devices"
+MIB = 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """Everything one federated run needs (``profl train`` flags; a suite's accuracy section).
+
+    Attributes:
+        method: A name in :data:`METHODS`.
+        model: Model family (``cnn``, ``resnet18``...); width multiplier ``width``.
+        dataset: A name in :data:`~profl_core.data.DATASET_NAMES`; looked up in ``data_dir``.
+        fleet: Fleet name in ``devices/fleets`` or a TOML path; the first ``clients`` devices.
+        per_round: Clients selected per round; ``rounds`` is the round budget.
+        partition: ``iid``, ``dirichlet:ALPHA`` or ``shards:K``.
+        samples_per_client: Keep at most this many (random) samples per client; 0 keeps all.
+        test_samples: Evaluate on the first this many test samples; 0 keeps all.
+        schedule: ProFL's step schedule, ``em`` (effective movement) or ``fixed``.
+        shrink: ProFL with its shrinking stage.
+        checkpoint_every: Rounds between checkpoints (0: only at the end).
+        device: Torch device for training and evaluation.
+        backend: Client backend for :func:`~profl_core.fl.run_federated` (``local``, ``ray``).
+    """
+
+    method: str = "profl"
+    model: str = "cnn"
+    width: float = 1.0
+    dataset: str = "fashion-mnist"
+    data_dir: Path | None = None
+    fleet: str = "relative-uniform"
+    clients: int = 100
+    per_round: int = 20
+    rounds: int = 100
+    local_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.01
+    distill_lr: float = 0.01
+    partition: str = "dirichlet:0.5"
+    seed: int = 0
+    schedule: str = "em"
+    shrink: bool = True
+    frozen_bn: str = "eval"
+    feature_cache: bool = True
+    eval_every: int = 1
+    checkpoint_every: int = 10
+    samples_per_client: int = 0
+    test_samples: int = 0
+    device: str = "cpu"
+    backend: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}; use one of {', '.join(METHODS)}")
+        check_model_name(self.model)
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigError(f"dataset={self.dataset!r}; use one of {', '.join(DATASET_NAMES)}")
+        for name in ("clients", "per_round", "rounds", "local_epochs", "batch_size",
+                     "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}; use 1 or more")
+        for name in ("checkpoint_every", "samples_per_client", "test_samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}; use 0 or more")
+        if self.lr <= 0 or self.distill_lr <= 0:
+            raise ConfigError(f"lr={self.lr}, distill_lr={self.distill_lr}; both must be positive")
+        if not 0 < self.width <= 1:
+            raise ConfigError(f"width={self.width}; use a multiplier in (0, 1]")
+        if self.schedule not in ("em", "fixed"):
+            raise ConfigError(f"schedule={self.schedule!r}; use 'em' or 'fixed'")
+        if self.frozen_bn not in ("eval", "train"):
+            raise ConfigError(f"frozen_bn={self.frozen_bn!r}; use 'eval' or 'train'")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready values."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def load_data(config: TrainingConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """Train and test split of ``config.dataset``."""
+    dirs = data_search_dirs(config.data_dir)
+    return (
+        load_dataset(config.dataset, split="train", search_dirs=dirs),
+        load_dataset(config.dataset, split="test", search_dirs=dirs),
+    )
+
+
+def federated_data(
+    config: TrainingConfig, train: ArrayDataset, test: ArrayDataset
+) -> FederatedData:
+    """Partition ``train`` over the clients (capped per client) and cap the test set."""
+    parts = partition(config.partition, train.y.numpy(), config.clients,
+                      np.random.default_rng(config.seed))
+    if config.samples_per_client:
+        cap_rng = np.random.default_rng([config.seed, 1])
+        parts = [np.sort(cap_rng.choice(p, config.samples_per_client, replace=False))
+                 if len(p) > config.samples_per_client else p for p in parts]
+    if config.test_samples and config.test_samples < len(test):
+        test = test.subset(np.arange(config.test_samples))
+    return FederatedData(clients=tuple(train.subset(p) for p in parts), test=test)
+
+
+def model_spec(config: TrainingConfig, train: ArrayDataset) -> ModelSpec:
+    """The model on the dataset's input shape and classes."""
+    c, h, w = train.input_shape
+    if h != w:
+        raise ConfigError(f"dataset {config.dataset}: {h}x{w} images; models need square inputs")
+    return native_spec(config.model, num_classes=train.num_classes, in_channels=c,
+                       input_size=h, width=config.width)
+
+
+def memory_table(
+    spec: ModelSpec, config: TrainingConfig, method: Method | None = None
+) -> dict[str, int]:
+    """Required bytes of every sub-model (predict probe), keyed by the method's sub-model names.
+
+    ProFL's names are ``full``/``grow:t``/``shrink:t``; a baseline lists its own cases
+    (``memory_cases``: width levels, depths), always including ``full``.
+    """
+    frozen_bn_eval = config.frozen_bn == "eval"
+    cases_of = getattr(method, "memory_cases", None)
+    if cases_of is not None:
+        named = cases_of(spec, batch_size=config.batch_size, frozen_bn_eval=frozen_bn_eval)
+    else:
+        named = {c.label: c for c in all_cases(spec, batch_size=config.batch_size,
+                                                frozen_bn_eval=frozen_bn_eval)}
+    table = required_bytes_table(named.values(), probe="predict")
+    return {name: table[case.key] for name, case in named.items()}
+
+
+def fleet_path(name: str) -> Path:
+    """A fleet name in devices/fleets, or a path."""
+    path = Path(name)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    return DEVICES_DIR / "fleets" / f"{name}.toml"
+
+
+def make_fleet(config: TrainingConfig, full_bytes: int) -> Fleet:
+    """The first ``clients`` devices of the fleet (relative fleets scale to the full peak)."""
+    profiles = load_profiles(DEVICES_DIR / "profiles")
+    fleet = load_fleet(fleet_path(config.fleet), profiles, reference_peak_bytes=full_bytes)
+    if config.clients > len(fleet.devices):
+        raise ConfigError(
+            f"clients={config.clients}: fleet {fleet.name!r} has only {len(fleet.devices)} "
+            "devices; use fewer clients or a larger fleet"
+        )
+    return Fleet(fleet.name, fleet.devices[: config.clients], fleet.kind)
+
+
+MethodBuilder = Callable[[TrainingConfig, dict[str, Any], FederatedData], Method]
+
+
+def _profl(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
+    return ProFL(ProFLConfig(**common, distill_lr=config.distill_lr,
+                             schedule=config.schedule,  # type: ignore[arg-type]
+                             shrink=config.shrink))
+
+
+def _fedavg(policy: str) -> MethodBuilder:
+    def build(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
+        return FedAvg(FedAvgConfig(**common, policy=policy))  # type: ignore[arg-type]
+
+    return build
+
+
+def _width(cls: type[HeteroFL]) -> MethodBuilder:
+    def build(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
+        return cls(HeteroFLConfig(**common), client_data=data.clients)
+
+    return build
+
+
+def _depth(cls: type[DepthFL]) -> MethodBuilder:
+    def build(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
+        return cls(DepthFLConfig(**common, metrics_every=config.eval_every), test_data=data.test)
+
+    return build
+
+
+#: Method name -> builder from the run's settings and data.
+METHODS: dict[str, MethodBuilder] = {
+    "profl": _profl,
+    "fedavg": _fedavg("alllarge"),
+    "alllarge": _fedavg("alllarge"),
+    "exclusivefl": _fedavg("exclusivefl"),
+    "allsmall": _fedavg("allsmall"),
+    "heterofl": _width(HeteroFL),
+    "fedrolex": _width(FedRolex),
+    "depthfl": _depth(DepthFL),
+    "inclusivefl": _depth(InclusiveFL),
+}
+
+
+def make_method(config: TrainingConfig, data: FederatedData) -> Method:
+    """The method with the run's settings (HeteroFL/FedRolex see the client data for label
+    masks and sBN; DepthFL/InclusiveFL see the test set for per-exit accuracy)."""
+    common: dict[str, Any] = {
+        "rounds": config.rounds, "per_round": config.per_round,
+        "local_epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr,
+    }
+    return METHODS[config.method](config, common, data)
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``rounds.jsonl`` file."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def rounds_to_target(rounds: list[dict[str, Any]], target: float) -> int | None:
+    """The first round whose test accuracy reaches ``target``; None when none does."""
+    return next((int(r["round"]) for r in rounds
+                 if r["accuracy"] is not None and r["accuracy"] >= target), None)
+
+
+def summary_records(
+    rounds: list[dict[str, Any]],
+    key: str,
+    *,
+    full_bytes: int | None = None,
+    target_accuracy: float | None = None,
+) -> list[Record]:
+    """Final/best accuracy, loss, rounds, time, participation and memory of one run.
+
+    Args:
+        rounds: The run's ``rounds.jsonl`` records.
+        key: Record key of the run.
+        full_bytes: The full model's required bytes; adds ``full_peak_bytes`` and
+            ``memory_reduction`` (1 - the method's largest required bytes / the full model's).
+        target_accuracy: Adds ``rounds_to_target`` when some round reaches it.
+    """
+    evaluated = [r for r in rounds if r["accuracy"] is not None]
+    if not evaluated:
+        raise ConfigError(f"{key}: no evaluated round; set eval_every to at most rounds")
+    last = evaluated[-1]
+    participants = [len(r["participants"]) for r in rounds]
+    peak = max(max(r["required_bytes"], default=0) for r in rounds)
+    out = [
+        Record(key=key, metric="final_accuracy", value=float(last["accuracy"]), unit="ratio"),
+        Record(key=key, metric="best_accuracy",
+               value=float(max(r["accuracy"] for r in evaluated)), unit="ratio"),
+        Record(key=key, metric="final_loss", value=float(last["loss"]), unit="nat"),
+        Record(key=key, metric="rounds", value=float(len(rounds)), unit="count"),
+        Record(key=key, metric="train_wall_s", value=float(sum(r["wall_s"] for r in rounds)),
+               unit="s"),
+        Record(key=key, metric="mean_participants", value=float(np.mean(participants)),
+               unit="count"),
+        Record(key=key, metric="mean_eligible_share",
+               value=float(np.mean([r["eligible_share"] for r in rounds])), unit="ratio"),
+        Record(key=key, metric="max_required_bytes", value=float(peak), unit="B"),
+    ]
+    if full_bytes:
+        out += [
+            Record(key=key, metric="full_peak_bytes", value=float(full_bytes), unit="B"),
+            Record(key=key, metric="memory_reduction", value=1 - peak / full_bytes,
+                   unit="ratio"),
+        ]
+    if target_accuracy is not None:
+        reached = rounds_to_target(rounds, target_accuracy)
+        if reached is not None:
+            out.append(Record(key=key, metric="rounds_to_target", value=float(reached),
+                              unit="count"))
+    return out
+
+
+def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy per round with a dashed line at every step boundary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    evaluated = [r for r in rounds if r["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(x=[r["round"] for r in evaluated], y=[r["accuracy"] for r in evaluated], ax=ax,
+                 marker="o" if len(evaluated) < 40 else None)
+    for prev, cur in itertools.pairwise(rounds):
+        if (prev["stage"], prev["submodel"]) != (cur["stage"], cur["submodel"]):
+            ax.axvline(cur["round"] - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(cur["round"] - 0.5, 1.0, f" {cur['stage'][0]}{cur['submodel']}",
+                    fontsize=7, va="top", rotation=90, color="grey")
+    ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title=title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def run_training(
+    config: TrainingConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[RoundRecord], None] | None = None,
+    data: tuple[ArrayDataset, ArrayDataset] | None = None,
+    suite: str | None = None,
+    target_accuracy: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ResultFile:
+    """Run one federated training into ``out`` and return its result file.
+
+    Args:
+        config: The run's settings.
+        out: Run folder (created); holds the files listed in the module docstring.
+        resume: Continue from ``out/checkpoint.pt`` when present; without it, a folder that
+            already holds ``rounds.jsonl`` is refused.
+        progress: Called with each round's record.
+        data: Train and test split already loaded (suites load them once); else loaded here.
+        suite: Result-file suite name (default ``train-<method>``).
+        target_accuracy: Adds ``rounds_to_target`` to the records.
+        log: Receives a few human-readable lines (memory table, final accuracy).
+
+    Returns:
+        The result file written to ``out/result.json``.
+    """
+    if (out / "rounds.jsonl").exists() and not resume:
+        raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
+    train, test = data if data is not None else load_data(config)
+    spec = model_spec(config, train)
+    fed = federated_data(config, train, test)
+    method = make_method(config, fed)
+    table = memory_table(spec, config, method)
+    fleet = make_fleet(config, table["full"])
+    if isinstance(method, ProFL):  # fail before training when a step fits no device
+        num_blocks = build_model(spec).num_blocks
+        for name in {p.submodel for p in plan(num_blocks, shrink=config.shrink)}:
+            require_trainable(fleet, table[name], name)
+    run_config = RunConfig(
+        rounds=config.rounds, seed=config.seed, eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every, frozen_bn=config.frozen_bn,  # type: ignore[arg-type]
+        feature_cache=config.feature_cache, device=config.device,
+    )
+    model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        for name, required in table.items():
+            share = fleet.participation(required)
+            log(f"  {name:9s} {required / MIB:8.1f} MiB  eligible {share:.0%}")
+    start = time.perf_counter()
+    state = run_federated(
+        method, fleet, fed, run_config, model=model, memory_table=table,
+        sink=JsonlSink(out / "rounds.jsonl"), backend=config.backend, checkpoint_dir=out,
+        resume=resume, progress=progress,
+    )
+    wall = time.perf_counter() - start
+    weights = model_weights(state) if isinstance(method, ProFL) else state.weights
+    torch.save(dict(weights), out / "model.pt")
+    rounds = read_rounds(out / "rounds.jsonl")
+    key = f"{config.method}/{spec.name}/{config.dataset}/{fleet.name}/{config.partition}" \
+          f"/seed{config.seed}"
+    extra = {"config": config.to_json(), "memory_table_bytes": table, "session_wall_s": wall,
+             "fleet": fleet.name, "target_accuracy": target_accuracy}
+    result = new_result(
+        suite or f"train-{config.method}",
+        summary_records(rounds, key, full_bytes=table["full"], target_accuracy=target_accuracy),
+        repo=REPO, extra=extra,
+    )
+    plot_curve(rounds, out / "learning_curve.png",
+               f"{config.method} {spec.name} on {config.dataset}, fleet {fleet.name}")
+    final = result.values("final_accuracy")[key]
+    atomic_write_text(out / "README.txt", f"{key}\nfinal accuracy {final:.4f}\n")
+    write_result(out / "result.json", result)  # last: marks the run as finished
+    if log is not None:
+        log(f"final accuracy {final:.4f} after {len(rounds)} rounds ({wall:.1f} s); wrote {out}")
+    return result
