@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -103,3 +104,95 @@ def memory_figures(
     for model in dict.fromkeys(blocks["model"]):
         paths.append(block_peak_bars(blocks, model, folder / f"block_peaks_{model}.png"))
     return paths
+
+
+# ------------------------------------------------------------------------------ accuracy section
+
+
+def _method_palette(methods: list[str]) -> dict[str, tuple[float, float, float]]:
+    colors = sns.color_palette("tab10", max(10, len(methods)))
+    return dict(zip(methods, colors, strict=False))
+
+
+def accuracy_curves(
+    curves: pd.DataFrame, path: Path, *, methods: list[str], target: float | None
+) -> Path:
+    """Test accuracy against round, one line per method, one panel per partition."""
+    grid = sns.relplot(
+        data=curves, kind="line", x="round", y="accuracy_%", hue="method", hue_order=methods,
+        col="partition", height=3.6, aspect=1.3, palette=_method_palette(methods),
+        marker="o", markersize=4, facet_kws={"sharey": True},
+    )
+    grid.set_axis_labels("round", "test accuracy (%)")
+    grid.set_titles("partition {col_name}")
+    for ax in grid.axes.flat:
+        ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if target is not None:
+            ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
+    sns.move_legend(grid, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    grid.figure.suptitle("Accuracy per round (dotted: the rounds-to-target line)", y=1.04)
+    return _save(grid.figure, path)
+
+
+def accuracy_vs_memory(frame: pd.DataFrame, path: Path, *, methods: list[str]) -> Path:
+    """Final accuracy against the method's peak training memory (the Pareto view)."""
+    partitions = list(dict.fromkeys(frame["partition"]))
+    fig, axes = plt.subplots(1, len(partitions), figsize=(5.2 * len(partitions), 4.2),
+                             squeeze=False, sharey=True)
+    palette = _method_palette(methods)
+    for ax, part in zip(axes.flat, partitions, strict=True):
+        sub = frame[frame["partition"] == part]
+        sns.scatterplot(data=sub, x="peak_mib", y="final_acc_%", hue="method",
+                        hue_order=methods, palette=palette, s=80, ax=ax, legend=False)
+        # Staircase of the best accuracy reachable at each memory budget.
+        best = sub.sort_values("peak_mib")
+        front = best[best["final_acc_%"] >= best["final_acc_%"].cummax()]
+        xs = [*front["peak_mib"], sub["peak_mib"].max() * 1.1]
+        ys = [*front["final_acc_%"], front["final_acc_%"].iloc[-1]]
+        ax.step(xs, ys, where="post", color="grey", linewidth=1, linestyle="--")
+        ax.set(title=f"partition {part}", xlabel="peak training memory (MiB)",
+               ylabel="final test accuracy (%)")
+        ax.margins(x=0.15, y=0.12)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[m]) for m in methods]
+    fig.legend(handles, methods, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title="method")
+    fig.suptitle("Final accuracy against peak memory (dashed: best accuracy within a budget)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def participation_by_method(frame: pd.DataFrame, path: Path, *, methods: list[str]) -> Path:
+    """Mean share of the fleet that can take part and clients per round, per method."""
+    part = frame.drop_duplicates(["method", "fleet"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    sns.barplot(data=part, x="method", y="eligible_%", hue="fleet", order=methods,
+                palette="colorblind", ax=axes[0])
+    axes[0].set(xlabel="", ylabel="eligible devices (%)", ylim=(0, 105),
+                title="Fleet share whose budget fits (mean over rounds)")
+    sns.barplot(data=frame, x="method", y="clients_per_round", hue="partition", order=methods,
+                palette="pastel", ax=axes[1])
+    axes[1].set(xlabel="", ylabel="clients per round",
+                title="Clients that trained per round (mean)")
+    for ax, fmt in zip(axes, ("%.0f", "%.1f"), strict=True):
+        ax.tick_params(axis="x", rotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        for container in ax.containers:
+            ax.bar_label(container, fmt=fmt, fontsize=7, padding=1)
+        ax.legend(fontsize=8, title=ax.get_legend().get_title().get_text(), title_fontsize=8,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_figures(
+    curves: pd.DataFrame, frame: pd.DataFrame, folder: Path, *, target: float | None
+) -> list[Path]:
+    """The accuracy section's figures; returns the written paths."""
+    methods = list(dict.fromkeys(frame.sort_values("peak_mib")["method"]))
+    return [
+        accuracy_curves(curves, folder / "accuracy_curves.png", methods=methods, target=target),
+        accuracy_vs_memory(frame, folder / "accuracy_vs_memory.png", methods=methods),
+        participation_by_method(frame, folder / "participation.png", methods=methods),
+    ]

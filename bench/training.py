@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.commands.data import data_search_dirs
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
@@ -122,6 +121,8 @@ class TrainingConfig:
 
 def load_data(config: TrainingConfig) -> tuple[ArrayDataset, ArrayDataset]:
     """Train and test split of ``config.dataset``."""
+    from bench.commands.data import data_search_dirs  # lazy: bench.commands imports this module
+
     dirs = data_search_dirs(config.data_dir)
     return (
         load_dataset(config.dataset, split="train", search_dirs=dirs),

@@ -4,6 +4,18 @@ Each module defines ``NAME`` (the sub-command), ``HELP`` (one line), ``add_argum
 and ``run(args) -> int`` (the exit code). :data:`COMMANDS` lists them in help order.
 """
 
-from bench.commands import bench, check, data, devices, memory, models, speed, trace, train
+from bench.commands import (
+    bench,
+    check,
+    compare,
+    data,
+    devices,
+    memory,
+    models,
+    report,
+    speed,
+    trace,
+    train,
+)
 
-COMMANDS = [bench, memory, trace, check, devices, models, data, train, speed]
+COMMANDS = [bench, report, compare, memory, trace, check, devices, models, data, train, speed]

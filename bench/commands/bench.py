@@ -9,13 +9,15 @@ from bench.runner import latest_run, new_run_folder, run_suite
 from bench.suites import load_suite, suite_names
 
 NAME = "bench"
-HELP = "run a suite (default: the model zoo and the memory section) into results/runs/"
+HELP = ("run a suite (default: memory and accuracy sections; smoke, fmnist-full, paper-cifar10, "
+        "speed, memory-ci) into results/runs/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", nargs="?", default="default",
                         help=f"suite name ({', '.join(suite_names())}) or a .toml path")
     parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
+    parser.add_argument("--data-dir", type=Path, help="folder holding the dataset")
     parser.add_argument("--resume", action="store_true",
                         help="continue --out (or this suite's newest run) without redoing cases")
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         folder = args.out or latest_run(suite.name)
     else:
         folder = args.out or new_run_folder(suite.name)
-    for line in run_suite(suite, folder, resume=args.resume):
+    for line in run_suite(suite, folder, resume=args.resume, data_dir=args.data_dir):
         print(line)
     print(f"\nwrote {folder}/report.md, result.json, tables/ and figures/")
     return 0

@@ -52,20 +52,25 @@ def ratios(benchmark_json: dict) -> list[list[str]]:
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    folder = args.out or new_run_folder("speed")
+def run_speed(folder: Path, select: str | None = None) -> str:
+    """Run the speed tests with ``benchmark.json`` and ``speed.md`` in ``folder``; the table."""
     folder.mkdir(parents=True, exist_ok=True)
     dump = folder / "benchmark.json"
     cmd = [sys.executable, "-m", "pytest", *map(str, SPEED_TESTS), "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={dump}", "--benchmark-columns=mean,stddev,rounds"]
-    if args.select:
-        cmd += ["-k", args.select]
+    if select:
+        cmd += ["-k", select]
     code = subprocess.run(cmd, cwd=REPO, check=False).returncode
     if code != 0 or not dump.exists():
         raise ConfigError(f"speed benchmarks failed (pytest exit {code}); see the output above")
     table = tabulate(ratios(json.loads(dump.read_text())),
                      headers=["target", "measured", "goal", "met"], tablefmt="github")
     atomic_write_text(folder / "speed.md", "# Speed targets\n\n" + table + "\n")
-    print(table)
-    print(f"\nwrote {dump} and {folder / 'speed.md'}")
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = args.out or new_run_folder("speed")
+    print(run_speed(folder, args.select))
+    print(f"\nwrote {folder / 'benchmark.json'} and {folder / 'speed.md'}")
     return 0
