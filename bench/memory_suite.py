@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from profl_core.devices import Fleet, load_fleet, load_profiles
+from profl_core.errors import ConfigError
 from profl_core.memory import MemoryReport, TrainingCase, all_cases, measure
 from profl_core.memory.categories import Category
 from profl_core.models import ModelSpec, native_spec
@@ -30,21 +31,61 @@ def profl_cases(spec: ModelSpec, batch_size: int) -> list[TrainingCase]:
     return all_cases(spec, batch_size=batch_size)
 
 
+#: Baseline families a memory section can add: ``heterofl`` (the ``full`` case of every width
+#: level below 1, shared by HeteroFL, FedRolex and AllSmall; convolutional models only),
+#: ``depthfl`` (``depth:k``: blocks 1..k with all exits) and ``inclusivefl`` (``trunc:k``:
+#: blocks 1..k with the last exit).
+BASELINE_METHODS: tuple[str, ...] = ("heterofl", "depthfl", "inclusivefl")
+
+
+def baseline_cases(
+    spec: ModelSpec, batch_size: int, methods: Sequence[str]
+) -> list[TrainingCase]:
+    """The sub-model cases of the baselines in ``methods`` (see :data:`BASELINE_METHODS`)."""
+    from profl_core.memory.case import num_blocks
+    from profl_core.methods.width import LEVELS, level_spec
+
+    unknown = sorted(set(methods) - set(BASELINE_METHODS))
+    if unknown:
+        raise ConfigError(f"memory methods: unknown {unknown[0]!r}; use some of "
+                          f"{', '.join(BASELINE_METHODS)}")
+    cases: list[TrainingCase] = []
+    if "heterofl" in methods and spec.name in CONV_MODELS:
+        cases += [TrainingCase(model=level_spec(spec, w), kind="full", batch_size=batch_size)
+                  for w in LEVELS if w < 1.0]
+    for method, kind in (("depthfl", "depth"), ("inclusivefl", "trunc")):
+        if method in methods:
+            cases += [TrainingCase(model=spec, kind=kind, step=k, batch_size=batch_size)
+                      for k in range(1, num_blocks(spec) + 1)]
+    return cases
+
+
+CONV_MODELS: tuple[str, ...] = ("cnn", "resnet18", "resnet34", "vgg11", "vgg16")
+
+
 @dataclass(frozen=True)
 class MemorySection:
-    """What to measure: models on their native inputs at one batch size with one probe."""
+    """What to measure: models on their native inputs at one batch size with one probe.
+
+    ``methods`` adds the baselines' sub-models (:data:`BASELINE_METHODS`) to ProFL's cases.
+    """
 
     models: tuple[str, ...]
     batch_size: int = 64
     probe: str = "predict"
     num_classes: int = 10
+    methods: tuple[str, ...] = ()
+
+    def model_cases(self, name: str) -> list[TrainingCase]:
+        """ProFL's cases of one model, then the baselines' sub-models in ``methods``."""
+        spec = native_spec(name, num_classes=self.num_classes)
+        return profl_cases(spec, self.batch_size) + baseline_cases(
+            spec, self.batch_size, self.methods
+        )
 
     def cases(self) -> list[TrainingCase]:
         """Every case of every model."""
-        out: list[TrainingCase] = []
-        for name in self.models:
-            out += profl_cases(native_spec(name, num_classes=self.num_classes), self.batch_size)
-        return out
+        return [case for name in self.models for case in self.model_cases(name)]
 
 
 def _case_file(folder: Path, case: TrainingCase) -> Path:
@@ -104,7 +145,7 @@ def memory_records(
     """Result records: bytes per case, block and category; ProFL's peak; participation."""
     records: list[Record] = []
     for name in section.models:
-        cases = profl_cases(native_spec(name, num_classes=section.num_classes), section.batch_size)
+        cases = section.model_cases(name)
         full = reports[cases[0].key]
         fleets = fleets_for(full.peak_bytes, devices_dir)
         for case in cases:
@@ -135,7 +176,7 @@ def memory_records(
                        case_hash=h)
                 for fleet in fleets
             ]
-        steps = [reports[c.key].peak_bytes for c in cases[1:]]
+        steps = [reports[c.key].peak_bytes for c in cases[1:] if c.kind in ("grow", "shrink")]
         grow = [reports[c.key].peak_bytes for c in cases if c.kind == "grow"]
         model_key = f"{name}/profl/bs{section.batch_size}"
         records += [

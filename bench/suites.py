@@ -140,6 +140,7 @@ def load_suite(name_or_path: str) -> Suite:
         memory = MemorySection(
             models=_models(table.get("models", list(MODEL_NAMES)), f"{path}: [memory] models"),
             batch_size=batch, probe=probe, num_classes=int(table.get("num_classes", 10)),
+            methods=_memory_methods(table.get("methods", []), f"{path}: [memory] methods"),
         )
     speed = None
     if "speed" in data:
@@ -152,6 +153,15 @@ def load_suite(name_or_path: str) -> Suite:
         zoo_models=_models(zoo.get("models", []), f"{path}: [zoo] models"), memory=memory,
         accuracy=accuracy, speed=speed,
     )
+
+
+def _memory_methods(value: Any, where: str) -> tuple[str, ...]:
+    """Baseline families whose sub-models the memory section also measures."""
+    from bench.memory_suite import BASELINE_METHODS
+
+    if not isinstance(value, list) or any(v not in BASELINE_METHODS for v in value):
+        raise ConfigError(f"{where}: use a list of some of {', '.join(BASELINE_METHODS)}")
+    return tuple(value)
 
 
 def _typed(table: Any, cls: type, where: str) -> dict[str, Any]:
