@@ -1,10 +1,14 @@
 """The federated engine: types, local training, aggregation, selection and the round loop."""
 
 from profl_core.fl.aggregate import aggregate_partial, fedavg, weighted_mean
+from profl_core.fl.client import ClientJob, client_seed, run_client
 from profl_core.fl.local import LocalConfig, evaluate, train_client
 from profl_core.fl.loop import (
+    BACKENDS,
+    Backend,
     FederatedData,
     JsonlSink,
+    LocalBackend,
     RunConfig,
     load_checkpoint,
     run_federated,
@@ -12,33 +16,43 @@ from profl_core.fl.loop import (
 )
 from profl_core.fl.selection import eligible_ids, require_trainable, select_any, select_clients
 from profl_core.fl.types import (
+    ClientDrop,
     ClientTask,
     ClientUpdate,
     MemoryTable,
     Method,
+    RoundFailedError,
     RoundRecord,
     ServerState,
     SubModel,
 )
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
+    "ClientDrop",
+    "ClientJob",
     "ClientTask",
     "ClientUpdate",
     "FederatedData",
     "JsonlSink",
+    "LocalBackend",
     "LocalConfig",
     "MemoryTable",
     "Method",
+    "RoundFailedError",
     "RoundRecord",
     "RunConfig",
     "ServerState",
     "SubModel",
     "aggregate_partial",
+    "client_seed",
     "eligible_ids",
     "evaluate",
     "fedavg",
     "load_checkpoint",
     "require_trainable",
+    "run_client",
     "run_federated",
     "save_checkpoint",
     "select_any",

@@ -6,8 +6,18 @@ the server evaluates every ``eval_every`` rounds, one :class:`RoundRecord` goes 
 state and both RNG states are written atomically. ``resume=True`` continues from the latest
 checkpoint and ends with exactly the weights of an uninterrupted run.
 
-Randomness: one seed makes a NumPy generator (client selection, the method's choices) and a
-torch generator (one shuffling seed per client task); both are checkpointed.
+Randomness: one seed makes a NumPy generator (client selection, the method's choices; it is
+checkpointed); each client's shuffling generator is seeded by
+:func:`~profl_core.fl.client.client_seed` from (seed, round, client id) only, so backends that
+run clients in any order or on any worker give the same result.
+
+Backends (:data:`BACKENDS`): ``local`` runs the clients one after another in this process;
+``ray`` (:mod:`profl_core.fl.ray_backend`) runs them on Ray actors of an already connected Ray
+(``ray.init`` is the caller's job). Either way a client that refuses its task (budget), raises,
+runs out of memory or dies is recorded in ``RoundRecord.dropped`` and the round goes on with the
+others; a round with fewer than ``min_survivors`` updates is repeated with a fresh selection
+(``round_retries`` times) and then fails with :class:`RoundFailedError`, never averaging over
+nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,12 +38,15 @@ from torch import nn
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
-from profl_core.fl.local import FrozenBN, LocalConfig, evaluate, train_client
+from profl_core.fl.client import FAULTS, ClientJob, Fault, client_seed, run_client
+from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
 from profl_core.fl.types import (
+    ClientDrop,
     ClientTask,
     ClientUpdate,
     MemoryTable,
     Method,
+    RoundFailedError,
     RoundRecord,
     ServerState,
 )
@@ -56,6 +69,13 @@ class RunConfig:
         frozen_bn: BN of frozen modules: ``"eval"`` (fixed) or ``"train"`` (authors' code).
         feature_cache: Cache the frozen prefix per round (see :mod:`profl_core.fl.local`).
         device: Torch device for local training and evaluation.
+        min_survivors: Fewest client updates a round needs (capped at the number of selected
+            clients, at least 1); with fewer the round is repeated.
+        round_retries: How often a round with too few survivors is repeated (with a fresh
+            selection) before the run fails with :class:`RoundFailedError`.
+        faults: Test-only fault injection: client id -> ``"raise"`` (an exception in local
+            training), ``"oom"`` (``MemoryError``) or ``"crash"`` (the worker process exits;
+            Ray backend only), applied every time the client is selected.
     """
 
     rounds: int
@@ -66,8 +86,18 @@ class RunConfig:
     frozen_bn: FrozenBN = "eval"
     feature_cache: bool = True
     device: str = "cpu"
+    min_survivors: int = 1
+    round_retries: int = 2
+    faults: Mapping[int, Fault] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.min_survivors < 1:
+            raise ConfigError(f"min_survivors={self.min_survivors}; use 1 or more")
+        if self.round_retries < 0:
+            raise ConfigError(f"round_retries={self.round_retries}; use 0 or more")
+        for cid, fault in self.faults.items():
+            if fault not in FAULTS:
+                raise ConfigError(f"faults[{cid}]={fault!r}; use one of {list(FAULTS)}")
         if self.rounds < 1:
             raise ConfigError(f"rounds={self.rounds}; use 1 or more")
         if self.eval_every < 1:
@@ -141,43 +171,86 @@ def record_to_json(record: RoundRecord) -> dict[str, Any]:
     data["participants"] = list(record.participants)
     data["required_bytes"] = list(record.required_bytes)
     data["metrics"] = dict(record.metrics)
+    data["dropped"] = [[cid, reason] for cid, reason in record.dropped]
     return data
 
 
-ClientRunner = Callable[
-    [Method, ServerState, Sequence[ClientTask], FederatedData, Sequence[int], LocalConfig],
-    list[ClientUpdate],
-]
+ClientResult = ClientUpdate | ClientDrop
 
 
-def run_clients_local(
-    method: Method,
-    state: ServerState,
-    tasks: Sequence[ClientTask],
-    data: FederatedData,
-    seeds: Sequence[int],
-    config: LocalConfig,
-) -> list[ClientUpdate]:
-    """Run the tasks one after another in this process (the ``local`` backend)."""
-    updates = []
-    for task, seed in zip(tasks, seeds, strict=True):
-        sub = method.submodel(state, task)
-        generator = torch.Generator().manual_seed(seed)
-        updates.append(
-            train_client(sub, data.clients[task.client_id], task, generator=generator,
-                         config=config)
-        )
-    return updates
+class Backend(Protocol):
+    """Runs a round's client jobs somewhere; one instance serves one run."""
+
+    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
+        """Prepare workers for a run (place each client's data once)."""
+        ...
+
+    def run_round(
+        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
+    ) -> list[ClientResult]:
+        """Run ``jobs`` against ``state``; one result per job, in job order."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers."""
+        ...
 
 
-BACKENDS: dict[str, ClientRunner] = {"local": run_clients_local}
+class LocalBackend:
+    """The ``local`` backend: clients run one after another in this process."""
+
+    def __init__(self) -> None:
+        self._data: FederatedData | None = None
+        self._config = LocalConfig()
+
+    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
+        """Keep a reference to the data and the settings."""
+        self._data, self._config = data, config
+
+    def run_round(
+        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
+    ) -> list[ClientResult]:
+        """Run the jobs in order with :func:`~profl_core.fl.client.run_client`."""
+        if self._data is None:
+            raise RuntimeError("LocalBackend.run_round before start")
+        data = self._data
+        return [run_client(method, state, job, data.clients[job.task.client_id], self._config)
+                for job in jobs]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _ray_backend() -> Backend:
+    try:
+        from profl_core.fl.ray_backend import RayBackend
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
+        raise ConfigError("ray is not installed; pip install 'profl-bench[ray]'") from None
+    return RayBackend()
+
+
+#: Backend name -> factory of a fresh backend for one run.
+BACKENDS: dict[str, Callable[[], Backend]] = {"local": LocalBackend, "ray": _ray_backend}
+
+
+def make_backend(backend: str | Backend) -> Backend:
+    """A backend by name (see :data:`BACKENDS`), or ``backend`` itself when it is one."""
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not available; use one of {sorted(BACKENDS)}")
+    return BACKENDS[backend]()
 
 
 def save_checkpoint(
-    path: Path, rnd: int, state: ServerState, method: str,
-    np_rng: np.random.Generator, torch_gen: torch.Generator,
+    path: Path, rnd: int, state: ServerState, method: str, np_rng: np.random.Generator,
 ) -> None:
-    """Write a checkpoint atomically (temp file + ``os.replace``)."""
+    """Write a checkpoint atomically (temp file + ``os.replace``).
+
+    Client shuffling needs no state: its seeds derive from (seed, round, client id).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -186,7 +259,6 @@ def save_checkpoint(
         "weights": state.weights,
         "meta": state.meta,
         "numpy_rng": np_rng.bit_generator.state,
-        "torch_rng": torch_gen.get_state(),
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -220,7 +292,7 @@ def run_federated(
     model: nn.Module,
     memory_table: MemoryTable,
     sink: RoundSink,
-    backend: str = "local",
+    backend: str | Backend = "local",
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: Callable[[RoundRecord], None] | None = None,
@@ -235,25 +307,29 @@ def run_federated(
         model: The initial model (a BlockedModel); its weights are the run's start.
         memory_table: Sub-model name -> required bytes.
         sink: Receives one :class:`RoundRecord` per round.
-        backend: How client tasks run; only ``"local"`` for now.
+        backend: How client tasks run: a name in :data:`BACKENDS` (``"local"``, ``"ray"``:
+            needs a connected Ray) or a :class:`Backend` instance (e.g. a configured
+            ``RayBackend``).
         checkpoint_dir: Folder for ``checkpoint.pt``; None disables checkpoints.
         resume: Continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
         progress: Called with each round's record after it is stored and checkpointed.
 
     Returns:
         The final server state.
+
+    Raises:
+        RoundFailedError: A round kept fewer than ``config.min_survivors`` updates after
+            ``config.round_retries`` repeats (the last finished round is checkpointed first).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend {backend!r} is not available; use one of {sorted(BACKENDS)}")
     if len(data.clients) != len(fleet.devices):
         raise ConfigError(
             f"{len(data.clients)} client datasets but fleet {fleet.name!r} has "
             f"{len(fleet.devices)} devices; use one partition per device"
         )
-    runner = BACKENDS[backend]
-    local = config.local()
+    if "crash" in config.faults.values() and backend == "local":
+        raise ConfigError("faults: 'crash' needs a worker process; use backend 'ray'")
+    runner = make_backend(backend)
     np_rng = np.random.default_rng(config.seed)
-    torch_gen = torch.Generator().manual_seed(config.seed)
     state = method.init_state(model, np_rng)
     start = 1
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -265,46 +341,89 @@ def run_federated(
             )
         state = ServerState(weights=payload["weights"], meta=payload["meta"])
         np_rng.bit_generator.state = payload["numpy_rng"]
-        torch_gen.set_state(payload["torch_rng"])
         start = int(payload["round"]) + 1
     if resume and isinstance(sink, JsonlSink):
         sink.truncate(start - 1)
     budgets = np.array([d.budget_bytes for d in fleet.devices], dtype=np.int64)
     # Methods with several sub-model sizes say which share of the fleet can take part.
     share = getattr(method, "eligible_share", None)
-    rnd = start
-    while rnd <= config.rounds and not method.is_finished(state):
-        t0 = time.perf_counter()
-        stage, step, submodel = method.position(state)
-        tasks = method.configure_round(rnd, state, fleet, memory_table, np_rng)
-        seeds = [int(torch.randint(0, 2**62, (1,), generator=torch_gen)) for _ in tasks]
-        updates = runner(method, state, tasks, data, seeds, local)
-        state = method.aggregate(rnd, state, updates)
-        last = method.is_finished(state) or rnd == config.rounds
-        accuracy = loss = None
-        if rnd % config.eval_every == 0 or last:
-            accuracy, loss = evaluate(
-                method.eval_submodel(state, submodel), data.test,
-                batch_size=config.eval_batch_size, device=config.device,
+    runner.start(method, data, config.local())
+    try:
+        rnd = start
+        while rnd <= config.rounds and not method.is_finished(state):
+            t0 = time.perf_counter()
+            stage, step, submodel = method.position(state)
+            try:
+                tasks, updates, dropped = _train_round(rnd, method, state, fleet, memory_table,
+                                                       np_rng, config, runner)
+            except RoundFailedError:
+                if ckpt is not None:
+                    save_checkpoint(ckpt, rnd - 1, state, method.name, np_rng)
+                raise
+            state = method.aggregate(rnd, state, updates)
+            last = method.is_finished(state) or rnd == config.rounds
+            accuracy = loss = None
+            if rnd % config.eval_every == 0 or last:
+                accuracy, loss = evaluate(
+                    method.eval_submodel(state, submodel), data.test,
+                    batch_size=config.eval_batch_size, device=config.device,
+                )
+            examples = sum(u.num_examples for u in updates)
+            required = max((t.required_bytes for t in tasks), default=0)
+            needs = {t.client_id: t.required_bytes for t in tasks}
+            record = RoundRecord(
+                round=rnd, stage=stage, step=step, submodel=submodel,
+                accuracy=accuracy, loss=loss,
+                train_loss=sum(u.metrics["train_loss"] * u.num_examples for u in updates)
+                / examples,
+                participants=tuple(u.client_id for u in updates),
+                eligible_share=share(fleet, memory_table) if share is not None else (
+                    float((budgets >= required).mean()) if budgets.size else 0.0),
+                required_bytes=tuple(needs[u.client_id] for u in updates),
+                wall_s=time.perf_counter() - t0,
+                metrics=method.round_metrics(state),
+                dropped=dropped,
             )
-        examples = sum(u.num_examples for u in updates)
-        required = max((t.required_bytes for t in tasks), default=0)
-        record = RoundRecord(
-            round=rnd, stage=stage, step=step, submodel=submodel,
-            accuracy=accuracy, loss=loss,
-            train_loss=sum(u.metrics["train_loss"] * u.num_examples for u in updates) / examples,
-            participants=tuple(t.client_id for t in tasks),
-            eligible_share=share(fleet, memory_table) if share is not None else (
-                float((budgets >= required).mean()) if budgets.size else 0.0),
-            required_bytes=tuple(t.required_bytes for t in tasks),
-            wall_s=time.perf_counter() - t0,
-            metrics=method.round_metrics(state),
-        )
-        sink.write(record)
-        due = config.checkpoint_every and rnd % config.checkpoint_every == 0
-        if ckpt is not None and (due or last):
-            save_checkpoint(ckpt, rnd, state, method.name, np_rng, torch_gen)
-        if progress is not None:
-            progress(record)
-        rnd += 1
+            sink.write(record)
+            due = config.checkpoint_every and rnd % config.checkpoint_every == 0
+            if ckpt is not None and (due or last):
+                save_checkpoint(ckpt, rnd, state, method.name, np_rng)
+            if progress is not None:
+                progress(record)
+            rnd += 1
+    finally:
+        runner.close()
     return state
+
+
+def _train_round(
+    rnd: int, method: Method, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
+    np_rng: np.random.Generator, config: RunConfig, runner: Backend,
+) -> tuple[list[ClientTask], list[ClientUpdate], tuple[tuple[int, str], ...]]:
+    """Configure and run round ``rnd`` until enough clients survive.
+
+    Returns:
+        The tasks of the kept attempt, its updates (task order) and the drops of every attempt.
+    """
+    enforce = getattr(method, "memory_limits", True)
+    dropped: list[tuple[int, str]] = []
+    attempts = config.round_retries + 1
+    for attempt in range(1, attempts + 1):
+        tasks = [
+            t if t.budget_bytes is not None or not enforce
+            else replace(t, budget_bytes=fleet.devices[t.client_id].budget_bytes)
+            for t in method.configure_round(rnd, state, fleet, memory_table, np_rng)
+        ]
+        jobs = [ClientJob(task=t, seed=client_seed(config.seed, rnd, t.client_id),
+                          fault=config.faults.get(t.client_id)) for t in tasks]
+        results = runner.run_round(method, state, jobs)
+        updates = [r for r in results if isinstance(r, ClientUpdate)]
+        drops = [(r.client_id, r.reason) for r in results if isinstance(r, ClientDrop)]
+        if len(updates) >= max(1, min(config.min_survivors, len(tasks))):
+            return tasks, updates, (*dropped, *drops)
+        dropped += [(cid, f"attempt {attempt}: {reason}") for cid, reason in drops]
+    listed = "; ".join(f"client {cid}: {reason}" for cid, reason in dropped)
+    raise RoundFailedError(
+        f"round {rnd}: fewer than {config.min_survivors} client(s) survived in each of "
+        f"{attempts} attempt(s); {listed or 'no client was selected'}"
+    )

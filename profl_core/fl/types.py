@@ -44,6 +44,9 @@ class ClientTask:
             and are sent back, whatever the engine's ``frozen_bn`` says: blocks that were never
             trained (ProFL's random-init prefix while shrinking), whose default statistics
             (mean 0, variance 1) would otherwise collapse their features.
+        budget_bytes: The client device's training budget, filled in by the round loop from
+            the fleet; the client refuses the task when ``required_bytes`` exceeds it. None:
+            no check (methods that ignore memory on purpose, e.g. FedAvg's AllLarge).
     """
 
     client_id: int
@@ -57,6 +60,25 @@ class ClientTask:
     batch_size: int = 64
     loss: LossKind = "ce"
     bn_update: frozenset[str] = frozenset()
+    budget_bytes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientDrop:
+    """A client that returned no update: refused its task, raised, ran out of memory or died.
+
+    Attributes:
+        client_id: Index of the client.
+        reason: One line, starting with the kind: ``refused:``, ``error:``, ``out of memory:``
+            or ``worker died:``.
+    """
+
+    client_id: int
+    reason: str
+
+
+class RoundFailedError(RuntimeError):
+    """A round kept fewer surviving clients than ``min_survivors`` after its retries."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +161,14 @@ class RoundRecord:
         accuracy: Test accuracy in [0, 1], or None when not evaluated this round.
         loss: Test cross-entropy, or None when not evaluated.
         train_loss: Mean local training loss over the participants.
-        participants: Client ids that trained.
+        participants: Client ids that trained and were aggregated.
         eligible_share: Share of the fleet whose budget fits the round's sub-model.
         required_bytes: Per participant, the bytes its task needs (same order).
         wall_s: Seconds this round took (training + aggregation + evaluation).
         metrics: Method-specific numbers (e.g. ``em``).
+        dropped: ``(client id, reason)`` of every selected client that returned no update
+            (see :class:`ClientDrop`), retried attempts included (reason prefixed
+            ``attempt k:``). Absent in old ``rounds.jsonl`` files: read it as empty.
     """
 
     round: int
@@ -158,6 +183,7 @@ class RoundRecord:
     required_bytes: tuple[int, ...]
     wall_s: float
     metrics: Mapping[str, float | None] = field(default_factory=dict)
+    dropped: tuple[tuple[int, str], ...] = ()
 
 
 class Method(Protocol):

@@ -127,6 +127,11 @@ class FedAvg:
         self._model: BlockedModel | None = None
         self._small: str | None = None  # AllSmall's sub-model, fixed by the fleet
 
+    @property
+    def memory_limits(self) -> bool:
+        """False for AllLarge (memory ignored on purpose): its clients skip the budget check."""
+        return self.policy != "alllarge"
+
     def _names(self) -> list[str]:
         if self._model is None:
             raise ConfigError("fedavg: call init_state(model, rng) first")
