@@ -102,9 +102,14 @@ def run_accuracy(
 
 
 def run_suite(
-    suite: Suite, folder: Path, *, resume: bool, data_dir: Path | None = None
+    suite: Suite, folder: Path, *, resume: bool, data_dir: Path | None = None,
+    backend: str = "local",
 ) -> list[str]:
-    """Run every section of ``suite`` into ``folder``; return the text to print."""
+    """Run every section of ``suite`` into ``folder``; return the text to print.
+
+    ``backend`` (``local``/``ray``, Ray already connected by the caller) is where training
+    sections run their clients.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"suite {suite.name} -> {folder}", flush=True)  # before the progress bars

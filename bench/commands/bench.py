@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.backends import add_backend_arguments, backend_session
 from bench.runner import latest_run, new_run_folder, run_suite
 from bench.suites import load_suite, suite_names
 
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="folder holding the dataset")
     parser.add_argument("--resume", action="store_true",
                         help="continue --out (or this suite's newest run) without redoing cases")
+    add_backend_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
         folder = args.out or latest_run(suite.name)
     else:
         folder = args.out or new_run_folder(suite.name)
-    for line in run_suite(suite, folder, resume=args.resume, data_dir=args.data_dir):
-        print(line)
+    with backend_session(args):
+        for line in run_suite(suite, folder, resume=args.resume, data_dir=args.data_dir,
+                              backend=args.backend):
+            print(line)
     print(f"\nwrote {folder}/report.md, result.json, tables/ and figures/")
     return 0

@@ -15,14 +15,16 @@ in the same ``--out`` and ends with the weights of an uninterrupted one. The wor
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from bench.backends import add_backend_arguments, backend_session
 from bench.training import METHODS, REPO, TrainingConfig, run_training
 from profl_core.data import DATASET_NAMES
 from profl_core.errors import ConfigError
-from profl_core.fl import RoundRecord
+from profl_core.fl import RoundFailedError, RoundRecord
 from profl_core.models import MODEL_NAMES
 from profl_core.results import run_dir
 
@@ -65,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
     parser.add_argument("--out", type=Path, help="run folder (default: results/runs/...)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_backend_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
@@ -107,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        run_training(config, out, resume=args.resume, progress=progress, log=print)
+        with backend_session(args):
+            run_training(config, out, resume=args.resume, progress=progress, log=print)
+    except RoundFailedError as err:
+        print(f"profl train: {err}", file=sys.stderr)
+        return 1
     finally:
         for bar in bars:
             bar.close()
