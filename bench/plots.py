@@ -118,9 +118,11 @@ def accuracy_curves(
     curves: pd.DataFrame, path: Path, *, methods: list[str], target: float | None
 ) -> Path:
     """Test accuracy against round, one line per method, one panel per partition."""
+    partitions = sorted(set(curves["partition"]), key=lambda p: (p != "iid", p))
     grid = sns.relplot(
         data=curves, kind="line", x="round", y="accuracy_%", hue="method", hue_order=methods,
-        col="partition", height=3.6, aspect=1.3, palette=_method_palette(methods),
+        col="partition", col_order=partitions, height=3.6, aspect=1.3,
+        palette=_method_palette(methods),
         marker="o", markersize=4, facet_kws={"sharey": True},
     )
     grid.set_axis_labels("round", "test accuracy (%)")
@@ -138,22 +140,23 @@ def accuracy_curves(
 def accuracy_vs_memory(frame: pd.DataFrame, path: Path, *, methods: list[str]) -> Path:
     """Final accuracy against the method's peak training memory (the Pareto view)."""
     partitions = list(dict.fromkeys(frame["partition"]))
-    fig, axes = plt.subplots(1, len(partitions), figsize=(5.2 * len(partitions), 4.2),
+    fig, axes = plt.subplots(1, len(partitions), figsize=(6.0 * len(partitions), 4.6),
                              squeeze=False, sharey=True)
     palette = _method_palette(methods)
     for ax, part in zip(axes.flat, partitions, strict=True):
         sub = frame[frame["partition"] == part]
-        sns.scatterplot(data=sub, x="peak_mib", y="final_acc_%", hue="method",
+        sns.scatterplot(data=sub, x="peak_mib", y="final_%", hue="method",
                         hue_order=methods, palette=palette, s=80, ax=ax, legend=False)
         # Staircase of the best accuracy reachable at each memory budget.
         best = sub.sort_values("peak_mib")
-        front = best[best["final_acc_%"] >= best["final_acc_%"].cummax()]
+        front = best[best["final_%"] >= best["final_%"].cummax()]
         xs = [*front["peak_mib"], sub["peak_mib"].max() * 1.1]
-        ys = [*front["final_acc_%"], front["final_acc_%"].iloc[-1]]
+        ys = [*front["final_%"], front["final_%"].iloc[-1]]
         ax.step(xs, ys, where="post", color="grey", linewidth=1, linestyle="--")
         ax.set(title=f"partition {part}", xlabel="peak training memory (MiB)",
                ylabel="final test accuracy (%)")
         ax.margins(x=0.15, y=0.12)
+        _label_points(ax, sub)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[m]) for m in methods]
     fig.legend(handles, methods, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                title="method")
@@ -162,20 +165,37 @@ def accuracy_vs_memory(frame: pd.DataFrame, path: Path, *, methods: list[str]) -
     return _save(fig, path)
 
 
+def _label_points(ax: plt.Axes, frame: pd.DataFrame) -> None:
+    """Method names right of their points, nudged apart vertically so none overlap."""
+    low, high = ax.get_ylim()
+    gap = 0.055 * (high - low)
+    placed: list[tuple[float, float]] = []  # (x, label y) already used
+    x_span = ax.get_xlim()[1] - ax.get_xlim()[0]
+    for _, row in frame.sort_values("final_%").iterrows():
+        x, y = float(row["peak_mib"]), float(row["final_%"])
+        label_y = y
+        for px, py in sorted(placed, key=lambda item: item[1]):
+            if abs(px - x) < 0.25 * x_span and abs(py - label_y) < gap:
+                label_y = py + gap
+        placed.append((x, label_y))
+        ax.annotate(row["method"], (x, y), xytext=(x + 0.02 * x_span, label_y), fontsize=8,
+                    va="center", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
+
+
 def participation_by_method(frame: pd.DataFrame, path: Path, *, methods: list[str]) -> Path:
     """Mean share of the fleet that can take part and clients per round, per method."""
     part = frame.drop_duplicates(["method", "fleet"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     sns.barplot(data=part, x="method", y="eligible_%", hue="fleet", order=methods,
                 palette="colorblind", ax=axes[0])
     axes[0].set(xlabel="", ylabel="eligible devices (%)", ylim=(0, 105),
                 title="Fleet share whose budget fits (mean over rounds)")
-    sns.barplot(data=frame, x="method", y="clients_per_round", hue="partition", order=methods,
+    sns.barplot(data=frame, x="method", y="clients", hue="partition", order=methods,
                 palette="pastel", ax=axes[1])
     axes[1].set(xlabel="", ylabel="clients per round",
                 title="Clients that trained per round (mean)")
     for ax, fmt in zip(axes, ("%.0f", "%.1f"), strict=True):
-        ax.tick_params(axis="x", rotation=40)
+        ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
         for container in ax.containers:
@@ -190,7 +210,7 @@ def accuracy_figures(
     curves: pd.DataFrame, frame: pd.DataFrame, folder: Path, *, target: float | None
 ) -> list[Path]:
     """The accuracy section's figures; returns the written paths."""
-    methods = list(dict.fromkeys(frame.sort_values("peak_mib")["method"]))
+    methods = list(dict.fromkeys(frame["method"]))  # the table's order
     return [
         accuracy_curves(curves, folder / "accuracy_curves.png", methods=methods, target=target),
         accuracy_vs_memory(frame, folder / "accuracy_vs_memory.png", methods=methods),

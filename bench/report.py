@@ -23,15 +23,15 @@ MIB = 1 << 20
 
 #: Accuracy-table columns (after ``method`` and ``partition``) and their metric and scale.
 ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
-    "final_acc_%": ("final_accuracy", 100.0),
-    "best_acc_%": ("best_accuracy", 100.0),
-    "rounds_to_target": ("rounds_to_target", 1.0),
+    "final_%": ("final_accuracy", 100.0),
+    "best_%": ("best_accuracy", 100.0),
+    "to_target": ("rounds_to_target", 1.0),
     "rounds": ("rounds", 1.0),
-    "clients_per_round": ("mean_participants", 1.0),
+    "clients": ("mean_participants", 1.0),
     "eligible_%": ("mean_eligible_share", 100.0),
     "peak_mib": ("max_required_bytes", 1 / MIB),
-    "mem_reduction_%": ("memory_reduction", 100.0),
-    "train_wall_s": ("train_wall_s", 1.0),
+    "saved_%": ("memory_reduction", 100.0),
+    "wall_s": ("train_wall_s", 1.0),
 }
 
 
@@ -84,7 +84,19 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
             row[column] = values[metric] * scale if metric in values else math.nan
         rows.append(row)
     columns = ["run", "method", "partition", "fleet", *ACCURACY_COLUMNS]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["partition", "method"], key=_run_order, kind="stable",
+                             ignore_index=True)
+
+
+def _run_order(column: pd.Series) -> pd.Series:
+    """Sort key: IID before the other partitions; methods in the registry's order."""
+    if column.name == "partition":
+        return column.map(lambda p: (p != "iid", p))
+    from bench.training import METHODS
+
+    order = {name: i for i, name in enumerate(METHODS)}
+    return column.map(lambda m: order.get(m, len(order)))
 
 
 def curves_frame(folder: Path) -> pd.DataFrame:
@@ -121,6 +133,12 @@ def _has_memory(result: ResultFile | None) -> bool:
 # ------------------------------------------------------------------------------------ building
 
 
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy table as printed: no run folder; the fleet only when runs differ in it."""
+    shown = frame.drop(columns=["run"])
+    return shown.drop(columns=["fleet"]) if shown["fleet"].nunique() <= 1 else shown
+
+
 def _settings_line(folder: Path) -> str:
     runs = run_folders(folder)
     if not runs:
@@ -139,8 +157,7 @@ def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     frame = accuracy_frame(folder)
     if frame.empty:
         return frame, []
-    shown = frame.drop(columns=["run"])
-    written = _write_table(shown, folder, "accuracy")
+    written = _write_table(frame.drop(columns=["run"]), folder, "accuracy")
     written += plots.accuracy_figures(curves_frame(folder), frame, folder / "figures",
                                       target=target_accuracy(folder))
     return frame, written
@@ -176,11 +193,14 @@ def build_report(folder: Path) -> str:
         section = [
             "## Accuracy under the fleet's memory limits", "",
             f"Settings: {_settings_line(folder)}.", "",
-            _md(frame.drop(columns=["run"])), "",
-            f"`rounds_to_target`: first round with test accuracy >= {100 * (target or 0):.0f}% "
-            "(`-`: never reached). `peak_mib`: the largest memory any of the method's client "
-            "tasks needed; `mem_reduction_%` is against the full model. `eligible_%`: mean "
-            "share of the fleet whose budget fits the round's sub-model.", "",
+            _md(_shown(frame)), "",
+            f"`final_%`/`best_%`: test accuracy at the last/best evaluation. `to_target`: first "
+            f"round with test accuracy >= {100 * (target or 0):.0f}% (`-`: never reached). "
+            "`clients`: clients that trained per round (mean). `eligible_%`: mean share of the "
+            "fleet whose budget fits the round's sub-model (`fedavg` is AllLarge, the upper "
+            "bound that ignores budgets). `peak_mib`: the largest memory any of the method's "
+            "client tasks needed; `saved_%` is against the full model. `wall_s`: training "
+            "time of the run.", "",
             "![accuracy per round](figures/accuracy_curves.png)", "",
             "![final accuracy against peak memory](figures/accuracy_vs_memory.png)", "",
             "![participation per method](figures/participation.png)", "",

@@ -83,10 +83,13 @@ def test_tables_equal_result_files_and_figures_exist(run_folder: Path) -> None:
     figures = ["accuracy_curves.png", "accuracy_vs_memory.png", "participation.png"]
     for name in figures:
         data = (run_folder / "figures" / name).read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 1000, name
     report = (run_folder / "report.md").read_text()
     assert all(f"figures/{name}" in report for name in figures)
-    assert "| profl    | dirichlet:0.5" in report
+    assert "| profl    | dirichlet:0.5 |" in report
+    assert list(table["method"]) == ["profl", "fedavg", "profl", "fedavg"]
+    assert list(table["partition"]) == ["iid", "iid", "dirichlet:0.5", "dirichlet:0.5"]
     assert "## Accuracy" in text
 
 
@@ -97,7 +100,7 @@ def test_report_is_rebuilt_from_files_only(run_folder: Path) -> None:
     assert main(["report", str(run_folder)]) == 0
     table = pd.read_csv(run_folder / "tables" / "accuracy.csv")
     row = table[(table["method"] == "profl") & (table["partition"] == "iid")]
-    assert row["final_acc_%"].item() == pytest.approx(90.0)
+    assert row["final_%"].item() == pytest.approx(90.0)
 
 
 def _edit_final_accuracy(path: Path, value: float) -> None:
@@ -114,7 +117,7 @@ def test_compare_puts_metrics_side_by_side_with_deltas(run_folder: Path, tmp_pat
     shutil.copytree(run_folder, other)
     _edit_final_accuracy(other / "runs" / "fedavg-iid" / "result.json", 0.79)
     frame = compare_frame(run_folder, other)
-    final = frame[frame["metric"] == "final_acc_%"].set_index("what")
+    final = frame[frame["metric"] == "final_%"].set_index("what")
     assert final.loc["fedavg iid", "delta"] == pytest.approx(10.0)
     assert final.loc["profl iid", "delta"] == pytest.approx(0.0)
     assert main(["compare", str(run_folder), str(other)]) == 0
