@@ -55,6 +55,7 @@ def run_accuracy(
     resume: bool,
     suite: str,
     data_dir: Path | None = None,
+    backend: str = "local",
     log: Callable[[str], None] = print,
 ) -> None:
     """Run every (method, partition) pair of ``section`` into ``folder/runs/``.
@@ -69,6 +70,9 @@ def run_accuracy(
         log(f"accuracy: {len(pairs) - len(pending)} of {len(pairs)} runs already finished")
     if not pending:
         return
+    if section.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"suite {suite}: [accuracy] device = {section.device!r} but torch "
+                          "sees no CUDA device; run it on a GPU machine")
     first = section.config(*pending[0], data_dir=data_dir)
     data = load_data(first)
     threads = torch.get_num_threads()
@@ -78,7 +82,7 @@ def run_accuracy(
         for index, (method, part) in enumerate(pending, start=1):
             name = run_name(method, part)
             out = folder / "runs" / name
-            config = section.config(method, part, data_dir=data_dir)
+            config = section.config(method, part, data_dir=data_dir, backend=backend)
             desc = f"{name} ({len(pairs) - len(pending) + index}/{len(pairs)})"
             with tqdm(total=config.rounds, desc=desc, unit="round", dynamic_ncols=True,
                       disable=None, leave=False) as bar:
@@ -131,7 +135,7 @@ def run_suite(
                      models=list(section.models))
     if suite.accuracy is not None:
         run_accuracy(suite.accuracy, folder, resume=resume, suite=suite.name,
-                     data_dir=data_dir)
+                     data_dir=data_dir, backend=backend)
         for run in run_folders(folder):
             records += read_result(run / "result.json").records
     if suite.speed is not None:

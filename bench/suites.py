@@ -49,7 +49,9 @@ class AccuracySection:
     target_accuracy: float = 0.7
     threads: int = 0
 
-    def config(self, method: str, partition: str, data_dir: Path | None = None) -> TrainingConfig:
+    def config(
+        self, method: str, partition: str, data_dir: Path | None = None, backend: str = "local"
+    ) -> TrainingConfig:
         """The training settings of one (method, partition) run."""
         return TrainingConfig(
             method=method, model=self.model, width=self.width, dataset=self.dataset,
@@ -58,7 +60,7 @@ class AccuracySection:
             lr=self.lr, distill_lr=self.distill_lr, partition=partition, seed=self.seed,
             schedule=self.schedule, eval_every=self.eval_every,
             checkpoint_every=self.checkpoint_every, samples_per_client=self.samples_per_client,
-            test_samples=self.test_samples, device=self.device,
+            test_samples=self.test_samples, device=self.device, backend=backend,
         )
 
     def runs(self) -> list[tuple[str, str]]:
