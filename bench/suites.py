@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.memory_suite import MemorySection
 from bench.training import TrainingConfig
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.memory import PROBES
 from profl_core.models import MODEL_NAMES, check_model_name
 
@@ -97,13 +97,6 @@ def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
-def _reject_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: "
-                          f"{', '.join(sorted(known))}")
-
-
 def _models(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: use a list of model names, e.g. {list(MODEL_NAMES[:2])}")
@@ -124,15 +117,15 @@ def load_suite(name_or_path: str) -> Suite:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    _reject_unknown(data, {"name", "description", "zoo", "memory", "accuracy", "speed"},
+    reject_unknown_keys(data, {"name", "description", "zoo", "memory", "accuracy", "speed"},
                     str(path))
     zoo = data.get("zoo", {})
-    _reject_unknown(zoo, {"models"}, f"{path}: [zoo]")
+    reject_unknown_keys(zoo, {"models"}, f"{path}: [zoo]")
     memory = None
     if "memory" in data:
         table = data["memory"]
-        known = {f.name for f in fields(MemorySection)}
-        _reject_unknown(table, known, f"{path}: [memory]")
+        known = field_names(MemorySection)
+        reject_unknown_keys(table, known, f"{path}: [memory]")
         probe = table.get("probe", "predict")
         if probe not in PROBES:
             raise ConfigError(f"{path}: [memory] probe = {probe!r}; use one of {PROBES}")
@@ -171,7 +164,7 @@ def _typed(table: Any, cls: type, where: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: use a TOML table")
     defaults = {f.name: f.default for f in fields(cls)}
-    _reject_unknown(table, set(defaults), where)
+    reject_unknown_keys(table, set(defaults), where)
     out: dict[str, Any] = {}
     for key, value in table.items():
         default = defaults[key]

@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from torch import nn
 
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl.client import FAULTS, ClientJob, Fault, client_seed, run_client
 from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
 from profl_core.fl.types import (
@@ -109,10 +109,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"run config: unknown key {unknown[0]!r}; known: {sorted(known)}")
+        reject_unknown_keys(data, field_names(cls), "run config")
         return cls(**data)
 
     def local(self) -> LocalConfig:

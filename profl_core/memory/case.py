@@ -52,7 +52,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.models import BlockedModel, ModelSpec, build_model, check_model_name, native_spec
 from profl_core.models.exits import build_exit, exit_name, mutual_distillation_loss
 
@@ -327,10 +327,7 @@ class TrainingCase:
     @classmethod
     def from_params(cls, data: Mapping[str, Any]) -> TrainingCase:
         """Inverse of :meth:`params`; raises ConfigError on unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"training case: unknown key {unknown[0]!r}; known: {sorted(known)}")
+        reject_unknown_keys(data, field_names(cls), "training case")
         values = dict(data)
         if "model" not in values:
             raise ConfigError("training case: missing key 'model'; write it with params()")

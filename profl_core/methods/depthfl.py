@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl.aggregate import fedavg
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.memory.case import TrainingCase
@@ -103,11 +103,7 @@ class DepthFLConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DepthFLConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"depthfl config: unknown key {unknown[0]!r}; known: "
-                              f"{sorted(known)}")
+        reject_unknown_keys(data, field_names(cls), "depthfl config")
         return cls(**data)
 
     @property

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from torch import nn
 
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.selection import select_any, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
@@ -100,10 +100,7 @@ class FedAvgConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FedAvgConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"fedavg config: unknown key {unknown[0]!r}; known: {sorted(known)}")
+        reject_unknown_keys(data, field_names(cls), "fedavg config")
         values = dict(data)
         if "levels" in values:
             values["levels"] = tuple(values["levels"])

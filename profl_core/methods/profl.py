@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.selection import select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
@@ -121,10 +121,7 @@ class ProFLConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProFLConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"profl config: unknown key {unknown[0]!r}; known: {sorted(known)}")
+        reject_unknown_keys(data, field_names(cls), "profl config")
         return cls(**data)
 
     def freeze_rule(self) -> FreezeRule:

@@ -13,13 +13,13 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,12 +52,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "model spec") -> ModelSpec:
         """Build a spec from a mapping, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}"
-            )
+        reject_unknown_keys(data, field_names(cls), where)
         return cls(**data)
 
     @property
