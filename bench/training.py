@@ -51,7 +51,8 @@ class TrainingConfig:
         method: A name in :data:`METHODS`.
         model: Model family (``cnn``, ``resnet18``...); width multiplier ``width``.
         dataset: A name in :data:`~profl_core.data.DATASET_NAMES`; looked up in ``data_dir``.
-        fleet: Fleet name in ``devices/fleets`` or a TOML path; the first ``clients`` devices.
+        fleet: Fleet name in ``devices/fleets`` or a TOML path; ``clients`` devices spread
+            evenly over it (:meth:`Fleet.spread`).
         per_round: Clients selected per round; ``rounds`` is the round budget.
         partition: ``iid``, ``dirichlet:ALPHA`` or ``shards:K``.
         samples_per_client: Keep at most this many (random) samples per client; 0 keeps all.
@@ -182,15 +183,10 @@ def fleet_path(name: str) -> Path:
 
 
 def make_fleet(config: TrainingConfig, full_bytes: int) -> Fleet:
-    """The first ``clients`` devices of the fleet (relative fleets scale to the full peak)."""
+    """``clients`` evenly spread devices of the fleet (relative fleets scale to the full peak)."""
     profiles = load_profiles(DEVICES_DIR / "profiles")
     fleet = load_fleet(fleet_path(config.fleet), profiles, reference_peak_bytes=full_bytes)
-    if config.clients > len(fleet.devices):
-        raise ConfigError(
-            f"clients={config.clients}: fleet {fleet.name!r} has only {len(fleet.devices)} "
-            "devices; use fewer clients or a larger fleet"
-        )
-    return Fleet(fleet.name, fleet.devices[: config.clients], fleet.kind)
+    return fleet.spread(config.clients)
 
 
 MethodBuilder = Callable[[TrainingConfig, dict[str, Any], FederatedData], Method]

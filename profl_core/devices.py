@@ -28,7 +28,7 @@ import math
 import random
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
@@ -133,6 +133,24 @@ class Fleet:
         if not self.devices:
             return 0.0
         return len(self.eligible(required_bytes)) / len(self.devices)
+
+    def spread(self, count: int) -> Fleet:
+        """``count`` devices at evenly spaced positions, renumbered ``0 .. count-1``.
+
+        Position ``floor(i * len(devices) / count)`` for i = 0 .. count-1, so a fleet listed in
+        groups (``tiers``, ``mix``) keeps its group shares and a random fleet stays random.
+
+        Raises:
+            ConfigError: ``count`` is not in ``1 .. len(devices)``.
+        """
+        total = len(self.devices)
+        if not 1 <= count <= total:
+            raise ConfigError(
+                f"clients={count}: fleet {self.name!r} has {total} devices; use 1 to {total}"
+            )
+        picked = [self.devices[i * total // count] for i in range(count)]
+        devices = tuple(replace(d, device_id=i) for i, d in enumerate(picked))
+        return Fleet(self.name, devices, self.kind)
 
     def budgets_bytes(self) -> np.ndarray:
         """The devices' budgets in bytes, as an ``int64`` array in fleet order."""

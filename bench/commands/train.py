@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleet", default="relative-uniform",
                         help="fleet name in devices/fleets or a path to a fleet TOML")
     parser.add_argument("--clients", type=int, default=100,
-                        help="number of clients (the first N devices of the fleet)")
+                        help="number of clients (N devices spread evenly over the fleet)")
     parser.add_argument("--per-round", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=100, help="total round budget")
     parser.add_argument("--local-epochs", type=int, default=5)

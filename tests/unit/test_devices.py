@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,19 @@ def test_cli_devices_bad_fleet_dir_is_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("profl: error: ")
+
+
+def test_spread_keeps_tier_shares_and_renumbers(profiles):
+    fleet = load_fleet(FLEETS / "four-tiers.toml", profiles, reference_peak_bytes=4 * 10**6)
+    picked = fleet.spread(20)
+    assert [d.device_id for d in picked.devices] == list(range(20))
+    assert Counter(d.tier for d in picked.devices) == {t: 5 for t in Counter(
+        d.tier for d in fleet.devices)}
+    assert [d.budget_bytes for d in picked.devices] == [
+        fleet.devices[i * 5].budget_bytes for i in range(20)]
+
+
+def test_spread_rejects_more_clients_than_devices(profiles):
+    fleet = load_fleet(FLEETS / "paper-uniform.toml", profiles)
+    with pytest.raises(ConfigError, match="has 100 devices"):
+        fleet.spread(101)
