@@ -307,6 +307,16 @@ def summary_records(
     return out
 
 
+def step_label(stage: str, submodel: str) -> str:
+    """A short label for a ProFL phase: ``train B3`` / ``fit basic3`` (shrinking), ``grow B3``."""
+    kind, _, step = submodel.partition(":")
+    if stage == "shrink":
+        return f"fit basic{step}" if kind == "shrink" else f"train B{step}"
+    if stage == "grow":
+        return f"grow B{step}"
+    return submodel
+
+
 def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     """Test accuracy per round with a dashed line at every step boundary."""
     import matplotlib
@@ -322,7 +332,7 @@ def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     for prev, cur in itertools.pairwise(rounds):
         if (prev["stage"], prev["submodel"]) != (cur["stage"], cur["submodel"]):
             ax.axvline(cur["round"] - 0.5, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(cur["round"] - 0.5, 1.0, f" {cur['stage'][0]}{cur['submodel']}",
+            ax.text(cur["round"] - 0.5, 1.0, f" {step_label(cur['stage'], cur['submodel'])}",
                     fontsize=7, va="top", rotation=90, color="grey")
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title=title)
     fig.tight_layout()
