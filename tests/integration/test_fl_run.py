@@ -2,63 +2,19 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from tiny_fl import FLEET, TABLE, ListSink, profl, tiny_data, tiny_model
 
-from profl_core.data import partition, synthetic_dataset
-from profl_core.devices import Device, Fleet
-from profl_core.fl import FederatedData, JsonlSink, RoundRecord, RunConfig, run_federated
+from profl_core.fl import JsonlSink, RoundRecord, RunConfig, run_federated
 from profl_core.fl.types import ServerState
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
-from profl_core.methods.profl import ProFL, ProFLConfig
-from profl_core.models import build_model, native_spec
+from profl_core.methods.profl import ProFL
 
 pytestmark = pytest.mark.integration
 
-CLASSES = 4
 # Test cross-entropy after round 3 of the tiny ProFL run below; see the golden test.
 GOLDEN_LOSS_ROUND3 = 1.344748616218567  # client seeds from (seed, round, client id)
-TABLE = (
-    {f"grow:{t}": 60 for t in range(1, 5)} | {f"shrink:{t}": 30 for t in range(2, 5)}
-    | {"full": 100}
-)
-# Device 0 is too small for any step and must never train.
-FLEET = Fleet(
-    "hand", tuple(Device(device_id=i, budget_bytes=b) for i, b in enumerate([10, 60, 80, 200]))
-)
-
-
-class ListSink:
-    """Collects records in memory."""
-
-    def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
-
-    def write(self, record: RoundRecord) -> None:
-        self.records.append(record)
-
-
-def tiny_data() -> FederatedData:
-    """256 train samples over 4 IID clients and 128 test samples, 1x28x28, 4 classes."""
-    train = synthetic_dataset(num_samples=256, input_shape=(1, 28, 28), num_classes=CLASSES,
-                              generator=torch.Generator().manual_seed(0))
-    test = synthetic_dataset(num_samples=128, input_shape=(1, 28, 28), num_classes=CLASSES,
-                             generator=torch.Generator().manual_seed(0))
-    parts = partition("iid", train.y.numpy(), 4, np.random.default_rng(0))
-    return FederatedData(clients=tuple(train.subset(p) for p in parts), test=test)
-
-
-def tiny_model() -> torch.nn.Module:
-    """cnn at width 0.25 with seeded weights."""
-    spec = native_spec("cnn", width=0.25, num_classes=CLASSES)
-    return build_model(spec, generator=torch.Generator().manual_seed(1))
-
-
-def profl(rounds: int = 10) -> ProFL:
-    """ProFL with one round per step (10 steps for T = 4)."""
-    return ProFL(ProFLConfig(rounds=rounds, per_round=2, local_epochs=2, batch_size=16, lr=0.05,
-                             distill_lr=0.05, schedule="fixed"))
 
 
 def run(method: ProFL | FedAvg, sink: object, **kwargs: object) -> ServerState:
@@ -90,7 +46,6 @@ def test_profl_golden_loss_learning_and_selection() -> None:
     assert records[-1].accuracy >= 0.25 + 0.35
     assert all(0 not in r.participants for r in records)
     assert all(r.eligible_share == 0.75 for r in records)
-
 
 
 def test_interrupt_and_resume_gives_the_same_weights(tmp_path: Path) -> None:
