@@ -8,7 +8,7 @@ figures are rebuilt from ``result.json`` alone (:func:`render_memory`), never fr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,8 +294,3 @@ def summary_text(result: ResultFile) -> str:
     return tabulate(summary_frame(result), headers="keys", tablefmt="github", showindex=False,
                     floatfmt=".1f")
 
-
-def select(records: Iterable[Record], metrics: Sequence[str]) -> list[Record]:
-    """Records whose metric is one of ``metrics``."""
-    wanted = set(metrics)
-    return [r for r in records if r.metric in wanted]

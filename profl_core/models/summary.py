@@ -67,7 +67,3 @@ def summarize_blocks(model: BlockedModel) -> list[BlockSummary]:
             )
     return rows
 
-
-def total_params(rows: list[BlockSummary]) -> int:
-    """Sum of parameters over summary rows."""
-    return sum(r.params for r in rows)
