@@ -6,7 +6,9 @@ it without a traceback and exits with code 2.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -27,6 +29,15 @@ def reject_unknown_keys(data: Mapping[str, Any], known: Iterable[str], where: st
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(allowed))}"
         )
+
+
+def build_config(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """Build the dataclass ``cls`` from ``data``: unknown keys are rejected, lists become tuples.
+
+    TOML and JSON have no tuples, so list values are turned into the tuples frozen configs use.
+    """
+    reject_unknown_keys(data, field_names(cls), where)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def field_names(cls: type) -> list[str]:

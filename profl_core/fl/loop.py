@@ -37,7 +37,7 @@ from torch import nn
 
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.errors import ConfigError, build_config
 from profl_core.fl.client import FAULTS, ClientJob, Fault, client_seed, run_client
 from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
 from profl_core.fl.types import (
@@ -109,8 +109,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        reject_unknown_keys(data, field_names(cls), "run config")
-        return cls(**data)
+        return build_config(cls, data, "run config")
 
     def local(self) -> LocalConfig:
         """The local-training part."""

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import fedavg
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.memory.case import TrainingCase
@@ -103,8 +103,7 @@ class DepthFLConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DepthFLConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        reject_unknown_keys(data, field_names(cls), "depthfl config")
-        return cls(**data)
+        return build_config(cls, data, "depthfl config")
 
     @property
     def ramp_rounds(self) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 from torch import nn
 
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.selection import select_any, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
@@ -100,11 +100,7 @@ class FedAvgConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FedAvgConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        reject_unknown_keys(data, field_names(cls), "fedavg config")
-        values = dict(data)
-        if "levels" in values:
-            values["levels"] = tuple(values["levels"])
-        return cls(**values)
+        return build_config(cls, data, "fedavg config")
 
     @property
     def resolved_policy(self) -> str:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.errors import ConfigError, build_config
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.memory.case import TrainingCase
 from profl_core.methods import tiers
@@ -122,11 +122,7 @@ class HeteroFLConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeteroFLConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        reject_unknown_keys(data, field_names(cls), "heterofl config")
-        values = dict(data)
-        if "levels" in values:
-            values["levels"] = tuple(values["levels"])
-        return cls(**values)
+        return build_config(cls, data, "heterofl config")
 
 
 def masked_cross_entropy(labels_present: Tensor) -> Any:

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.selection import select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
@@ -121,8 +121,7 @@ class ProFLConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProFLConfig:
         """Build from a mapping; unknown keys are a ConfigError."""
-        reject_unknown_keys(data, field_names(cls), "profl config")
-        return cls(**data)
+        return build_config(cls, data, "profl config")
 
     def freeze_rule(self) -> FreezeRule:
         """The EM freeze rule of these settings."""

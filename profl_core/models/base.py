@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.errors import ConfigError, build_config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,8 +52,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "model spec") -> ModelSpec:
         """Build a spec from a mapping, rejecting unknown keys."""
-        reject_unknown_keys(data, field_names(cls), where)
-        return cls(**data)
+        return build_config(cls, data, where)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
