@@ -11,11 +11,15 @@ A backend (in process, or a Ray actor on another machine) hands each client a
    worker runs the job or in which order;
 3. turns an exception or an out-of-memory error into a :class:`ClientDrop` with the reason, so
    the round goes on with the others. Bad input (:class:`ConfigError`) is not a client fault
-   and propagates.
+   and propagates;
+4. drops its own update with reason ``non-finite: ...`` when its training loss or any
+   floating-point tensor it would send is NaN or infinite (:func:`non_finite`): one diverged
+   client never poisons the average.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,13 +117,28 @@ def run_client(
             raise MemoryError(f"injected out-of-memory in client {task.client_id}")
         sub = method.submodel(state, task)
         generator = torch.Generator().manual_seed(job.seed)
-        return train_client(sub, data, task, generator=generator, config=config)
+        update = train_client(sub, data, task, generator=generator, config=config)
     except ConfigError:
         raise
     except _OOM_ERRORS as err:
         return ClientDrop(client_id=task.client_id, reason=f"out of memory: {one_line(err)}")
     except Exception as err:
         return ClientDrop(client_id=task.client_id, reason=f"error: {one_line(err)}")
+    what = non_finite(update)
+    if what is not None:
+        return ClientDrop(client_id=task.client_id, reason=f"non-finite: {what}")
+    return update
+
+
+def non_finite(update: ClientUpdate) -> str | None:
+    """What in ``update`` is NaN or infinite (its train loss or the first such tensor), or None."""
+    loss = update.metrics.get("train_loss")
+    if loss is not None and not math.isfinite(loss):
+        return f"train loss {loss}"
+    for key, value in update.state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"tensor {key}"
+    return None
 
 
 def one_line(err: BaseException, limit: int = 200) -> str:

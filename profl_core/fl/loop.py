@@ -18,11 +18,28 @@ runs out of memory or dies is recorded in ``RoundRecord.dropped`` and the round 
 others; a round with fewer than ``min_survivors`` updates is repeated with a fresh selection
 (``round_retries`` times) and then fails with :class:`RoundFailedError`, never averaging over
 nothing.
+
+Divergence (:class:`~profl_core.fl.types.DivergedError`, DESIGN §5). A client whose loss or
+update is non-finite is dropped by the client itself (reason ``non-finite: ...``). The run
+stops as diverged when, after a round,
+
+* the aggregated server weights hold a NaN or infinity,
+* the test loss is non-finite,
+* every selected client was dropped as non-finite in every attempt, or
+* the round's mean training loss exceeds ``loss_blowup`` times the mean training loss of the
+  first round of the current step (stage, step, sub-model): the step started from that loss, so
+  a hundredfold rise (the default) is a blow-up, not noise. ``loss_blowup = 0`` turns this
+  rule off.
+
+Either failure (diverged or too few survivors) first checkpoints the last finished round with
+the NumPy RNG state it had then, so ``--resume`` continues exactly; the failed round leaves no
+record.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -44,6 +61,7 @@ from profl_core.fl.types import (
     ClientDrop,
     ClientTask,
     ClientUpdate,
+    DivergedError,
     MemoryTable,
     Method,
     RoundFailedError,
@@ -76,6 +94,8 @@ class RunConfig:
         faults: Test-only fault injection: client id -> ``"raise"`` (an exception in local
             training), ``"oom"`` (``MemoryError``) or ``"crash"`` (the worker process exits;
             Ray backend only), applied every time the client is selected.
+        loss_blowup: The run diverges when a round's mean training loss exceeds this many
+            times the first-round loss of its step (0: off).
     """
 
     rounds: int
@@ -89,8 +109,11 @@ class RunConfig:
     min_survivors: int = 1
     round_retries: int = 2
     faults: Mapping[int, Fault] = field(default_factory=dict)
+    loss_blowup: float = 100.0
 
     def __post_init__(self) -> None:
+        if self.loss_blowup < 0 or not math.isfinite(self.loss_blowup):
+            raise ConfigError(f"loss_blowup={self.loss_blowup}; use 0 (off) or a positive factor")
         if self.min_survivors < 1:
             raise ConfigError(f"min_survivors={self.min_survivors}; use 1 or more")
         if self.round_retries < 0:
@@ -242,10 +265,12 @@ def make_backend(backend: str | Backend) -> Backend:
 
 def save_checkpoint(
     path: Path, rnd: int, state: ServerState, method: str, np_rng: np.random.Generator,
+    *, loop: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temp file + ``os.replace``).
 
-    Client shuffling needs no state: its seeds derive from (seed, round, client id).
+    Client shuffling needs no state: its seeds derive from (seed, round, client id). ``loop``
+    is the round loop's own state (the divergence rule's reference loss).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -255,6 +280,7 @@ def save_checkpoint(
         "weights": state.weights,
         "meta": state.meta,
         "numpy_rng": np_rng.bit_generator.state,
+        "loop": dict(loop or {}),
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -316,6 +342,8 @@ def run_federated(
     Raises:
         RoundFailedError: A round kept fewer than ``config.min_survivors`` updates after
             ``config.round_retries`` repeats (the last finished round is checkpointed first).
+        DivergedError: The run diverged (see the module docstring; the last finished round is
+            checkpointed first).
     """
     if len(data.clients) != len(fleet.devices):
         raise ConfigError(
@@ -328,6 +356,7 @@ def run_federated(
     np_rng = np.random.default_rng(config.seed)
     state = method.init_state(model, np_rng)
     start = 1
+    payload: dict[str, Any] = {}
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt is not None and ckpt.exists():
         payload = load_checkpoint(ckpt)
@@ -343,53 +372,109 @@ def run_federated(
     budgets = np.array([d.budget_bytes for d in fleet.devices], dtype=np.int64)
     # Methods with several sub-model sizes say which share of the fleet can take part.
     share = getattr(method, "eligible_share", None)
+    guard = _BlowupGuard(config.loss_blowup, payload.get("loop", {}) if start > 1 else {})
     runner.start(method, data, config.local())
     try:
         rnd = start
         while rnd <= config.rounds and not method.is_finished(state):
             t0 = time.perf_counter()
             stage, step, submodel = method.position(state)
+            rng_before = np_rng.bit_generator.state
+            loop_before = guard.state()
+
+            def stop_after(prev: ServerState, rnd: int = rnd, rng_before: dict = rng_before,
+                           loop_before: dict = loop_before) -> None:
+                """Checkpoint round ``rnd - 1`` exactly as it ended (RNG included)."""
+                if ckpt is not None:
+                    np_rng.bit_generator.state = rng_before
+                    save_checkpoint(ckpt, rnd - 1, prev, method.name, np_rng, loop=loop_before)
+
             try:
                 tasks, updates, dropped = _train_round(rnd, method, state, fleet, memory_table,
                                                        np_rng, config, runner)
-            except RoundFailedError:
-                if ckpt is not None:
-                    save_checkpoint(ckpt, rnd - 1, state, method.name, np_rng)
+            except RoundFailedError as err:
+                stop_after(state)
+                if err.all_non_finite:
+                    raise DivergedError(round=rnd, stage=stage, step=step, submodel=submodel,
+                                        what="every client update was non-finite") from None
                 raise
-            state = method.aggregate(rnd, state, updates)
+            previous, state = state, method.aggregate(rnd, state, updates)
+            examples = sum(u.num_examples for u in updates)
+            train_loss = sum(u.metrics["train_loss"] * u.num_examples for u in updates) / examples
+            metrics = dict(method.round_metrics(state))
+            step_end = metrics.pop("step_end", None)
             last = method.is_finished(state) or rnd == config.rounds
             accuracy = loss = None
-            if rnd % config.eval_every == 0 or last:
+            what = _non_finite_weight(state.weights) or guard.check((stage, step, submodel),
+                                                                    train_loss)
+            if what is None and (rnd % config.eval_every == 0 or last or step_end is not None):
                 accuracy, loss = evaluate(
                     method.eval_submodel(state, submodel), data.test,
                     batch_size=config.eval_batch_size, device=config.device,
                 )
-            examples = sum(u.num_examples for u in updates)
+                if not math.isfinite(loss):
+                    what = f"test loss {loss}"
+            if what is not None:
+                stop_after(previous)
+                raise DivergedError(round=rnd, stage=stage, step=step, submodel=submodel,
+                                    what=what)
             required = max((t.required_bytes for t in tasks), default=0)
             needs = {t.client_id: t.required_bytes for t in tasks}
             record = RoundRecord(
                 round=rnd, stage=stage, step=step, submodel=submodel,
-                accuracy=accuracy, loss=loss,
-                train_loss=sum(u.metrics["train_loss"] * u.num_examples for u in updates)
-                / examples,
+                accuracy=accuracy, loss=loss, train_loss=train_loss,
                 participants=tuple(u.client_id for u in updates),
                 eligible_share=share(fleet, memory_table) if share is not None else (
                     float((budgets >= required).mean()) if budgets.size else 0.0),
                 required_bytes=tuple(needs[u.client_id] for u in updates),
                 wall_s=time.perf_counter() - t0,
-                metrics=method.round_metrics(state),
+                metrics=metrics,
                 dropped=dropped,
+                step_end=None if step_end is None else str(step_end),
             )
             sink.write(record)
             due = config.checkpoint_every and rnd % config.checkpoint_every == 0
             if ckpt is not None and (due or last):
-                save_checkpoint(ckpt, rnd, state, method.name, np_rng)
+                save_checkpoint(ckpt, rnd, state, method.name, np_rng, loop=guard.state())
             if progress is not None:
                 progress(record)
             rnd += 1
     finally:
         runner.close()
     return state
+
+
+def _non_finite_weight(weights: Mapping[str, torch.Tensor]) -> str | None:
+    """``server weight <key>`` of the first floating tensor holding NaN/inf, else None."""
+    for key, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"server weight {key}"
+    return None
+
+
+class _BlowupGuard:
+    """The loss blow-up rule: a round's train loss vs the first-round loss of its step."""
+
+    def __init__(self, factor: float, saved: Mapping[str, Any]) -> None:
+        self.factor = factor
+        self.step: list[Any] | None = saved.get("step")
+        self.reference: float | None = saved.get("reference_loss")
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the rule (so a resumed run checks the same way)."""
+        return {"step": self.step, "reference_loss": self.reference}
+
+    def check(self, step: tuple[str, int, str], loss: float) -> str | None:
+        """Why ``loss`` of a round of ``step`` means divergence, or None."""
+        if not math.isfinite(loss):
+            return f"train loss {loss}"
+        if self.step != list(step):
+            self.step, self.reference = list(step), loss
+            return None
+        if self.factor and self.reference and loss > self.factor * self.reference:
+            return (f"train loss {loss:.3g} > {self.factor:g} x the step's first-round loss "
+                    f"{self.reference:.3g}")
+        return None
 
 
 def _train_round(
@@ -419,7 +504,9 @@ def _train_round(
             return tasks, updates, (*dropped, *drops)
         dropped += [(cid, f"attempt {attempt}: {reason}") for cid, reason in drops]
     listed = "; ".join(f"client {cid}: {reason}" for cid, reason in dropped)
-    raise RoundFailedError(
+    error = RoundFailedError(
         f"round {rnd}: fewer than {config.min_survivors} client(s) survived in each of "
         f"{attempts} attempt(s); {listed or 'no client was selected'}"
     )
+    error.all_non_finite = bool(dropped) and all("non-finite:" in r for _, r in dropped)
+    raise error

@@ -78,7 +78,32 @@ class ClientDrop:
 
 
 class RoundFailedError(RuntimeError):
-    """A round kept fewer surviving clients than ``min_survivors`` after its retries."""
+    """A round kept fewer surviving clients than ``min_survivors`` after its retries.
+
+    ``all_non_finite`` is True when every drop was a non-finite update (then the loop reports
+    divergence instead).
+    """
+
+    all_non_finite: bool = False
+
+
+class DivergedError(RuntimeError):
+    """Training went non-finite or blew up; the run stops (DESIGN §5: status ``diverged``).
+
+    Attributes:
+        round: The round that diverged (its record is not written; the checkpoint holds the
+            round before it).
+        stage: Method stage of that round.
+        step: Method step of that round.
+        what: What went wrong, e.g. ``server weight block2.0.weight`` or ``train loss 2.1e+07
+            > 100 x the step's first-round loss 0.43``.
+    """
+
+    def __init__(self, *, round: int, stage: str, step: int, submodel: str, what: str) -> None:
+        self.round, self.stage, self.step, self.submodel, self.what = (
+            round, stage, step, submodel, what)
+        super().__init__(
+            f"diverged at round {round} ({stage} step {step}, {submodel}): {what}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +194,9 @@ class RoundRecord:
         dropped: ``(client id, reason)`` of every selected client that returned no update
             (see :class:`ClientDrop`), retried attempts included (reason prefixed
             ``attempt k:``). Absent in old ``rounds.jsonl`` files: read it as empty.
+        step_end: Why this round ended the method's step (ProFL: ``"em"`` when effective
+            movement converged, ``"cap"`` at the step's round cap, ``"fixed"`` on the fixed
+            schedule), None when the step goes on or the method has no steps.
     """
 
     round: int
@@ -184,6 +212,7 @@ class RoundRecord:
     wall_s: float
     metrics: Mapping[str, float | None] = field(default_factory=dict)
     dropped: tuple[tuple[int, str], ...] = ()
+    step_end: str | None = None
 
 
 class Method(Protocol):
@@ -228,6 +257,10 @@ class Method(Protocol):
         """``(stage, step, submodel)`` that the next (or last) round trains."""
         ...
 
-    def round_metrics(self, state: ServerState) -> dict[str, float | None]:
-        """Method numbers to record for the round just aggregated (e.g. EM)."""
+    def round_metrics(self, state: ServerState) -> dict[str, float | str | None]:
+        """Method numbers to record for the round just aggregated (e.g. EM).
+
+        The key ``step_end`` (a reason string, see :attr:`RoundRecord.step_end`) goes to the
+        record's own field.
+        """
         ...

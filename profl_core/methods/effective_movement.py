@@ -166,22 +166,27 @@ class FreezeRule:
         """Fewest rounds before EM can end a step: ``window + evaluation_number - 1``."""
         return self.window + self.evaluation_number - 1
 
-    def decide(self, trajectory: np.ndarray, rounds_done: int, max_rounds: int) -> bool:
-        """True when the step ends after ``rounds_done`` rounds.
+    def decide(self, trajectory: np.ndarray, rounds_done: int, max_rounds: int) -> str | None:
+        """Why the step ends after ``rounds_done`` rounds: ``"cap"``, ``"em"``, or None.
 
         Args:
             trajectory: ``(rounds_done + 1) x d`` sampled scalars (row 0 = before the step).
             rounds_done: Rounds trained in this step so far.
-            max_rounds: The step ends at this many rounds whatever EM says.
+            max_rounds: The step ends at this many rounds whatever EM says (``"cap"``).
+
+        Returns:
+            ``"cap"`` at ``max_rounds``; ``"em"`` when :func:`should_freeze` says the block has
+            converged (never before ``min_rounds``); None while the step goes on.
         """
         if rounds_done >= max_rounds:
-            return True
+            return "cap"
         if rounds_done < self.min_rounds:
-            return False
+            return None
         values = em_series(trajectory, self.window)
-        return should_freeze(
+        converged = should_freeze(
             values,
             evaluation_number=self.evaluation_number,
             slope_threshold=self.slope_threshold,
             em_level=self.em_level,
         )
+        return "em" if converged else None

@@ -313,10 +313,11 @@ class ProFL:
         )
         done_rounds, cap = int(meta["rounds_in_phase"]), int(meta["phase_max"])
         if self.config.schedule == "fixed":
-            done = done_rounds >= cap
+            reason = "fixed" if done_rounds >= cap else None
         else:
-            done = rule.decide(history, done_rounds, cap)
-        if done:
+            reason = rule.decide(history, done_rounds, cap)
+        meta["step_end"] = reason
+        if reason is not None:
             meta["phase"] = int(meta["phase"]) + 1
             self._enter_phase(weights, meta)
         return ServerState(weights=weights, meta=meta)
@@ -325,10 +326,11 @@ class ProFL:
         """True after the last growing step."""
         return bool(state.meta["finished"])
 
-    def round_metrics(self, state: ServerState) -> dict[str, float | None]:
-        """The active block's latest effective movement (None before a full window)."""
+    def round_metrics(self, state: ServerState) -> dict[str, float | str | None]:
+        """The active block's latest effective movement (None before a full window) and
+        ``step_end``: why this round ended its step (``em``, ``cap``, ``fixed``) or None."""
         em = state.meta.get("last_em")
-        return {"em": None if em is None else float(em)}
+        return {"em": None if em is None else float(em), "step_end": state.meta.get("step_end")}
 
     # ----------------------------------------------------------------- stage transitions
 

@@ -83,14 +83,13 @@ def test_should_freeze_on_constructed_series(values: np.ndarray, expected: bool)
 
 
 def test_freeze_rule_respects_min_and_max_rounds() -> None:
-    """max_rounds ends a step whatever EM says; min_rounds delays a converged one."""
+    """max_rounds ends a step whatever EM says ("cap"); min_rounds delays a converged one."""
     a = np.array([1.0, -1.0])
     oscillating = np.array([a * (i % 2) for i in range(8)])  # EM 0 everywhere (window 2)
     rule = FreezeRule(window=2, evaluation_number=3, min_rounds=1)
-    assert rule.decide(oscillating, rounds_done=7, max_rounds=100)
-    assert not FreezeRule(window=2, evaluation_number=3, min_rounds=9).decide(
-        oscillating, rounds_done=7, max_rounds=100
-    )
+    assert rule.decide(oscillating, rounds_done=7, max_rounds=100) == "em"
+    delayed = FreezeRule(window=2, evaluation_number=3, min_rounds=9)
+    assert delayed.decide(oscillating, rounds_done=7, max_rounds=100) is None
     line = np.arange(8, dtype=np.float64)[:, None]
-    assert not rule.decide(line, rounds_done=7, max_rounds=100)
-    assert rule.decide(line, rounds_done=7, max_rounds=7)
+    assert rule.decide(line, rounds_done=7, max_rounds=100) is None
+    assert rule.decide(line, rounds_done=7, max_rounds=7) == "cap"

@@ -1,0 +1,115 @@
+"""Divergence is caught, never reported as accuracy (DESIGN §5, loop module docstring)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_fl import FLEET, TABLE, ListSink, tiny_data, tiny_model
+
+from profl_core.fl import (
+    ClientDrop,
+    ClientTask,
+    ClientUpdate,
+    DivergedError,
+    JsonlSink,
+    LocalConfig,
+    RunConfig,
+    load_checkpoint,
+    run_client,
+    run_federated,
+)
+from profl_core.fl.client import ClientJob, non_finite
+from profl_core.fl.types import ServerState
+from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+
+pytestmark = pytest.mark.integration
+
+
+def fedavg(lr: float, rounds: int = 6) -> FedAvg:
+    """AllLarge FedAvg on the tiny setup with learning rate ``lr``."""
+    return FedAvg(FedAvgConfig(rounds=rounds, per_round=2, local_epochs=1, batch_size=16, lr=lr))
+
+
+def test_non_finite_update_names_the_loss_or_the_tensor() -> None:
+    """The client-side check names what is non-finite, and passes finite updates."""
+    finite = ClientUpdate(client_id=0, state={"w": torch.ones(3)}, num_examples=1,
+                          metrics={"train_loss": 0.5})
+    bad_loss = ClientUpdate(client_id=0, state={"w": torch.ones(3)}, num_examples=1,
+                            metrics={"train_loss": float("nan")})
+    bad_tensor = ClientUpdate(client_id=0, state={"w": torch.tensor([1.0, float("inf")]),
+                                                  "n": torch.tensor(3)},
+                              num_examples=1, metrics={"train_loss": 0.5})
+    assert non_finite(finite) is None
+    assert non_finite(bad_loss) == "train loss nan"
+    assert non_finite(bad_tensor) == "tensor w"
+
+
+def test_client_with_non_finite_result_is_dropped_with_its_reason() -> None:
+    """A client trained from NaN weights returns a ClientDrop, reason ``non-finite: ...``."""
+    method = fedavg(lr=0.05)
+    model = tiny_model()
+    state = method.init_state(model, __import__("numpy").random.default_rng(0))
+    poisoned = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+                for k, v in state.weights.items()}
+    task = ClientTask(client_id=1, submodel="full", trainable=frozenset({"block1", "block2",
+                      "block3", "block4", "head"}), required_bytes=0, local_epochs=1,
+                      batch_size=16)
+    result = run_client(method, ServerState(weights=poisoned, meta=state.meta),
+                        ClientJob(task=task, seed=0), tiny_data().clients[1], LocalConfig())
+    assert isinstance(result, ClientDrop)
+    assert result.reason.startswith("non-finite: ")
+
+
+def test_huge_lr_stops_the_run_as_diverged_with_the_last_finite_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """lr 100: DivergedError names round, stage, step; checkpoint and records = the rounds
+    before it, all finite."""
+    sink = JsonlSink(tmp_path / "rounds.jsonl")
+    config = RunConfig(rounds=6, seed=0, checkpoint_every=1)
+    with pytest.raises(DivergedError) as caught:
+        run_federated(fedavg(lr=100.0), FLEET, tiny_data(), config, model=tiny_model(),
+                      memory_table=TABLE, sink=sink, checkpoint_dir=tmp_path)
+    err = caught.value
+    lines = (tmp_path / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert err.round == 2
+    assert str(err).startswith("diverged at round 2 (full step 0, full): train loss ")
+    assert "\n" not in str(err)
+    assert len(lines) == 1
+    assert checkpoint["round"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in checkpoint["weights"].values()
+               if v.is_floating_point())
+
+
+def test_every_client_non_finite_is_divergence_not_a_failed_round() -> None:
+    """lr 1e4: every update of round 1 is NaN; the run diverges (not RoundFailedError)."""
+    with pytest.raises(DivergedError, match=r"round 1 .*every client update was non-finite"):
+        run_federated(fedavg(lr=1e4), FLEET, tiny_data(), RunConfig(rounds=6, seed=0),
+                      model=tiny_model(), memory_table=TABLE, sink=ListSink())
+
+
+def test_loss_blowup_rule_fires_before_nan() -> None:
+    """lr 100 explodes by round 2 (rule on: the blow-up rule names it); with the rule off
+    the same run goes on until its updates are NaN (round 3)."""
+    def run(blowup: float) -> DivergedError:
+        with pytest.raises(DivergedError) as caught:
+            run_federated(fedavg(lr=100.0), FLEET, tiny_data(),
+                          RunConfig(rounds=6, seed=0, loss_blowup=blowup), model=tiny_model(),
+                          memory_table=TABLE, sink=ListSink())
+        return caught.value
+
+    on, off = run(100.0), run(0.0)
+    assert on.round == 2
+    assert "> 100 x the step's first-round loss" in on.what
+    assert off.round == 3
+    assert off.what == "every client update was non-finite"
+
+
+def test_normal_run_is_not_flagged() -> None:
+    """lr 0.05 trains to the end without a DivergedError; every record is finite."""
+    sink = ListSink()
+    run_federated(fedavg(lr=0.05), FLEET, tiny_data(), RunConfig(rounds=6, seed=0),
+                  model=tiny_model(), memory_table=TABLE, sink=sink)
+    assert len(sink.records) == 6
+    assert all(r.train_loss < 10 for r in sink.records)
