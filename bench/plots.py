@@ -1,4 +1,4 @@
-"""Figures made with seaborn from long-form data frames (themselves read from result files)."""
+"""Figures (seaborn styles) from long-form data frames, themselves read from result files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
+
+from bench.stats import t_interval
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -107,91 +109,163 @@ def memory_figures(
 
 
 # ------------------------------------------------------------------------------ accuracy section
+#
+# Inputs are :mod:`bench.report`'s frames: ``curves`` (label, partition, seed, status, round,
+# accuracy_%), ``runs`` (one row per run) and ``summary`` (one row per (label, partition), with
+# ``final_mean``/``final_ci95``). Every figure has one colour per label, in ``labels`` order.
 
 
-def _method_palette(methods: list[str]) -> dict[str, tuple[float, float, float]]:
-    colors = sns.color_palette("tab10", max(10, len(methods)))
-    return dict(zip(methods, colors, strict=False))
+def _label_palette(labels: list[str]) -> dict[str, tuple[float, float, float]]:
+    """A distinct colour for every label (tab10, or evenly spaced hues past ten labels)."""
+    colors = sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))
+    return dict(zip(labels, colors, strict=True))
+
+
+def _partitions(frame: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(frame["partition"]))  # the table's order: IID first
+
+
+def mean_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (label, partition, round): mean accuracy % over the completed seeds that evaluated
+    that round, the 95% t half-width (NaN for one seed) and ``n``, the number of those seeds."""
+    done = curves[curves["status"] == "completed"]
+    rows = [{"label": label, "partition": part, "round": rnd, "n": len(group),
+             **dict(zip(("mean", "half"), t_interval(group["accuracy_%"]), strict=True))}
+            for (label, part, rnd), group in done.groupby(["label", "partition", "round"],
+                                                          sort=False)]
+    out = pd.DataFrame(rows, columns=["label", "partition", "round", "n", "mean", "half"])
+    return out.sort_values(["label", "partition", "round"], kind="stable", ignore_index=True)
+
+
+def _legend_label(label: str, diverged: int) -> str:
+    return f"{label} ({diverged} diverged)" if diverged else label
 
 
 def accuracy_curves(
-    curves: pd.DataFrame, path: Path, *, methods: list[str], target: float | None
+    curves: pd.DataFrame, runs: pd.DataFrame, path: Path, *, labels: list[str],
+    target: float | None,
 ) -> Path:
-    """Test accuracy against round, one line per method, one panel per partition."""
-    partitions = sorted(set(curves["partition"]), key=lambda p: (p != "iid", p))
-    grid = sns.relplot(
-        data=curves, kind="line", x="round", y="accuracy_%", hue="method", hue_order=methods,
-        col="partition", col_order=partitions, height=3.6, aspect=1.3,
-        palette=_method_palette(methods),
-        marker="o", markersize=4, facet_kws={"sharey": True},
-    )
-    grid.set_axis_labels("round", "test accuracy (%)")
-    grid.set_titles("partition {col_name}")
-    for ax in grid.axes.flat:
-        ax.set_ylim(0, 100)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    """Mean test accuracy per round over the completed seeds with a shaded 95% t-band, one
+    line per label, one panel per partition; the legend counts each label's diverged runs.
+
+    Rounds that only some of the completed seeds ran (runs that ended early) continue the line
+    dashed and without a band, the mean of fewer seeds.
+    """
+    partitions = _partitions(runs)
+    palette = _label_palette(labels)
+    means = mean_curves(curves)
+    status = runs.groupby(["label", "partition"])["status"]
+    diverged = status.apply(lambda s: int((s == "diverged").sum()))
+    completed = status.apply(lambda s: int((s == "completed").sum()))
+    marker = "o" if means["round"].nunique() <= 20 else None
+    fig, axes = plt.subplots(1, len(partitions), figsize=(5.6 * len(partitions), 4.4),
+                             squeeze=False, sharey=True)
+    for ax, part in zip(axes.flat, partitions, strict=True):
+        for label in labels:
+            if (label, part) not in diverged.index:
+                continue
+            line = means[(means["label"] == label) & (means["partition"] == part)]
+            full = line[line["n"] == completed[(label, part)]]
+            tail = line[line["round"] >= full["round"].max()] if len(full) < len(line) \
+                else line.iloc[:0]
+            color = palette[label]
+            ax.plot(full["round"], full["mean"], color=color, marker=marker, markersize=3.5,
+                    linewidth=1.6, label=_legend_label(label, diverged[(label, part)]))
+            ax.plot(tail["round"], tail["mean"], color=color, linewidth=1.2, linestyle="--")
+            ax.fill_between(full["round"], full["mean"] - full["half"],
+                            full["mean"] + full["half"], color=color, alpha=0.18, linewidth=0)
         if target is not None:
             ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
-    sns.move_legend(grid, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    grid.figure.suptitle("Accuracy per round (dotted: the rounds-to-target line)", y=1.04)
-    return _save(grid.figure, path)
-
-
-def accuracy_vs_memory(frame: pd.DataFrame, path: Path, *, methods: list[str]) -> Path:
-    """Final accuracy against the method's peak training memory (the Pareto view)."""
-    partitions = list(dict.fromkeys(frame["partition"]))
-    fig, axes = plt.subplots(1, len(partitions), figsize=(6.0 * len(partitions), 4.6),
-                             squeeze=False, sharey=True)
-    palette = _method_palette(methods)
-    for ax, part in zip(axes.flat, partitions, strict=True):
-        sub = frame[frame["partition"] == part]
-        sns.scatterplot(data=sub, x="peak_mib", y="final_%", hue="method",
-                        hue_order=methods, palette=palette, s=80, ax=ax, legend=False)
-        # Staircase of the best accuracy reachable at each memory budget.
-        best = sub.sort_values("peak_mib")
-        front = best[best["final_%"] >= best["final_%"].cummax()]
-        xs = [*front["peak_mib"], sub["peak_mib"].max() * 1.1]
-        ys = [*front["final_%"], front["final_%"].iloc[-1]]
-        ax.step(xs, ys, where="post", color="grey", linewidth=1, linestyle="--")
-        ax.set(title=f"partition {part}", xlabel="peak training memory (MiB)",
-               ylabel="final test accuracy (%)")
-        ax.margins(x=0.15, y=0.12)
-        _label_points(ax, sub)
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[m]) for m in methods]
-    fig.legend(handles, methods, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               title="method")
-    fig.suptitle("Final accuracy against peak memory (dashed: best accuracy within a budget)")
+        ax.set(title=f"partition {part}", xlabel="round", ylim=(0, 100))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  ncol=min(3, len(labels)), frameon=False)
+    axes.flat[0].set_ylabel("test accuracy (%)")
+    fig.suptitle("Mean accuracy per round over the completed seeds (band: 95% t-interval; "
+                 "dashed: rounds only some seeds ran; dotted: the target)", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
 
+def accuracy_vs_memory(summary: pd.DataFrame, path: Path, *, labels: list[str]) -> Path:
+    """Mean final accuracy (error bar: the 95% t half-width) against the label's peak training
+    memory, one panel per partition (the Pareto view); labels with no completed seed are
+    named in the panel's corner instead."""
+    partitions = _partitions(summary)
+    fig, axes = plt.subplots(1, len(partitions), figsize=(6.0 * len(partitions), 4.6),
+                             squeeze=False, sharey=True)
+    palette = _label_palette(labels)
+    for ax, part in zip(axes.flat, partitions, strict=True):
+        here = summary[summary["partition"] == part]
+        sub = here[here["final_mean"].notna()]
+        lost = here.loc[here["final_mean"].isna(), "label"]
+        if not lost.empty:
+            ax.text(0.02, 0.02, f"every seed diverged: {', '.join(lost)}", fontsize=8,
+                    color="0.35", transform=ax.transAxes)
+        sub = sub.assign(x=_dodged(sub["peak_mib"]))
+        for _, row in sub.iterrows():
+            half = row["final_ci95"]
+            ax.errorbar(row["x"], row["final_mean"],
+                        yerr=None if pd.isna(half) else half, fmt="o", markersize=8,
+                        color=palette[row["label"]], ecolor=palette[row["label"]],
+                        elinewidth=1.4, capsize=4)
+        if not sub.empty:
+            # Staircase of the best mean accuracy reachable at each memory budget.
+            best = sub.sort_values("peak_mib")
+            front = best[best["final_mean"] >= best["final_mean"].cummax()]
+            xs = [*front["peak_mib"], sub["peak_mib"].max() * 1.1]
+            ys = [*front["final_mean"], front["final_mean"].iloc[-1]]
+            ax.step(xs, ys, where="post", color="grey", linewidth=1, linestyle="--")
+        ax.set(title=f"partition {part}", xlabel="peak training memory (MiB)",
+               ylabel="final test accuracy (%)")
+        ax.margins(x=0.15, y=0.12)
+        _label_points(ax, sub)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[label])
+               for label in labels]
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title="label")
+    fig.suptitle("Mean final accuracy against peak memory (bars: 95% t-interval over seeds; "
+                 "dashed: best accuracy within a budget)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _dodged(peak: pd.Series) -> pd.Series:
+    """Memory positions with labels of the same peak spread apart sideways (1.5% of the
+    axis each) so their points and error bars stay visible."""
+    step = 0.015 * max(peak.max() - peak.min(), peak.max(), 1e-9)
+    rank = peak.groupby(peak).cumcount()
+    size = peak.groupby(peak).transform("size")
+    return peak + (rank - (size - 1) / 2) * step
+
+
 def _label_points(ax: plt.Axes, frame: pd.DataFrame) -> None:
-    """Method names right of their points, nudged apart vertically so none overlap."""
+    """Labels right of their points, nudged apart vertically so none overlap."""
     low, high = ax.get_ylim()
     gap = 0.055 * (high - low)
     placed: list[tuple[float, float]] = []  # (x, label y) already used
     x_span = ax.get_xlim()[1] - ax.get_xlim()[0]
-    for _, row in frame.sort_values("final_%").iterrows():
-        x, y = float(row["peak_mib"]), float(row["final_%"])
+    for _, row in frame.sort_values("final_mean").iterrows():
+        x, y = float(row["x"]), float(row["final_mean"])
         label_y = y
         for px, py in sorted(placed, key=lambda item: item[1]):
             if abs(px - x) < 0.25 * x_span and abs(py - label_y) < gap:
                 label_y = py + gap
         placed.append((x, label_y))
-        ax.annotate(row["method"], (x, y), xytext=(x + 0.02 * x_span, label_y), fontsize=8,
+        ax.annotate(row["label"], (x, y), xytext=(x + 0.02 * x_span, label_y), fontsize=8,
                     va="center", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
 
 
-def participation_by_method(frame: pd.DataFrame, path: Path, *, methods: list[str]) -> Path:
-    """Mean share of the fleet that can take part and clients per round, per method."""
-    part = frame.drop_duplicates(["method", "fleet"])
+def participation_by_method(runs: pd.DataFrame, path: Path, *, labels: list[str]) -> Path:
+    """Mean share of the fleet that can take part and clients per round, per label (means
+    over the runs, diverged ones included)."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    sns.barplot(data=part, x="method", y="eligible_%", hue="fleet", order=methods,
-                palette="colorblind", ax=axes[0])
+    sns.barplot(data=runs, x="label", y="eligible_%", hue="fleet", order=labels,
+                palette="colorblind", errorbar=None, ax=axes[0])
     axes[0].set(xlabel="", ylabel="eligible devices (%)", ylim=(0, 105),
                 title="Fleet share whose budget fits (mean over rounds)")
-    sns.barplot(data=frame, x="method", y="clients", hue="partition", order=methods,
-                palette="pastel", ax=axes[1])
+    sns.barplot(data=runs, x="label", y="clients", hue="partition", order=labels,
+                palette="pastel", errorbar=None, ax=axes[1])
     axes[1].set(xlabel="", ylabel="clients per round",
                 title="Clients that trained per round (mean)")
     for ax, fmt in zip(axes, ("%.0f", "%.1f"), strict=True):
@@ -201,18 +275,20 @@ def participation_by_method(frame: pd.DataFrame, path: Path, *, methods: list[st
         for container in ax.containers:
             ax.bar_label(container, fmt=fmt, fontsize=7, padding=1)
         ax.legend(fontsize=8, title=ax.get_legend().get_title().get_text(), title_fontsize=8,
-                  loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False)
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def accuracy_figures(
-    curves: pd.DataFrame, frame: pd.DataFrame, folder: Path, *, target: float | None
+    curves: pd.DataFrame, runs: pd.DataFrame, summary: pd.DataFrame, folder: Path, *,
+    labels: list[str], target: float | None,
 ) -> list[Path]:
-    """The accuracy section's figures; returns the written paths."""
-    methods = list(dict.fromkeys(frame["method"]))  # the table's order
+    """The accuracy section's figures (``labels``: legend and colour order); returns the
+    written paths."""
     return [
-        accuracy_curves(curves, folder / "accuracy_curves.png", methods=methods, target=target),
-        accuracy_vs_memory(frame, folder / "accuracy_vs_memory.png", methods=methods),
-        participation_by_method(frame, folder / "participation.png", methods=methods),
+        accuracy_curves(curves, runs, folder / "accuracy_curves.png", labels=labels,
+                        target=target),
+        accuracy_vs_memory(summary, folder / "accuracy_vs_memory.png", labels=labels),
+        participation_by_method(runs, folder / "participation.png", labels=labels),
     ]

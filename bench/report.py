@@ -1,9 +1,13 @@
 """A run folder's report, tables and figures, rebuilt from the files in the folder alone.
 
 Inputs (any may be missing): ``result.json`` (the suite's records: memory section plus a copy
-of every training run's summary), ``runs/<method>-<partition>/result.json`` and ``rounds.jsonl``
-(the accuracy section), ``tables/model_zoo.md`` and ``speed.md``. Outputs: ``tables/*.md|csv``,
-``figures/*.png`` and ``report.md``. :func:`compare_runs` puts two run folders side by side.
+of every training run's summary), ``runs/*/result.json`` and ``rounds.jsonl`` (the accuracy
+section: one training run per (label, partition, seed), described by the run's
+``extra["config"]`` and ``extra["status"]``), ``tables/model_zoo.md`` and ``speed.md``.
+Outputs: ``tables/*.md|csv``, ``figures/*.png`` and ``report.md``. The accuracy table gives,
+per (label, partition), means over seeds with 95% Student-t intervals (:mod:`bench.stats`); a
+diverged run never contributes an accuracy. :func:`compare_runs` puts two run folders side by
+side.
 """
 
 from __future__ import annotations
@@ -16,23 +20,35 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from bench.stats import compare_to, format_interval, t_interval
 from profl_core.errors import ConfigError
 from profl_core.results import ResultFile, atomic_write_text, read_result
 
 MIB = 1 << 20
 
-#: Accuracy-table columns (after ``method`` and ``partition``) and their metric and scale.
+#: Per-run accuracy columns (after the run's label, method, partition, seed and status) and
+#: their metric and scale.
 ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
     "final_%": ("final_accuracy", 100.0),
     "best_%": ("best_accuracy", 100.0),
-    "to_target": ("rounds_to_target", 1.0),
     "rounds": ("rounds", 1.0),
+    "to_target": ("rounds_to_target", 1.0),
     "clients": ("mean_participants", 1.0),
     "eligible_%": ("mean_eligible_share", 100.0),
     "peak_mib": ("max_required_bytes", 1 / MIB),
     "saved_%": ("memory_reduction", 100.0),
     "wall_s": ("train_wall_s", 1.0),
 }
+
+#: Columns a diverged run has no value for (NaN in its row, left out of every mean).
+ACCURACY_ONLY = ("final_%", "best_%", "to_target")
+
+#: Columns summarised as a mean ± 95% interval over the completed seeds, and the prefix of
+#: their ``<prefix>_mean`` / ``<prefix>_ci95`` columns in the summary; the others are means.
+INTERVAL_COLUMNS = {"final_%": "final", "best_%": "best"}
+
+#: The row ``vs_profl`` compares every other label of the same partition with.
+REFERENCE = "profl"
 
 
 def _md(frame: pd.DataFrame, floatfmt: str = ".1f") -> str:
@@ -41,9 +57,11 @@ def _md(frame: pd.DataFrame, floatfmt: str = ".1f") -> str:
                     floatfmt=floatfmt, missingval="-")
 
 
-def _write_table(frame: pd.DataFrame, folder: Path, name: str) -> list[Path]:
+def _write_table(frame: pd.DataFrame, folder: Path, name: str,
+                 shown: pd.DataFrame | None = None) -> list[Path]:
+    """``tables/<name>.csv`` from ``frame``, ``tables/<name>.md`` from ``shown`` (or it)."""
     md, csv = folder / "tables" / f"{name}.md", folder / "tables" / f"{name}.csv"
-    atomic_write_text(md, _md(frame) + "\n")
+    atomic_write_text(md, _md(frame if shown is None else shown) + "\n")
     atomic_write_text(csv, frame.to_csv(index=False))
     return [md, csv]
 
@@ -59,21 +77,32 @@ def run_folders(folder: Path) -> list[Path]:
 
 
 def _run_info(run: Path, result: ResultFile) -> dict[str, Any]:
+    """Who a run is, from its result file: files without ``label``/``seed``/``status`` are
+    labelled by their method, seed 0, completed."""
     config = dict(result.extra.get("config", {}))
-    method, _, partition = run.name.partition("-")
+    method = str(config.get("method", ""))
+    diverged = result.extra.get("diverged") or {}
     return {
         "run": run.name,
-        "method": config.get("method", method),
-        "partition": config.get("partition", partition),
+        "label": str(config.get("label") or method),
+        "method": method,
+        "partition": str(config.get("partition", "")),
+        "seed": int(config.get("seed", 0)),
+        "status": str(result.extra.get("status", "completed")),
         "fleet": result.extra.get("fleet", config.get("fleet", "")),
+        "message": str(diverged.get("message", "")),
     }
 
 
+RUN_COLUMNS = ["run", "label", "method", "partition", "seed", "status", "fleet", "message"]
+
+
 def accuracy_frame(folder: Path) -> pd.DataFrame:
-    """One row per finished run: method, partition, fleet and :data:`ACCURACY_COLUMNS`.
+    """One row per finished run: :data:`RUN_COLUMNS` and :data:`ACCURACY_COLUMNS`.
 
     Values come from each run's ``result.json``; a metric a run lacks (``rounds_to_target``
-    when the target was never reached) is NaN.
+    when the target was never reached) is NaN, and so are a diverged run's
+    :data:`ACCURACY_ONLY` columns. Rows are in report order (:func:`_run_order`).
     """
     rows = []
     for run in run_folders(folder):
@@ -82,34 +111,45 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
         values = {r.metric: r.value for r in result.records}
         for column, (metric, scale) in ACCURACY_COLUMNS.items():
             row[column] = values[metric] * scale if metric in values else math.nan
+        if row["status"] != "completed":
+            row.update(dict.fromkeys(ACCURACY_ONLY, math.nan))
         rows.append(row)
-    columns = ["run", "method", "partition", "fleet", *ACCURACY_COLUMNS]
-    frame = pd.DataFrame(rows, columns=columns)
-    return frame.sort_values(["partition", "method"], key=_run_order, kind="stable",
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *ACCURACY_COLUMNS])
+    return frame.sort_values(["partition", "label", "seed"], key=_run_order, kind="stable",
                              ignore_index=True)
 
 
 def _run_order(column: pd.Series) -> pd.Series:
-    """Sort key: IID before the other partitions; methods in the registry's order."""
+    """Sort key: IID before the other partitions; labels in the registry's order, unknown
+    labels after them alphabetically; seeds ascending."""
     if column.name == "partition":
         return column.map(lambda p: (p != "iid", p))
+    if column.name == "label":
+        return column.map(_label_key)
+    return column
+
+
+def _label_key(label: str) -> tuple[int, str]:
+    """Registry methods in :data:`bench.training.METHODS` order, then the others by name."""
     from bench.training import METHODS
 
-    order = {name: i for i, name in enumerate(METHODS)}
-    return column.map(lambda m: order.get(m, len(order)))
+    order = list(METHODS)
+    return (order.index(label) if label in order else len(order), label)
 
 
 def curves_frame(folder: Path) -> pd.DataFrame:
-    """Long form from every run's ``rounds.jsonl``: method, partition, round, accuracy %."""
+    """Long form from every run's ``rounds.jsonl``: label, partition, seed, status, round,
+    accuracy % (evaluated rounds only)."""
     rows = []
     for run in run_folders(folder):
         info = _run_info(run, read_result(run / "result.json"))
         for line in (run / "rounds.jsonl").read_text(encoding="utf-8").splitlines():
             record = json.loads(line) if line else None
-            if record and record["accuracy"] is not None:
-                rows.append({"method": info["method"], "partition": info["partition"],
+            if record and record.get("accuracy") is not None:
+                rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},
                              "round": record["round"], "accuracy_%": 100 * record["accuracy"]})
-    return pd.DataFrame(rows, columns=["method", "partition", "round", "accuracy_%"])
+    return pd.DataFrame(rows, columns=["label", "partition", "seed", "status", "round",
+                                       "accuracy_%"])
 
 
 def target_accuracy(folder: Path) -> float | None:
@@ -130,52 +170,148 @@ def _has_memory(result: ResultFile | None) -> bool:
     return result is not None and any(r.metric == "peak_bytes" for r in result.records)
 
 
+# ------------------------------------------------------------------------------------ summary
+
+
+def _summary_names(column: str) -> tuple[str, ...]:
+    """The summary columns of a per-run column: ``<prefix>_mean`` and ``<prefix>_ci95`` for
+    :data:`INTERVAL_COLUMNS`, else the column itself (its mean). The first holds the mean."""
+    if column in INTERVAL_COLUMNS:
+        return f"{INTERVAL_COLUMNS[column]}_mean", f"{INTERVAL_COLUMNS[column]}_ci95"
+    return (column,)
+
+
+SUMMARY_COLUMNS = ["label", "partition", "seeds", "completed",
+                   *(name for column in ACCURACY_COLUMNS for name in _summary_names(column)),
+                   "vs_profl"]
+
+
+def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, partition) of :func:`accuracy_frame`'s rows, in their order.
+
+    ``seeds``: runs; ``completed``: those that did not diverge. ``final_mean``/``final_ci95``
+    and ``best_mean``/``best_ci95``: mean and 95% half-width over the completed seeds. The
+    other :data:`ACCURACY_COLUMNS` are means over the runs that have the value (``rounds``,
+    memory and time count diverged runs too; ``to_target`` only the seeds that reached it).
+    ``vs_profl``: ``better``/``worse``/``~`` of the final accuracy against the ``profl`` row of
+    the same partition (:func:`bench.stats.compare_to`); ``-`` on that row itself, without one,
+    or when either has no completed seed.
+    """
+    rows = []
+    for (label, partition), group in runs.groupby(["label", "partition"], sort=False):
+        row: dict[str, Any] = {"label": label, "partition": partition, "seeds": len(group),
+                               "completed": int((group["status"] == "completed").sum())}
+        for column in ACCURACY_COLUMNS:
+            values = t_interval(group[column]) if column in INTERVAL_COLUMNS \
+                else (group[column].mean(),)
+            row.update(zip(_summary_names(column), values, strict=True))
+        rows.append(row)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    final = {(r["label"], r["partition"]): (r["final_mean"], r["final_ci95"])
+             for _, r in summary.iterrows()}
+    summary["vs_profl"] = [_versus(final, label, part)
+                           for label, part in zip(summary["label"], summary["partition"],
+                                                  strict=True)]
+    return summary
+
+
+def _versus(final: dict[tuple[str, str], tuple[float, float]], label: str, part: str) -> str:
+    reference = final.get((REFERENCE, part))
+    interval = final[(label, part)]
+    if label == REFERENCE or reference is None or math.isnan(reference[0]) \
+            or math.isnan(interval[0]):
+        return "-"
+    return compare_to(reference, interval)
+
+
+def _shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as printed: ``seeds`` as ``completed/total`` when some diverged, and
+    ``final_%``/``best_%`` as ``mean ± half`` (``diverged`` when no seed completed)."""
+    shown = summary[["label", "partition"]].copy()
+    shown["seeds"] = [str(n) if done == n else f"{done}/{n}"
+                      for done, n in zip(summary["completed"], summary["seeds"], strict=True)]
+    for column in ACCURACY_COLUMNS:
+        if column in INTERVAL_COLUMNS:
+            mean, half = _summary_names(column)
+            shown[column] = [
+                "diverged" if done == 0 else format_interval((m, h))
+                for done, m, h in zip(summary["completed"], summary[mean], summary[half],
+                                      strict=True)]
+        else:
+            shown[column] = summary[column]
+    shown["vs_profl"] = summary["vs_profl"]
+    return shown
+
+
 # ------------------------------------------------------------------------------------ building
 
 
-def _shown(frame: pd.DataFrame) -> pd.DataFrame:
-    """The accuracy table as printed: no run folder; the fleet only when runs differ in it."""
-    shown = frame.drop(columns=["run"])
+def _shown_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The per-run table as printed: no run folder or divergence message; the fleet only when
+    runs differ in it."""
+    shown = frame.drop(columns=["run", "message"])
     return shown.drop(columns=["fleet"]) if shown["fleet"].nunique() <= 1 else shown
 
 
-def _settings_line(folder: Path) -> str:
-    runs = run_folders(folder)
-    if not runs:
+def _settings_line(folder: Path, runs: pd.DataFrame) -> str:
+    paths = run_folders(folder)
+    if not paths:
         return ""
-    c = read_result(runs[0] / "result.json").extra.get("config", {})
+    c = read_result(paths[0] / "result.json").extra.get("config", {})
     keys = ("dataset", "model", "width", "fleet", "clients", "per_round", "rounds",
-            "local_epochs", "batch_size", "lr", "samples_per_client", "test_samples", "seed",
+            "local_epochs", "batch_size", "lr", "samples_per_client", "test_samples",
             "schedule", "device")
-    return ", ".join(f"{k} {c[k]}" for k in keys if k in c)
+    seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
+    return ", ".join([*(f"{k} {c[k]}" for k in keys if k in c), f"seeds {seeds}"])
 
 
-def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """The accuracy table (markdown + CSV) and its figures; returns the frame and the paths."""
+def diverged_lines(runs: pd.DataFrame) -> list[str]:
+    """``diverged: <label> <partition> seed <s>: <message>`` for every diverged run."""
+    bad = runs[runs["status"] == "diverged"]
+    return [f"diverged: {r['label']} {r['partition']} seed {r['seed']}: {r['message']}"
+            for _, r in bad.iterrows()]
+
+
+LEGEND = (
+    "`a ± b`: mean ± half-width of the 95% Student-t interval over the completed seeds (the "
+    "mean alone for one seed); `seeds`: completed/total when some diverged; `vs_profl`: final "
+    "accuracy against `profl` on the same partition, better/worse when the intervals do not "
+    "overlap, ~ when they do."
+)
+
+
+def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """The per-run and the per-(label, partition) accuracy tables (markdown + CSV) and their
+    figures; returns the per-run frame, the summary and the written paths."""
     from bench import plots
 
-    frame = accuracy_frame(folder)
-    if frame.empty:
-        return frame, []
-    written = _write_table(frame.drop(columns=["run"]), folder, "accuracy")
-    written += plots.accuracy_figures(curves_frame(folder), frame, folder / "figures",
+    runs = accuracy_frame(folder)
+    summary = accuracy_summary(runs)
+    if runs.empty:
+        return runs, summary, []
+    written = _write_table(runs.drop(columns=["run"]), folder, "accuracy_runs",
+                           shown=_shown_runs(runs))
+    written += _write_table(summary, folder, "accuracy", shown=_shown_summary(summary))
+    written += plots.accuracy_figures(curves_frame(folder), runs, summary, folder / "figures",
+                                      labels=sorted(set(runs["label"]), key=_label_key),
                                       target=target_accuracy(folder))
-    return frame, written
+    return runs, summary, written
 
 
 def build_report(folder: Path) -> str:
     """Rebuild ``report.md``, ``tables/`` and ``figures/`` of a run folder from its files.
 
     Returns:
-        The text printed to the terminal: the accuracy table and the memory summary.
+        The text printed to the terminal: the accuracy table with its legend and diverged
+        runs, and the memory summary.
     """
     from bench.memory_suite import render_memory, summary_text
 
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such run folder")
     result = _suite_result(folder)
-    frame, _ = accuracy_tables(folder)
-    if frame.empty and result is None and not (folder / "speed.md").is_file():
+    runs, summary, _ = accuracy_tables(folder)
+    if runs.empty and result is None and not (folder / "speed.md").is_file():
         raise ConfigError(f"{folder}: no result.json, runs/*/result.json or speed.md; "
                           "is this a run folder?")
     suite = result.suite if result is not None else folder.name.rsplit("_", 1)[-1]
@@ -188,25 +324,31 @@ def build_report(folder: Path) -> str:
                   f"torch {prov.get('torch', '?')}, commit {str(git.get('sha', '?'))[:8]}"
                   f"{' (dirty)' if git.get('dirty') else ''}.", ""]
     printed: list[str] = []
-    if not frame.empty:
+    if not runs.empty:
         target = target_accuracy(folder)
+        diverged = [f"- {line}" for line in diverged_lines(runs)]
         section = [
             "## Accuracy under the fleet's memory limits", "",
-            f"Settings: {_settings_line(folder)}.", "",
-            _md(_shown(frame)), "",
-            f"`final_%`/`best_%`: test accuracy at the last/best evaluation. `to_target`: first "
-            f"round with test accuracy >= {100 * (target or 0):.0f}% (`-`: never reached). "
-            "`clients`: clients that trained per round (mean). `eligible_%`: mean share of the "
-            "fleet whose budget fits the round's sub-model (`fedavg` is AllLarge, the upper "
-            "bound that ignores budgets). `peak_mib`: the largest memory any of the method's "
-            "client tasks needed; `saved_%` is against the full model. `wall_s`: training "
-            "time of the run.", "",
+            f"Settings: {_settings_line(folder, runs)}.", "",
+            _md(_shown_summary(summary)), "",
+            LEGEND, "",
+            *([*diverged, ""] if diverged else []),
+        ]
+        lines += [
+            *section,
+            f"`final_%`/`best_%`: test accuracy at the last/best evaluation. `rounds`: rounds "
+            f"used (diverged runs included). `to_target`: first round with test accuracy >= "
+            f"{100 * (target or 0):.0f}%, mean over the seeds that reached it (`-`: none "
+            "did). `clients`: clients that trained per round (mean). `eligible_%`: mean share "
+            "of the fleet whose budget fits the round's sub-model (`fedavg` is AllLarge, the "
+            "upper bound that ignores budgets). `peak_mib`: the largest memory any of the "
+            "method's client tasks needed; `saved_%` is against the full model. `wall_s`: "
+            "training time of a run. Every run: `tables/accuracy_runs.md`.", "",
             "![accuracy per round](figures/accuracy_curves.png)", "",
             "![final accuracy against peak memory](figures/accuracy_vs_memory.png)", "",
             "![participation per method](figures/participation.png)", "",
         ]
-        lines += section
-        printed += [*section[:5], ""]
+        printed += section
     if _has_memory(result):
         assert result is not None
         render_memory(result, folder)
@@ -234,13 +376,13 @@ def build_report(folder: Path) -> str:
 
 
 def _metrics_frame(folder: Path) -> pd.DataFrame:
-    """Long form of one run folder: key (what), metric, value."""
+    """Long form of one run folder: key (what), metric, value (accuracy: means over seeds)."""
     rows = []
-    acc = accuracy_frame(folder)
-    for _, row in acc.iterrows():
+    summary = accuracy_summary(accuracy_frame(folder))
+    for _, row in summary.iterrows():
         for column in ACCURACY_COLUMNS:
-            rows.append({"what": f"{row['method']} {row['partition']}", "metric": column,
-                         "value": row[column]})
+            rows.append({"what": f"{row['label']} {row['partition']}", "metric": column,
+                         "value": row[_summary_names(column)[0]]})
     result = _suite_result(folder)
     if _has_memory(result):
         from bench.memory_suite import summary_frame
@@ -255,7 +397,8 @@ def _metrics_frame(folder: Path) -> pd.DataFrame:
 
 
 def compare_frame(run_a: Path, run_b: Path) -> pd.DataFrame:
-    """The same metrics of two run folders side by side with ``delta = b - a``."""
+    """The same metrics of two run folders side by side with ``delta = b - a`` (accuracy
+    metrics: the means over seeds of each (label, partition))."""
     for run in (run_a, run_b):
         if not run.is_dir():
             raise ConfigError(f"{run}: no such run folder")

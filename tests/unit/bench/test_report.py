@@ -1,106 +1,213 @@
-"""The report builder and ``profl compare`` on a hand-written run folder (no training)."""
+"""The report builder and ``profl compare`` on hand-written run folders (no training).
+
+The folder (:mod:`bench_fixtures`) holds 3 seeds of profl, fedavg and profl-noshrink on two
+partitions; fedavg IID seed 2 and every profl-noshrink IID seed diverged. Expected means and
+intervals are computed here by hand from the fixture's numbers and a printed t-table.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from bench_fixtures import MESSAGE, T975, run_path, write_run, write_suite
 
 from bench.cli import main
-from bench.report import ACCURACY_COLUMNS, build_report, compare_frame
+from bench.report import accuracy_frame, accuracy_summary, build_report, compare_frame
 from profl_core.errors import ConfigError
-from profl_core.results import Record, ResultFile, read_result, write_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MIB = 1 << 20
-
-# method, partition -> (accuracy per round, required bytes per participant, eligible share)
-RUNS = {
-    ("profl", "iid"): ([0.30, 0.55, 0.62, 0.71], 3 * MIB, 0.8),
-    ("fedavg", "iid"): ([0.40, 0.60, 0.66, 0.69], 8 * MIB, 0.1),
-    ("profl", "dirichlet:0.5"): ([0.20, 0.35, 0.50, 0.58], 3 * MIB, 0.8),
-    ("fedavg", "dirichlet:0.5"): ([0.25, 0.45, 0.52, 0.55], 8 * MIB, 0.1),
-}
+FIGURES = ["accuracy_curves.png", "accuracy_vs_memory.png", "participation.png"]
 
 
-def _write_run(folder: Path, method: str, partition: str) -> None:
-    accuracy, required, share = RUNS[(method, partition)]
-    run = folder / "runs" / f"{method}-{partition.replace(':', '')}"
-    run.mkdir(parents=True)
-    lines = [
-        json.dumps({"round": i + 1, "stage": "full", "step": 0, "submodel": "full",
-                    "accuracy": acc, "loss": 1 - acc, "train_loss": 1.0,
-                    "participants": [0, 1], "eligible_share": share,
-                    "required_bytes": [required, required], "wall_s": 0.5, "metrics": {}})
-        for i, acc in enumerate(accuracy)
-    ]
-    (run / "rounds.jsonl").write_text("\n".join(lines) + "\n")
-    key = f"{method}/cnn/{partition}"
-    values = {
-        "final_accuracy": accuracy[-1], "best_accuracy": max(accuracy), "rounds": 4.0,
-        "mean_participants": 2.0, "mean_eligible_share": share,
-        "max_required_bytes": float(required), "memory_reduction": 1 - required / (8 * MIB),
-        "train_wall_s": 2.0,
-    }
-    reached = next((i + 1 for i, a in enumerate(accuracy) if a >= 0.6), None)
-    if reached is not None:
-        values["rounds_to_target"] = float(reached)
-    records = tuple(Record(key=key, metric=m, value=v, unit="x") for m, v in values.items())
-    config = {"method": method, "partition": partition, "dataset": "synthetic",
-              "model": "cnn", "rounds": 4}
-    write_result(run / "result.json", ResultFile(
-        suite="unit", records=records, created_utc="2024-01-01T00:00:00Z",
-        extra={"config": config, "fleet": "relative-uniform", "target_accuracy": 0.6}))
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The fixture suite folder after ``build_report``, and the text it returned."""
+    folder = write_suite(tmp_path_factory.mktemp("built") / "run")
+    return folder, build_report(folder)
 
 
-@pytest.fixture
-def run_folder(tmp_path: Path) -> Path:
-    """A suite run folder with four finished training runs and no memory section."""
-    folder = tmp_path / "run"
-    for method, partition in RUNS:
-        _write_run(folder, method, partition)
-    return folder
+def _csv_row(folder: Path, label: str, partition: str) -> pd.Series:
+    table = pd.read_csv(folder / "tables" / "accuracy.csv")
+    return table[(table["label"] == label) & (table["partition"] == partition)].iloc[0]
 
 
-def test_tables_equal_result_files_and_figures_exist(run_folder: Path) -> None:
-    """Every accuracy-table value equals its result.json value; every figure is a PNG."""
-    # Execute
-    text = build_report(run_folder)
-    # Assert
-    table = pd.read_csv(run_folder / "tables" / "accuracy.csv")
-    assert len(table) == len(RUNS)
-    for _, row in table.iterrows():
-        run = run_folder / "runs" / f"{row['method']}-{row['partition'].replace(':', '')}"
-        values = {r.metric: r.value for r in read_result(run / "result.json").records}
-        for column, (metric, scale) in ACCURACY_COLUMNS.items():
-            if metric in values:
-                assert row[column] == pytest.approx(values[metric] * scale), (run, column)
-            else:
-                assert pd.isna(row[column]), (run, column)
-    figures = ["accuracy_curves.png", "accuracy_vs_memory.png", "participation.png"]
-    for name in figures:
-        data = (run_folder / "figures" / name).read_bytes()
-        assert data.startswith(PNG_MAGIC), name
-        assert len(data) > 1000, name
-    report = (run_folder / "report.md").read_text()
-    assert all(f"figures/{name}" in report for name in figures)
-    assert "| profl    | dirichlet:0.5 |" in report
-    assert list(table["method"]) == ["profl", "fedavg", "profl", "fedavg"]
-    assert list(table["partition"]) == ["iid", "iid", "dirichlet:0.5", "dirichlet:0.5"]
+def _md_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a github-style markdown table, as ``{header: cell}``."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
+
+
+def _md_row(path: Path, **match: str) -> dict[str, str]:
+    (row,) = [r for r in _md_rows(path) if all(r[k] == v for k, v in match.items())]
+    return row
+
+
+def _half(values: list[float]) -> float:
+    """The 95% t half-width by hand: table quantile * sample std / sqrt(n)."""
+    return T975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+
+
+# ------------------------------------------------------------------------------ the main table
+
+
+def test_summary_mean_and_interval_over_three_seeds(built: tuple[Path, str]) -> None:
+    """profl IID finals 50, 52, 54 %: mean 52, half-width t(0.975, 2) * 2 / sqrt(3)."""
+    row = _csv_row(built[0], "profl", "iid")
+    assert row["seeds"] == 3
+    assert row["completed"] == 3
+    assert row["final_mean"] == pytest.approx(52.0)
+    assert row["final_ci95"] == pytest.approx(_half([50.0, 52.0, 54.0]))
+    assert row["best_mean"] == pytest.approx(54.0)  # best = final + 2 in every seed
+    assert row["best_ci95"] == pytest.approx(_half([52.0, 54.0, 56.0]))
+
+
+def test_summary_leaves_the_diverged_seed_out_of_accuracy(built: tuple[Path, str]) -> None:
+    """fedavg IID: seeds 80, 81 % and one diverged; the interval has df 1; rounds used
+    count the diverged run (4, 4, 3)."""
+    row = _csv_row(built[0], "fedavg", "iid")
+    assert row["seeds"] == 3
+    assert row["completed"] == 2
+    assert row["final_mean"] == pytest.approx(80.5)
+    assert row["final_ci95"] == pytest.approx(_half([80.0, 81.0]))
+    assert row["rounds"] == pytest.approx((4 + 4 + 3) / 3)
+
+
+def test_to_target_is_the_mean_over_seeds_that_reached_it(built: tuple[Path, str]) -> None:
+    """Target 60%: profl Dirichlet reaches it at round 3 in every seed, profl IID never."""
+    assert _csv_row(built[0], "profl", "dirichlet:0.5")["to_target"] == pytest.approx(3.0)
+    assert pd.isna(_csv_row(built[0], "profl", "iid")["to_target"])
+    assert _md_row(built[0] / "tables" / "accuracy.md", label="profl",
+                   partition="iid")["to_target"] == "-"
+
+
+def test_markdown_cells_are_mean_plus_minus_half(built: tuple[Path, str]) -> None:
+    """Cells render the hand-computed mean and half-width with one decimal."""
+    row = _md_row(built[0] / "tables" / "accuracy.md", label="profl", partition="iid")
+    assert row["final_%"] == f"52.0 ± {_half([50.0, 52.0, 54.0]):.1f}"
+    assert row["seeds"] == "3"
+    fedavg = _md_row(built[0] / "tables" / "accuracy.md", label="fedavg", partition="iid")
+    assert fedavg["final_%"] == f"80.5 ± {_half([80.0, 81.0]):.1f}"
+    assert fedavg["seeds"] == "2/3"
+
+
+def test_a_label_with_every_seed_diverged_shows_diverged(built: tuple[Path, str]) -> None:
+    row = _md_row(built[0] / "tables" / "accuracy.md", label="profl-noshrink",
+                  partition="iid")
+    assert row["seeds"] == "0/3"
+    assert row["final_%"] == "diverged"
+    assert row["best_%"] == "diverged"
+    assert row["vs_profl"] == "-"
+    csv = _csv_row(built[0], "profl-noshrink", "iid")
+    assert pd.isna(csv["final_mean"])
+    assert pd.isna(csv["final_ci95"])
+
+
+@pytest.mark.parametrize(
+    ("label", "partition", "expected"),
+    [
+        ("fedavg", "iid", "better"),  # 74.1..86.9 above profl's 47.0..57.0
+        ("fedavg", "dirichlet:0.5", "worse"),  # 38.5..43.5 below profl's 57.0..67.0
+        ("profl-noshrink", "dirichlet:0.5", "~"),  # 52.1..71.9 overlaps 57.0..67.0
+        ("profl", "iid", "-"),  # the reference row itself
+    ],
+)
+def test_vs_profl_marks_only_separated_intervals(
+    built: tuple[Path, str], label: str, partition: str, expected: str
+) -> None:
+    assert _csv_row(built[0], label, partition)["vs_profl"] == expected
+
+
+def test_vs_profl_without_a_profl_row_is_a_dash(tmp_path: Path) -> None:
+    """Only fedavg (one seed): no reference, and one seed renders as the mean alone."""
+    write_run(tmp_path, None, "fedavg", "iid", 0, 0.80)
+    summary = accuracy_summary(accuracy_frame(tmp_path))
+    assert list(summary["vs_profl"]) == ["-"]
+    build_report(tmp_path)
+    assert _md_row(tmp_path / "tables" / "accuracy.md", label="fedavg")["final_%"] == "80.0"
+
+
+def test_rows_are_iid_first_then_registry_order_then_unknown_labels(
+    built: tuple[Path, str],
+) -> None:
+    table = pd.read_csv(built[0] / "tables" / "accuracy.csv")
+    assert list(table["partition"]) == ["iid"] * 3 + ["dirichlet:0.5"] * 3
+    assert list(table["label"]) == ["profl", "fedavg", "profl-noshrink"] * 2
+
+
+# ------------------------------------------------------------------------------ per-run table
+
+
+def test_per_run_table_has_one_row_per_run_folder(built: tuple[Path, str]) -> None:
+    runs = pd.read_csv(built[0] / "tables" / "accuracy_runs.csv")
+    assert len(runs) == 18
+    fedavg = runs[(runs["label"] == "fedavg") & (runs["partition"] == "iid")]
+    assert list(fedavg["seed"]) == [0, 1, 2]
+    assert list(fedavg["final_%"].iloc[:2]) == pytest.approx([80.0, 81.0])
+
+
+def test_a_diverged_run_has_no_accuracy_number(built: tuple[Path, str]) -> None:
+    runs = pd.read_csv(built[0] / "tables" / "accuracy_runs.csv")
+    row = runs[(runs["label"] == "fedavg") & (runs["partition"] == "iid")
+               & (runs["seed"] == 2)].iloc[0]
+    assert row["status"] == "diverged"
+    assert pd.isna(row["final_%"])
+    assert pd.isna(row["best_%"])
+    assert pd.isna(row["to_target"])
+    assert row["rounds"] == 3
+    md = _md_row(built[0] / "tables" / "accuracy_runs.md", label="fedavg", partition="iid",
+                 seed="2")
+    assert md["status"] == "diverged"
+    assert md["final_%"] == "-"
+
+
+def test_old_result_files_are_labelled_by_method_seed_zero_completed(tmp_path: Path) -> None:
+    """A config without label/seed and no status: label = method, seed 0, completed."""
+    write_run(tmp_path, None, "profl", "iid", None, 0.5)
+    data = json.loads((run_path(tmp_path, "profl", "iid", 0) / "result.json").read_text())
+    del data["extra"]["status"]
+    (run_path(tmp_path, "profl", "iid", 0) / "result.json").write_text(json.dumps(data))
+    row = accuracy_frame(tmp_path).iloc[0]
+    assert row["label"] == "profl"
+    assert row["seed"] == 0
+    assert row["status"] == "completed"
+
+
+# ------------------------------------------------------------------------------ report text
+
+
+def test_printed_text_has_table_legend_and_diverged_runs(built: tuple[Path, str]) -> None:
+    _, text = built
     assert "## Accuracy" in text
+    assert "| profl-noshrink | iid           | 0/3     | diverged" in text
+    assert "95% Student-t interval over the completed seeds" in text
+    assert "`vs_profl`" in text
+    assert f"diverged: fedavg iid seed 2: {MESSAGE}" in text
+    assert text.count("diverged: profl-noshrink iid seed") == 3
+    assert "seeds 0, 1, 2" in text
 
 
-def test_report_is_rebuilt_from_files_only(run_folder: Path) -> None:
-    """``profl report`` after a result file changed shows the new value."""
-    build_report(run_folder)
-    _edit_final_accuracy(run_folder / "runs" / "profl-iid" / "result.json", 0.9)
-    assert main(["report", str(run_folder)]) == 0
-    table = pd.read_csv(run_folder / "tables" / "accuracy.csv")
-    row = table[(table["method"] == "profl") & (table["partition"] == "iid")]
-    assert row["final_%"].item() == pytest.approx(90.0)
+def test_report_md_links_the_figures_and_the_per_run_table(built: tuple[Path, str]) -> None:
+    report = (built[0] / "report.md").read_text()
+    assert all(f"figures/{name}" in report for name in FIGURES)
+    assert "tables/accuracy_runs.md" in report
+    assert f"diverged: fedavg iid seed 2: {MESSAGE}" in report
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figures_are_non_empty_pngs(built: tuple[Path, str], name: str) -> None:
+    data = (built[0] / "figures" / name).read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 10_000
+
+
+# ------------------------------------------------------------------------------ rebuild, compare
 
 
 def _edit_final_accuracy(path: Path, value: float) -> None:
@@ -111,16 +218,27 @@ def _edit_final_accuracy(path: Path, value: float) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_compare_puts_metrics_side_by_side_with_deltas(run_folder: Path, tmp_path: Path) -> None:
-    """Two folders: same rows on both sides, delta = b - a; the CLI prints the table."""
+def test_report_is_rebuilt_from_files_only(run_folder: Path) -> None:
+    """``profl report`` after a result file changed shows the new mean."""
+    folder = run_folder
+    build_report(folder)
+    _edit_final_accuracy(run_path(folder, "profl", "iid", 0) / "result.json", 0.9)
+    assert main(["report", str(folder)]) == 0
+    assert _csv_row(folder, "profl", "iid")["final_mean"] == pytest.approx((90 + 52 + 54) / 3)
+
+
+def test_compare_puts_means_side_by_side_with_deltas(run_folder: Path, tmp_path: Path) -> None:
+    """fedavg IID seed 0 from 80 to 90 %: the mean over its 2 completed seeds moves by 5."""
+    folder = run_folder
     other = tmp_path / "other"
-    shutil.copytree(run_folder, other)
-    _edit_final_accuracy(other / "runs" / "fedavg-iid" / "result.json", 0.79)
-    frame = compare_frame(run_folder, other)
+    shutil.copytree(folder, other)
+    _edit_final_accuracy(run_path(other, "fedavg", "iid", 0) / "result.json", 0.90)
+    frame = compare_frame(folder, other)
     final = frame[frame["metric"] == "final_%"].set_index("what")
-    assert final.loc["fedavg iid", "delta"] == pytest.approx(10.0)
+    assert final.loc["fedavg iid", "delta"] == pytest.approx(5.0)
     assert final.loc["profl iid", "delta"] == pytest.approx(0.0)
-    assert main(["compare", str(run_folder), str(other)]) == 0
+    assert pd.isna(final.loc["profl-noshrink iid", "a"])
+    assert main(["compare", str(folder), str(other)]) == 0
 
 
 def test_report_of_a_folder_without_results_is_a_config_error(tmp_path: Path) -> None:
