@@ -5,12 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from bench_fixtures import T975
 
 from bench.stats import compare_to, format_interval, overlaps, t_interval
-
-#: Two-sided 95% Student-t quantiles t(0.975, df) from a printed table (not from scipy); df 1
-#: and 2 have closed forms, tan(0.475 pi) and 0.95 / sqrt(2 * 0.975 * 0.025).
-T975 = {1: 12.706204736174707, 2: 4.302652729911275, 4: 2.7764451051977987}
 
 
 def test_t_interval_of_three_values_is_the_hand_computed_one() -> None:
