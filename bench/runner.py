@@ -2,18 +2,24 @@
 
 A run folder is ``results/runs/<machine>/<utc>_<sha>_<suite>/``. Every measured case is saved
 as soon as it is done, so ``--resume`` continues an interrupted run without redoing cases. The
-accuracy section runs every (method, partition) pair into ``runs/<method>-<partition>/``; a run
-with a ``result.json`` is finished and skipped on ``--resume``, an unfinished one continues
-from its checkpoint. ``report.md``, tables and figures are then rebuilt from the folder's files
-(:func:`bench.report.build_report`).
+accuracy section runs every (label, partition, seed) into ``runs/<label>-<partition>-s<seed>/``,
+``workers`` runs at once in spawned processes; a run with a ``result.json`` is finished and
+skipped on ``--resume``, an unfinished one continues from its checkpoint. ``report.md``,
+tables and figures are then rebuilt from the folder's files (:func:`bench.report.build_report`).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import platform
+import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -25,10 +31,18 @@ from bench.memory_suite import (
 )
 from bench.report import build_report, run_folders
 from bench.suites import AccuracySection, Suite, run_name
-from bench.training import load_data, run_training
+from bench.training import TrainingConfig, load_data, run_training
+from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
 from profl_core.fl import RoundRecord
-from profl_core.results import Record, new_result, read_result, run_dir, write_result
+from profl_core.results import (
+    Record,
+    ResultFile,
+    new_result,
+    read_result,
+    run_dir,
+    write_result,
+)
 
 RESULTS_DIR = REPO / "results"
 
@@ -48,6 +62,142 @@ def new_run_folder(suite: str, results_dir: Path = RESULTS_DIR) -> Path:
     return run_dir(results_dir, suite, repo=REPO)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One training run of a suite, as sent to a worker process (picklable)."""
+
+    name: str
+    config: TrainingConfig
+    out: Path
+    resume: bool
+    suite: str
+    target_accuracy: float
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a finished run reports back."""
+
+    name: str
+    status: str  # "completed" or "diverged"
+    final_accuracy: float | None
+    message: str
+    wall_s: float
+
+
+def _outcome(name: str, result: ResultFile, wall_s: float) -> _Outcome:
+    status = str(result.extra.get("status", "completed"))
+    final = next(iter(result.values("final_accuracy").values()), None)
+    message = str(result.extra.get("diverged", {}).get("message", "")) \
+        if status == "diverged" else ""
+    return _Outcome(name=name, status=status, final_accuracy=final, message=message,
+                    wall_s=wall_s)
+
+
+class _Progress:
+    """One tqdm bar over the rounds of every pending run, and one line per finished run."""
+
+    def __init__(self, jobs: list[_Job], done_before: int, total_runs: int,
+                 log: Callable[[str], None]) -> None:
+        self.rounds = {job.name: job.config.rounds for job in jobs}
+        self.last = dict.fromkeys(self.rounds, 0)
+        self.finished = done_before
+        self.total_runs = total_runs
+        self.log = log
+        self.bar = tqdm(total=sum(self.rounds.values()), desc="accuracy", unit="round",
+                        dynamic_ncols=True, disable=None, leave=False)
+
+    def round(self, name: str, rnd: int, submodel: str, accuracy: float | None) -> None:
+        if name not in self.last:  # a late message of a finished run
+            return
+        self.bar.update(max(0, rnd - self.last[name]))  # a resumed run counts its old rounds
+        self.last[name] = max(self.last[name], rnd)
+        acc = "-" if accuracy is None else f"{accuracy:.3f}"
+        self.bar.set_postfix_str(f"{name} {submodel} acc {acc}")
+
+    def done(self, outcome: _Outcome) -> None:
+        self.bar.update(max(0, self.rounds[outcome.name] - self.last.pop(outcome.name)))
+        self.finished += 1
+        where = f"  {outcome.name} ({self.finished}/{self.total_runs})"
+        if outcome.status == "diverged":
+            self.log(f"{where}: diverged: {outcome.message}")
+        else:
+            acc = outcome.final_accuracy
+            shown = "-" if acc is None else f"{100 * acc:.1f}%"
+            self.log(f"{where}: final accuracy {shown} ({outcome.wall_s:.0f} s)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# Worker-process state, set by _init_worker (spawned processes share nothing with the parent).
+_QUEUE: Any = None
+_STOP: Any = None
+_DATA: dict[tuple[str, str], tuple[ArrayDataset, ArrayDataset]] = {}
+
+
+def _init_worker(threads: int, queue: Any, stop: Any) -> None:
+    """Set up a worker process before any torch work: its CPU threads and the progress queue.
+
+    Ctrl-C is left to the parent, which sets ``stop``: runs then end after their current round.
+    """
+    global _QUEUE, _STOP
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threads:
+        torch.set_num_threads(threads)
+    _QUEUE, _STOP = queue, stop
+
+
+def _work(job: _Job) -> _Outcome:
+    """Run one job in a worker process: its data (loaded once per process), then training."""
+    key = (job.config.dataset, str(job.config.data_dir))
+    if key not in _DATA:
+        _DATA[key] = load_data(job.config)
+
+    def progress(record: RoundRecord) -> None:
+        _QUEUE.put((job.name, record.round, record.submodel, record.accuracy))
+        if _STOP.is_set():
+            raise KeyboardInterrupt
+
+    start = time.perf_counter()
+    result = run_training(
+        job.config, job.out, resume=job.resume, progress=progress, data=_DATA[key],
+        suite=job.suite, target_accuracy=job.target_accuracy)
+    return _outcome(job.name, result, time.perf_counter() - start)
+
+
+def _run_in_workers(jobs: list[_Job], workers: int, threads: int, tracker: _Progress) -> None:
+    """Run ``jobs`` in ``workers`` spawned processes; the first error stops the others after
+    their current round and is raised here."""
+    context = multiprocessing.get_context("spawn")
+    queue, stop = context.Queue(), context.Event()
+
+    def drain() -> None:
+        while True:
+            try:
+                tracker.round(*queue.get_nowait())
+            except Empty:
+                return
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                             initializer=_init_worker, initargs=(threads, queue, stop)) as pool:
+        futures = [pool.submit(_work, job) for job in jobs]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                drain()
+                for future in sorted(done, key=futures.index):
+                    tracker.done(future.result())
+        except BaseException:
+            stop.set()  # running runs end after their round; queued ones never start
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            drain()
+
+
 def run_accuracy(
     section: AccuracySection,
     folder: Path,
@@ -56,53 +206,66 @@ def run_accuracy(
     suite: str,
     data_dir: Path | None = None,
     backend: str = "local",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
 ) -> None:
-    """Run every (method, partition) pair of ``section`` into ``folder/runs/``.
+    """Run every (label, partition, seed) of ``section`` into ``folder/runs/``.
 
-    With ``resume``, runs that hold ``result.json`` are skipped and the others continue from
-    their checkpoints; without it, a run folder that already holds rounds is refused.
+    ``section.workers`` runs go at once, each in its own spawned process with
+    ``section.torch_threads`` torch threads (1 worker: one after the other in this process);
+    a run's result does not depend on which process ran it. With ``resume``, runs that hold
+    ``result.json`` are skipped and the others continue from their checkpoints; without it, a
+    run folder that already holds rounds is refused. A diverged run is logged and the suite
+    goes on.
     """
-    pairs = section.runs()
-    pending = [(m, p) for m, p in pairs
-               if not (resume and (folder / "runs" / run_name(m, p) / "result.json").is_file())]
-    if len(pending) < len(pairs):
-        log(f"accuracy: {len(pairs) - len(pending)} of {len(pairs)} runs already finished")
-    if not pending:
+    runs = section.runs()
+    jobs: list[_Job] = []
+    for label, part, seed in runs:
+        name = run_name(label, part, seed)
+        if resume and (folder / "runs" / name / "result.json").is_file():
+            continue
+        config = section.config(label, part, seed, data_dir=data_dir, backend=backend)
+        jobs.append(_Job(name=name, config=config, out=folder / "runs" / name, resume=resume,
+                         suite=suite, target_accuracy=section.target_accuracy))
+    if len(jobs) < len(runs):
+        log(f"accuracy: {len(runs) - len(jobs)} of {len(runs)} runs already finished")
+    if not jobs:
         return
-    if section.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"suite {suite}: [accuracy] device = {section.device!r} but torch "
-                          "sees no CUDA device; run it on a GPU machine")
-    first = section.config(*pending[0], data_dir=data_dir)
-    data = load_data(first)
-    threads = torch.get_num_threads()
-    if section.threads:
-        torch.set_num_threads(section.threads)
+    if section.base.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"suite {suite}: [accuracy] device = {section.base.device!r} but "
+                          "torch sees no CUDA device; run it on a GPU machine")
+    workers = section.workers
+    if backend != "local" and workers > 1:
+        log(f"accuracy: backend {backend}: one run at a time in this process")
+        workers = 1
+    tracker = _Progress(jobs, len(runs) - len(jobs), len(runs), log)
     try:
-        for index, (method, part) in enumerate(pending, start=1):
-            name = run_name(method, part)
-            out = folder / "runs" / name
-            config = section.config(method, part, data_dir=data_dir, backend=backend)
-            desc = f"{name} ({len(pairs) - len(pending) + index}/{len(pairs)})"
-            with tqdm(total=config.rounds, desc=desc, unit="round", dynamic_ncols=True,
-                      disable=None, leave=False) as bar:
-
-                def progress(record: RoundRecord, bar: tqdm = bar) -> None:
-                    if bar.n == 0 and record.round > 1:
-                        bar.update(record.round - 1)
-                    acc = "-" if record.accuracy is None else f"{record.accuracy:.3f}"
-                    bar.set_postfix_str(f"{record.submodel} acc {acc}")
-                    bar.update(1)
-
-                start = time.perf_counter()
-                result = run_training(config, out, resume=resume,
-                                      progress=progress, data=data, suite=suite,
-                                      target_accuracy=section.target_accuracy)
-            final = next(iter(result.values("final_accuracy").values()))
-            log(f"  {desc}: final accuracy {100 * final:.1f}% "
-                f"({time.perf_counter() - start:.0f} s)")
+        if workers > 1:
+            _run_in_workers(jobs, workers, section.torch_threads, tracker)
+        else:
+            _run_here(jobs, section.torch_threads, tracker)
     finally:
+        tracker.close()
+
+
+def _run_here(jobs: list[_Job], threads: int, tracker: _Progress) -> None:
+    """Run ``jobs`` one after the other in this process (the data loaded once)."""
+    data = load_data(jobs[0].config)
+    before = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
+    try:
+        for job in jobs:
+
+            def progress(record: RoundRecord, name: str = job.name) -> None:
+                tracker.round(name, record.round, record.submodel, record.accuracy)
+
+            start = time.perf_counter()
+            result = run_training(job.config, job.out, resume=job.resume, progress=progress,
+                                  data=data, suite=job.suite,
+                                  target_accuracy=job.target_accuracy)
+            tracker.done(_outcome(job.name, result, time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_suite(

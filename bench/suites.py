@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.config_fields import FieldSpec, check_value, field_specs
 from bench.memory_suite import MemorySection
-from bench.training import TrainingConfig
+from bench.training import (
+    METHODS,
+    TRAINING_FIELDS,
+    TrainingConfig,
+    all_option_specs,
+    option_specs,
+)
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.memory import PROBES
 from profl_core.models import MODEL_NAMES, check_model_name
@@ -16,61 +25,90 @@ from profl_core.models import MODEL_NAMES, check_model_name
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
+#: TrainingConfig fields an ``[accuracy]`` table does not share, and where they go instead.
+PER_RUN: dict[str, str] = {
+    "method": "list methods in methods = [...]",
+    "label": "name runs with [accuracy.variants.<label>] tables",
+    "partition": "list partitions in partitions = [...]",
+    "options": "put method options in [accuracy.variants.<label>] tables",
+    "backend": "choose it with profl bench --backend",
+}
+#: TrainingConfig fields a variant table cannot override (the suite's run grid sets them).
+NOT_PER_VARIANT: frozenset[str] = frozenset({*PER_RUN, "seed", "data_dir"})
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named run setting: a registry ``method``, its ``options`` and TrainingConfig field
+    ``overrides`` (``[accuracy.variants.<label>]``)."""
+
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AccuracySection:
-    """Federated runs of every method on every partition: same data, model, fleet and seed.
+    """Federated runs of every method (or variant) on every partition for every seed.
 
-    Each (method, partition) pair is one :func:`bench.training.run_training` run in the run
-    folder's ``runs/<method>-<partition>/``. Field meanings are those of
-    :class:`bench.training.TrainingConfig`; ``target_accuracy`` sets the "rounds to target"
-    metric and ``threads`` (0: torch's default) the torch CPU threads while training.
+    Each (label, partition, seed) is one :func:`bench.training.run_training` run in the run
+    folder's ``runs/<label>-<partition>-s<seed>/`` (:func:`run_name`). The shared settings are
+    a :class:`bench.training.TrainingConfig` (``base``); a label is a registry method name or a
+    variant's.
+
+    Attributes:
+        base: The shared run settings (any TrainingConfig field but those in PER_RUN).
+        methods: Registry method names or variant labels, in run order.
+        partitions: Partitions, each run for every method.
+        seeds: Seeds, each run for every method and partition (default: base's seed).
+        variants: Label -> variant (its method, options and field overrides).
+        target_accuracy: Test accuracy of the "rounds to target" metric.
+        threads: Torch CPU threads per training process (0: torch's default; default: 1 with
+            more than one worker, else 0).
+        workers: Training runs at once, each in its own process (1: in this process).
     """
 
-    dataset: str = "fashion-mnist"
-    model: str = "cnn"
-    width: float = 1.0
-    fleet: str = "relative-uniform"
-    clients: int = 100
-    per_round: int = 20
-    rounds: int = 100
-    local_epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    distill_lr: float = 0.01
-    partitions: tuple[str, ...] = ("iid", "dirichlet:0.5")
+    base: TrainingConfig = field(default_factory=TrainingConfig)
     methods: tuple[str, ...] = ("profl", "fedavg")
-    seed: int = 0
-    schedule: str = "em"
-    samples_per_client: int = 0
-    test_samples: int = 0
-    eval_every: int = 1
-    checkpoint_every: int = 5
-    device: str = "cpu"
+    partitions: tuple[str, ...] = ("iid", "dirichlet:0.5")
+    seeds: tuple[int, ...] = ()
+    variants: Mapping[str, Variant] = field(default_factory=dict)
     target_accuracy: float = 0.7
-    threads: int = 0
+    threads: int | None = None
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            object.__setattr__(self, "seeds", (self.base.seed,))
+
+    @property
+    def torch_threads(self) -> int:
+        """Torch threads per training process (0: leave torch's default)."""
+        if self.threads is not None:
+            return self.threads
+        return 1 if self.workers > 1 else 0
 
     def config(
-        self, method: str, partition: str, data_dir: Path | None = None, backend: str = "local"
+        self, label: str, partition: str, seed: int, data_dir: Path | None = None,
+        backend: str = "local",
     ) -> TrainingConfig:
-        """The training settings of one (method, partition) run."""
-        return TrainingConfig(
-            method=method, model=self.model, width=self.width, dataset=self.dataset,
-            data_dir=data_dir, fleet=self.fleet, clients=self.clients, per_round=self.per_round,
-            rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
-            lr=self.lr, distill_lr=self.distill_lr, partition=partition, seed=self.seed,
-            schedule=self.schedule, eval_every=self.eval_every,
-            checkpoint_every=self.checkpoint_every, samples_per_client=self.samples_per_client,
-            test_samples=self.test_samples, device=self.device, backend=backend,
+        """The training settings of one (label, partition, seed) run."""
+        variant = self.variants.get(label, Variant(method=label))
+        return replace(
+            self.base, **variant.overrides, method=variant.method, label=label,
+            partition=partition, seed=seed, options=variant.options,
+            data_dir=data_dir or self.base.data_dir, backend=backend,
         )
 
-    def runs(self) -> list[tuple[str, str]]:
-        """``(method, partition)`` pairs in run order: partitions outer, methods inner."""
-        return [(m, p) for p in self.partitions for m in self.methods]
+    def runs(self) -> list[tuple[str, str, int]]:
+        """``(label, partition, seed)`` in run order: seeds outer, then partitions, labels."""
+        return [(m, p, s) for s in self.seeds for p in self.partitions for m in self.methods]
 
 
-def run_name(method: str, partition: str) -> str:
-    """Sub-folder name of one run: ``<method>-<partition>`` without ``:``."""
-    return f"{method}-{partition.replace(':', '')}"
+def run_name(label: str, partition: str, seed: int) -> str:
+    """Sub-folder name of one run: ``<label>-<partition without ':'>-s<seed>``."""
+    return f"{label}-{partition.replace(':', '')}-s{seed}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +177,8 @@ def load_suite(name_or_path: str) -> Suite:
         )
     speed = None
     if "speed" in data:
-        speed = SpeedSection(**_typed(data["speed"], SpeedSection, f"{path}: [speed]"))
+        speed = SpeedSection(**_values(data["speed"], field_specs(SpeedSection),
+                                       f"{path}: [speed]"))
     accuracy = None
     if "accuracy" in data:
         accuracy = _accuracy(data["accuracy"], path)
@@ -159,52 +198,114 @@ def _memory_methods(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _typed(table: Any, cls: type, where: str) -> dict[str, Any]:
-    """``table``'s values checked against the field defaults' types of dataclass ``cls``."""
+def _values(table: Any, specs: Mapping[str, FieldSpec], where: str) -> dict[str, Any]:
+    """``table``'s values checked against ``specs`` (types of dataclass fields)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: use a TOML table")
-    defaults = {f.name: f.default for f in fields(cls)}
-    reject_unknown_keys(table, set(defaults), where)
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        default = defaults[key]
-        if isinstance(default, tuple):
-            if not isinstance(value, list) or not value or not all(
-                    isinstance(v, str) for v in value):
-                raise ConfigError(f"{where} {key} = {value!r}; use a non-empty list of strings")
-            out[key] = tuple(value)
-        elif isinstance(default, bool) or isinstance(value, bool):
-            raise ConfigError(f"{where} {key} = {value!r}; use a {type(default).__name__}")
-        elif isinstance(default, float) and isinstance(value, int | float):
-            out[key] = float(value)
-        elif isinstance(value, type(default)):
-            out[key] = value
-        else:
-            raise ConfigError(f"{where} {key} = {value!r}; use a {type(default).__name__}")
-    return out
+    reject_unknown_keys(table, specs, where)
+    return {key: check_value(specs[key], value, where) for key, value in table.items()}
+
+
+#: The keys of an ``[accuracy]`` table that are AccuracySection's own (the rest: base's).
+_SECTION_KEYS = ("methods", "partitions", "seeds", "target_accuracy", "threads", "workers")
 
 
 def _accuracy(table: Any, path: Path) -> AccuracySection:
     where = f"{path}: [accuracy]"
-    section = AccuracySection(**_typed(table, AccuracySection, where))
-    if section.threads < 0:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: use a TOML table")
+    table = dict(table)
+    variant_tables = table.pop("variants", {})
+    options = all_option_specs()
+    for key in table:
+        if key in PER_RUN:
+            raise ConfigError(f"{where} {key}: not a shared setting; {PER_RUN[key]}")
+        if key in options and key not in TRAINING_FIELDS:
+            first = next(iter(options[key][1]))
+            raise ConfigError(f"{where} {key}: a method option ({', '.join(options[key][1])}); "
+                              f"set it in [accuracy.variants.{first}]")
+    if "seed" in table and "seeds" in table:
+        raise ConfigError(f"{where}: give seed or seeds, not both")
+    own = {k: v for k, v in field_specs(AccuracySection).items() if k in _SECTION_KEYS}
+    shared = {k: v for k, v in TRAINING_FIELDS.items() if k not in PER_RUN}
+    values = _values(table, own | shared, where)
+    section_values = {k: values.pop(k) for k in _SECTION_KEYS if k in values}
+    try:
+        base = TrainingConfig(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    variants = _variants(variant_tables, path)
+    section = AccuracySection(base=base, variants=variants, **section_values)
+    if section.workers < 1:
+        raise ConfigError(f"{where} workers = {section.workers}; use 1 or more")
+    if section.threads is not None and section.threads < 0:
         raise ConfigError(f"{where} threads = {section.threads}; use 0 (torch's default) or more")
     if not 0 < section.target_accuracy <= 1:
         raise ConfigError(f"{where} target_accuracy = {section.target_accuracy}; use (0, 1]")
-    for field_name in ("methods", "partitions"):
-        values = getattr(section, field_name)
-        if len(set(values)) != len(values):
-            raise ConfigError(f"{where} {field_name} = {list(values)}; remove the duplicates")
+    if min(section.seeds) < 0:
+        raise ConfigError(f"{where} seeds = {list(section.seeds)}; use seeds >= 0")
+    for field_name in ("methods", "partitions", "seeds"):
+        values_ = getattr(section, field_name)
+        if len(set(values_)) != len(values_):
+            raise ConfigError(f"{where} {field_name} = {list(values_)}; remove the duplicates")
+    for label in section.methods:
+        if label not in METHODS and label not in variants:
+            raise ConfigError(f"{where} methods: {label!r} is neither a method "
+                              f"({', '.join(METHODS)}) nor a variant label "
+                              "([accuracy.variants.<label>])")
+    for label in variants:
+        if label not in section.methods:
+            raise ConfigError(f"{path}: [accuracy.variants.{label}] not listed in methods; add "
+                              f"{label!r} to methods or remove the table")
     try:
-        for method, part in section.runs():  # bad methods, models, numbers: fail before work
-            section.config(method, part)
+        for label, part, seed in section.runs():  # bad options, models, numbers: fail now
+            section.config(label, part, seed)
         from profl_core.data.partition import partition as split
 
         for part in section.partitions:
-            split(part, [i % 10 for i in range(50 * section.clients)], section.clients, _rng())
+            split(part, [i % 10 for i in range(50 * section.base.clients)],
+                  section.base.clients, _rng())
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return section
+
+
+def _variants(tables: Any, path: Path) -> dict[str, Variant]:
+    """``[accuracy.variants.<label>]`` tables: ``method`` (default: the label), that method's
+    options and TrainingConfig field overrides."""
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(f"{path}: [accuracy] variants: use [accuracy.variants.<label>] tables")
+    overridable = {k: v for k, v in TRAINING_FIELDS.items() if k not in NOT_PER_VARIANT}
+    out: dict[str, Variant] = {}
+    for label, table in tables.items():
+        here = f"{path}: [accuracy.variants.{label}]"
+        if not _LABEL.fullmatch(label):
+            raise ConfigError(f"{here}: use a label of letters, digits, '_', '.' and '-'")
+        method = table.get("method", label)
+        if method not in METHODS:
+            hint = "" if "method" in table else "; set method = \"<a method name>\""
+            raise ConfigError(f"{here}: method = {method!r}; use one of "
+                              f"{', '.join(METHODS)}{hint}")
+        if label in METHODS and method != label:
+            raise ConfigError(f"{here}: a variant named like a method sets that method's "
+                              f"options; use another label for {method}")
+        options = option_specs(method)
+        for key in table:
+            if key != "method" and key not in options and key not in overridable:
+                reason = f"; {PER_RUN[key]}" if key in PER_RUN else (
+                    " (set per run by the suite)" if key in NOT_PER_VARIANT else "")
+                raise ConfigError(
+                    f"{here}: unknown key {key!r}{reason}; use method, a run setting "
+                    f"({', '.join(overridable)}) or one of {method}'s options "
+                    f"({', '.join(options)})")
+        rest = {k: v for k, v in table.items() if k != "method"}
+        out[label] = Variant(
+            method=method,
+            options=_values({k: v for k, v in rest.items() if k in options}, options, here),
+            overrides=_values({k: v for k, v in rest.items() if k not in options},
+                              overridable, here),
+        )
+    return out
 
 
 def _rng() -> Any:

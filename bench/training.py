@@ -13,17 +13,18 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import Fleet, load_fleet, load_profiles
-from profl_core.errors import ConfigError
+from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl import FederatedData, JsonlSink, RoundRecord, RunConfig, run_federated
 from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import Method
@@ -45,26 +46,43 @@ MIB = 2**20
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    """Everything one federated run needs (``profl train`` flags; a suite's accuracy section).
+    """Everything one federated run needs: the one list of run settings and their defaults.
+
+    ``profl train`` flags are made from these fields (``per_round`` -> ``--per-round``, help
+    from the lines below) and a suite's ``[accuracy]`` table takes any of them as a shared
+    value. Settings of one method only (ProFL's ``schedule``, HeteroFL's ``scaler``...) go in
+    ``options``.
 
     Attributes:
-        method: A name in :data:`METHODS`.
-        model: Model family (``cnn``, ``resnet18``...); width multiplier ``width``.
-        dataset: A name in :data:`~profl_core.data.DATASET_NAMES`; looked up in ``data_dir``.
-        fleet: Fleet name in ``devices/fleets`` or a TOML path; ``clients`` devices spread
-            evenly over it (:meth:`Fleet.spread`).
-        per_round: Clients selected per round; ``rounds`` is the round budget.
-        partition: ``iid``, ``dirichlet:ALPHA`` or ``shards:K``.
-        samples_per_client: Keep at most this many (random) samples per client; 0 keeps all.
-        test_samples: Evaluate on the first this many test samples; 0 keeps all.
-        schedule: ProFL's step schedule, ``em`` (effective movement) or ``fixed``.
-        shrink: ProFL with its shrinking stage.
+        method: Federated method, a name in METHODS (profl, fedavg, heterofl, depthfl...).
+        label: Name of the run in reports and suite run folders (default: the method name).
+        model: Model family: cnn, resnet18, resnet34, vgg11, vgg16 or vit.
+        width: Model width multiplier in (0, 1].
+        dataset: Dataset: fashion-mnist, cifar10, cifar100 or synthetic.
+        data_dir: Folder holding the dataset (default: $PROFL_DATA_DIR, then the system's).
+        fleet: Fleet name in devices/fleets or a path to a fleet TOML.
+        clients: Number of clients: that many devices spread evenly over the fleet.
+        per_round: Clients selected per round.
+        rounds: Total round budget.
+        local_epochs: Local epochs per round.
+        batch_size: Local batch size (also the memory table's).
+        lr: SGD learning rate.
+        partition: Data split over the clients: iid, dirichlet:ALPHA or shards:K.
+        seed: The run's one seed (data split, model init, client selection).
+        frozen_bn: Batch norm of frozen blocks: eval (fixed statistics) or train.
+        feature_cache: Cache the frozen prefix's features per round.
+        eval_every: Rounds between test evaluations (and the last round).
         checkpoint_every: Rounds between checkpoints (0: only at the end).
-        device: Torch device for training and evaluation.
-        backend: Client backend for :func:`~profl_core.fl.run_federated` (``local``, ``ray``).
+        samples_per_client: Keep at most this many random samples per client (0: all).
+        test_samples: Evaluate on the first this many test samples (0: all).
+        device: Torch device for training and evaluation (cpu, cuda).
+        backend: Where clients train: local (in process) or ray.
+        options: Settings of the method's own config that are not fields here (ProFL's
+            schedule, em_window, distill_lr...); checked when the method is built.
     """
 
     method: str = "profl"
+    label: str = ""
     model: str = "cnn"
     width: float = 1.0
     dataset: str = "fashion-mnist"
@@ -76,12 +94,9 @@ class TrainingConfig:
     local_epochs: int = 5
     batch_size: int = 64
     lr: float = 0.01
-    distill_lr: float = 0.01
     partition: str = "dirichlet:0.5"
     seed: int = 0
-    schedule: str = "em"
-    shrink: bool = True
-    frozen_bn: str = "eval"
+    frozen_bn: Literal["eval", "train"] = "eval"
     feature_cache: bool = True
     eval_every: int = 1
     checkpoint_every: int = 10
@@ -89,10 +104,15 @@ class TrainingConfig:
     test_samples: int = 0
     device: str = "cpu"
     backend: str = "local"
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r}; use one of {', '.join(METHODS)}")
+        if not self.label:
+            object.__setattr__(self, "label", self.method)
+        object.__setattr__(self, "options", {k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in self.options.items()})
         check_model_name(self.model)
         if self.dataset not in DATASET_NAMES:
             raise ConfigError(f"dataset={self.dataset!r}; use one of {', '.join(DATASET_NAMES)}")
@@ -103,18 +123,24 @@ class TrainingConfig:
         for name in ("checkpoint_every", "samples_per_client", "test_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}; use 0 or more")
-        if self.lr <= 0 or self.distill_lr <= 0:
-            raise ConfigError(f"lr={self.lr}, distill_lr={self.distill_lr}; both must be positive")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr}; use a positive learning rate")
         if not 0 < self.width <= 1:
             raise ConfigError(f"width={self.width}; use a multiplier in (0, 1]")
-        if self.schedule not in ("em", "fixed"):
-            raise ConfigError(f"schedule={self.schedule!r}; use 'em' or 'fixed'")
         if self.frozen_bn not in ("eval", "train"):
             raise ConfigError(f"frozen_bn={self.frozen_bn!r}; use 'eval' or 'train'")
+        method_config(self)  # unknown or ill-typed options fail here, before any work
 
     def to_json(self) -> dict[str, Any]:
-        """The settings as JSON-ready values."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        """The settings as JSON-ready values (``label`` and ``options`` included)."""
+        data = asdict(self)
+        data["options"] = {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.options.items()}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+#: TrainingConfig's fields (type, default, help) in field order.
+TRAINING_FIELDS: dict[str, FieldSpec] = field_specs(TrainingConfig)
 
 
 # ------------------------------------------------------------------------------------ building
@@ -189,39 +215,34 @@ def make_fleet(config: TrainingConfig, full_bytes: int) -> Fleet:
     return fleet.spread(config.clients)
 
 
-MethodBuilder = Callable[[TrainingConfig, dict[str, Any], FederatedData], Method]
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registry method: its config class (with ``from_dict``), how to build it from that
+    config and the run's data, and config values the name fixes (FedAvg's ``policy``)."""
+
+    config_class: type[Any]
+    build: Callable[[Any, FederatedData], Method]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    #: Config values taken from TrainingConfig fields of another name: config key -> field.
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
 
-def _profl(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
-    return ProFL(ProFLConfig(**common, distill_lr=config.distill_lr,
-                             schedule=config.schedule,  # type: ignore[arg-type]
-                             shrink=config.shrink))
+def _fedavg(policy: str) -> MethodEntry:
+    return MethodEntry(FedAvgConfig, lambda cfg, data: FedAvg(cfg), fixed={"policy": policy})
 
 
-def _fedavg(policy: str) -> MethodBuilder:
-    def build(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
-        return FedAvg(FedAvgConfig(**common, policy=policy))  # type: ignore[arg-type]
-
-    return build
+def _width(cls: type[HeteroFL]) -> MethodEntry:
+    return MethodEntry(HeteroFLConfig, lambda cfg, data: cls(cfg, client_data=data.clients))
 
 
-def _width(cls: type[HeteroFL]) -> MethodBuilder:
-    def build(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
-        return cls(HeteroFLConfig(**common), client_data=data.clients)
-
-    return build
+def _depth(cls: type[DepthFL]) -> MethodEntry:
+    return MethodEntry(DepthFLConfig, lambda cfg, data: cls(cfg, test_data=data.test),
+                       renamed={"metrics_every": "eval_every"})
 
 
-def _depth(cls: type[DepthFL]) -> MethodBuilder:
-    def build(config: TrainingConfig, common: dict[str, Any], data: FederatedData) -> Method:
-        return cls(DepthFLConfig(**common, metrics_every=config.eval_every), test_data=data.test)
-
-    return build
-
-
-#: Method name -> builder from the run's settings and data.
-METHODS: dict[str, MethodBuilder] = {
-    "profl": _profl,
+#: Method name -> its config class and builder.
+METHODS: dict[str, MethodEntry] = {
+    "profl": MethodEntry(ProFLConfig, lambda cfg, data: ProFL(cfg)),
     "fedavg": _fedavg("alllarge"),
     "alllarge": _fedavg("alllarge"),
     "exclusivefl": _fedavg("exclusivefl"),
@@ -233,14 +254,46 @@ METHODS: dict[str, MethodBuilder] = {
 }
 
 
+def option_specs(method: str) -> dict[str, FieldSpec]:
+    """The options ``method`` takes: its config's fields that are not TrainingConfig fields
+    (nor fixed by the method's name), with their types, defaults and help."""
+    entry = METHODS[method]
+    return {name: spec for name, spec in field_specs(entry.config_class).items()
+            if name not in TRAINING_FIELDS and name not in entry.fixed}
+
+
+def all_option_specs() -> dict[str, tuple[FieldSpec, dict[str, FieldSpec]]]:
+    """Every method's options: ``{name: (spec over all methods, {method: its spec})}``."""
+    per_method = {name: option_specs(name) for name in METHODS}
+    return {name: (spec, {m: specs[name] for m, specs in per_method.items() if name in specs})
+            for name, spec in merge_specs(per_method).items()}
+
+
+def method_config(config: TrainingConfig) -> Any:
+    """The method's own config: shared values from ``config``, then ``config.options``.
+
+    Raises:
+        ConfigError: An option the method does not take (naming the method and its options),
+            or an option value of the wrong type.
+    """
+    entry = METHODS[config.method]
+    specs = option_specs(config.method)
+    where = f"{config.method} options"
+    reject_unknown_keys(config.options, specs, where)
+    own = field_names(entry.config_class)
+    data: dict[str, Any] = {name: getattr(config, name) for name in own
+                            if name in TRAINING_FIELDS}
+    data |= {key: getattr(config, name) for key, name in entry.renamed.items()}
+    data |= dict(entry.fixed)
+    data |= {key: None if value is None and specs[key].optional
+             else check_value(specs[key], value, where) for key, value in config.options.items()}
+    return entry.config_class.from_dict(data)
+
+
 def make_method(config: TrainingConfig, data: FederatedData) -> Method:
     """The method with the run's settings (HeteroFL/FedRolex see the client data for label
     masks and sBN; DepthFL/InclusiveFL see the test set for per-exit accuracy)."""
-    common: dict[str, Any] = {
-        "rounds": config.rounds, "per_round": config.per_round,
-        "local_epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr,
-    }
-    return METHODS[config.method](config, common, data)
+    return METHODS[config.method].build(method_config(config), data)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -381,7 +434,7 @@ def run_training(
     fleet = make_fleet(config, table["full"])
     if isinstance(method, ProFL):  # fail before training when a step fits no device
         num_blocks = build_model(spec).num_blocks
-        for name in {p.submodel for p in plan(num_blocks, shrink=config.shrink)}:
+        for name in {p.submodel for p in plan(num_blocks, shrink=method.config.shrink)}:
             require_trainable(fleet, table[name], name)
     run_config = RunConfig(
         rounds=config.rounds, seed=config.seed, eval_every=config.eval_every,
@@ -404,7 +457,7 @@ def run_training(
     weights = model_weights(state) if isinstance(method, ProFL) else state.weights
     torch.save(dict(weights), out / "model.pt")
     rounds = read_rounds(out / "rounds.jsonl")
-    key = f"{config.method}/{spec.name}/{config.dataset}/{fleet.name}/{config.partition}" \
+    key = f"{config.label}/{spec.name}/{config.dataset}/{fleet.name}/{config.partition}" \
           f"/seed{config.seed}"
     extra = {"config": config.to_json(), "memory_table_bytes": table, "session_wall_s": wall,
              "fleet": fleet.name, "target_accuracy": target_accuracy}

@@ -10,6 +10,11 @@ and at the end), ``model.pt`` (the final model's weights), ``result.json`` and
 ``learning_curve.png`` (made from ``rounds.jsonl``). ``--resume`` continues an interrupted run
 in the same ``--out`` and ends with the weights of an uninterrupted one. The work itself is
 :func:`bench.training.run_training`, which the suites' accuracy sections use too.
+
+The flags are made from :class:`bench.training.TrainingConfig`'s fields (``per_round`` ->
+``--per-round``, ``feature_cache`` -> ``--feature-cache/--no-feature-cache``) and from the
+method configs' own fields (``--em-window 10``, ``--shrink/--no-shrink``, ``--schedule fixed``),
+which go into ``TrainingConfig.options``. A diverged run prints its reason and exits 1.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.backends import add_backend_arguments, backend_session
-from bench.training import METHODS, REPO, TrainingConfig, run_training
-from profl_core.data import DATASET_NAMES
+from bench.config_fields import FieldSpec, add_flag
+from bench.training import (
+    METHODS,
+    REPO,
+    TRAINING_FIELDS,
+    TrainingConfig,
+    all_option_specs,
+    option_specs,
+    run_training,
+)
 from profl_core.errors import ConfigError
 from profl_core.fl import RoundFailedError, RoundRecord
-from profl_core.models import MODEL_NAMES
 from profl_core.results import run_dir
 
 NAME = "train"
@@ -34,63 +46,63 @@ HELP = "run federated training (profl or a baseline) on a fleet; write rounds, r
 __all__ = ["METHODS", "add_arguments", "config_from_args", "run"]
 
 
+#: TrainingConfig fields with no flag of their own: ``backend`` comes from bench/backends.py,
+#: ``options`` from the method-option flags.
+NOT_FLAGS = ("backend", "options")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=tuple(METHODS), default="profl")
-    parser.add_argument("--model", default="cnn", help=f"one of {', '.join(MODEL_NAMES)}")
-    parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default="fashion-mnist")
-    parser.add_argument("--data-dir", type=Path, help="folder holding the dataset")
-    parser.add_argument("--fleet", default="relative-uniform",
-                        help="fleet name in devices/fleets or a path to a fleet TOML")
-    parser.add_argument("--clients", type=int, default=100,
-                        help="number of clients (N devices spread evenly over the fleet)")
-    parser.add_argument("--per-round", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=100, help="total round budget")
-    parser.add_argument("--local-epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--distill-lr", type=float, default=0.01,
-                        help="ProFL basic-layer fit lr (the authors used 1e-5)")
-    parser.add_argument("--partition", default="dirichlet:0.5",
-                        help="iid, dirichlet:ALPHA or shards:K")
-    parser.add_argument("--samples-per-client", type=int, default=0,
-                        help="keep at most this many random samples per client (0: all)")
-    parser.add_argument("--test-samples", type=int, default=0,
-                        help="evaluate on the first N test samples (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--schedule", choices=("em", "fixed"), default="em")
-    parser.add_argument("--no-shrink", action="store_true", help="ProFL without shrinking")
-    parser.add_argument("--frozen-bn", choices=("eval", "train"), default="eval")
-    parser.add_argument("--no-feature-cache", action="store_true")
-    parser.add_argument("--eval-every", type=int, default=1)
-    parser.add_argument("--checkpoint-every", type=int, default=10)
-    parser.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    """One flag per TrainingConfig field, one per method option, and the CLI-only flags."""
+    for spec in TRAINING_FIELDS.values():
+        if spec.name not in NOT_FLAGS:
+            add_flag(parser, spec)
+    group = parser.add_argument_group(
+        "method options", "settings of one method's config (only the given ones are set; "
+        "a flag the chosen --method does not take is an error)")
+    for spec, owners in all_option_specs().values():
+        add_flag(group, spec, help=_option_help(owners), suppress=True)
     parser.add_argument("--out", type=Path, help="run folder (default: results/runs/...)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_backend_arguments(parser)
 
 
+def _option_help(owners: dict[str, FieldSpec]) -> str:
+    """``help [methods, default X]``, once per distinct help and default among the methods."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for method, spec in owners.items():
+        default = spec.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        groups.setdefault((spec.help, "" if default is None else shown), []).append(method)
+    parts = []
+    for (text, default), methods in groups.items():
+        who = "every method" if len(methods) == len(METHODS) else ", ".join(methods)
+        parts.append(f"{text} [{who}{f', default {default}' if default else ''}]")
+    return "; ".join(parts)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    """The run's settings from the command line (validated by :class:`TrainingConfig`)."""
-    return TrainingConfig(
-        method=args.method, model=args.model, width=args.width, dataset=args.dataset,
-        data_dir=args.data_dir, fleet=args.fleet, clients=args.clients,
-        per_round=args.per_round, rounds=args.rounds, local_epochs=args.local_epochs,
-        batch_size=args.batch_size, lr=args.lr, distill_lr=args.distill_lr,
-        partition=args.partition, seed=args.seed, schedule=args.schedule,
-        shrink=not args.no_shrink, frozen_bn=args.frozen_bn,
-        feature_cache=not args.no_feature_cache, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, samples_per_client=args.samples_per_client,
-        test_samples=args.test_samples, device=args.device,
-        backend=getattr(args, "backend", "local"),
-    )
+    """The run's settings from the command line (validated by :class:`TrainingConfig`).
+
+    Raises:
+        ConfigError: A method-option flag the chosen method does not take.
+    """
+    given = vars(args)
+    options = {name: given[name] for name in all_option_specs() if name in given}
+    takes = option_specs(args.method)
+    for name in options:
+        if name not in takes:
+            owners = all_option_specs()[name][1]  # {method: spec}
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is a {'/'.join(owners)} option, not {args.method}'s")
+    values = {name: given[name] for name in TRAINING_FIELDS if name not in NOT_FLAGS}
+    return TrainingConfig(**values, backend=getattr(args, "backend", "local"), options=options)
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
-    out = args.out or run_dir(REPO / "results", f"train-{args.method}", repo=REPO)
+    out = args.out or run_dir(REPO / "results", f"train-{config.label}", repo=REPO)
     if (out / "rounds.jsonl").exists() and not args.resume:
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
     print(f"run folder: {out}")
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(record: RoundRecord) -> None:
         if not bars:
-            bars.append(tqdm(total=config.rounds, desc=config.method, unit="round"))
+            bars.append(tqdm(total=config.rounds, desc=config.label, unit="round"))
         bar = bars[0]
         if bar.n == 0 and record.round > 1:
             bar.update(record.round - 1)
@@ -108,14 +120,21 @@ def run(args: argparse.Namespace) -> int:
             f"clients {len(record.participants)}"
         )
         bar.update(1)
+        reason = getattr(record, "step_end", None)
+        if reason:
+            bar.write(f"round {record.round}: {record.stage} step {record.step} "
+                      f"({record.submodel}) ended: {reason}")
 
     try:
         with backend_session(args):
-            run_training(config, out, resume=args.resume, progress=progress, log=print)
+            result = run_training(config, out, resume=args.resume, progress=progress, log=print)
     except RoundFailedError as err:
         print(f"profl train: {err}", file=sys.stderr)
         return 1
     finally:
         for bar in bars:
             bar.close()
+    if result.extra.get("status") == "diverged":
+        print(f"profl train: {result.extra['diverged']['message']}", file=sys.stderr)
+        return 1
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.suites import SUITES_DIR, load_suite, run_name, suite_names
+from bench.training import TrainingConfig
 from profl_core.errors import ConfigError
 
 GOOD = """
@@ -35,8 +36,10 @@ def test_default_suite_runs_every_method_on_two_partitions() -> None:
     assert set(section.methods) == {"profl", "fedavg", "exclusivefl", "allsmall", "heterofl",
                                     "fedrolex", "depthfl", "inclusivefl"}
     assert section.partitions == ("iid", "dirichlet:0.5")
-    assert section.schedule == "fixed"
+    assert section.config("profl", "iid", 0).options == {"schedule": "fixed"}
+    assert section.config("fedavg", "iid", 0).options == {}
     assert len(section.runs()) == 16
+    assert (section.workers, section.torch_threads) == (2, 1)
 
 
 def test_accuracy_section_values_and_run_names(tmp_path: Path) -> None:
@@ -44,21 +47,86 @@ def test_accuracy_section_values_and_run_names(tmp_path: Path) -> None:
     path.write_text(GOOD)
     section = load_suite(str(path)).accuracy
     assert section is not None
-    assert section.clients == 8
-    assert section.lr == 0.01
-    assert section.runs() == [("profl", "iid"), ("fedavg", "iid")]
-    config = section.config("profl", "iid")
+    assert section.base.clients == 8
+    assert section.base.lr == 0.01
+    assert section.runs() == [("profl", "iid", 0), ("fedavg", "iid", 0)]
+    config = section.config("profl", "iid", 0)
     assert (config.method, config.rounds, config.dataset) == ("profl", 2, "synthetic")
-    assert run_name("heterofl", "dirichlet:0.5") == "heterofl-dirichlet0.5"
+    assert config.label == "profl"
+    assert run_name("heterofl", "dirichlet:0.5", 3) == "heterofl-dirichlet0.5-s3"
+
+
+def test_shared_values_are_training_config_fields_with_its_defaults(tmp_path: Path) -> None:
+    """Every TrainingConfig field but the per-run ones is a shared value; unset ones keep
+    TrainingConfig's defaults (one source of truth)."""
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD + "frozen_bn = \"train\"\nfeature_cache = false\n")
+    section = load_suite(str(path)).accuracy
+    assert section is not None
+    assert section.base.frozen_bn == "train"
+    assert section.base.feature_cache is False
+    default = TrainingConfig()
+    assert section.base.local_epochs == default.local_epochs
+    assert section.base.checkpoint_every == default.checkpoint_every
+
+
+def test_variants_and_seeds_expand_into_runs(tmp_path: Path) -> None:
+    """methods lists registry names and variant labels; each runs on every partition and
+    seed, with the variant's method, options and field overrides."""
+    path = tmp_path / "ablation.toml"
+    path.write_text(GOOD.replace('methods = ["profl", "fedavg"]',
+                                 'methods = ["profl", "profl-noshrink", "fedavg"]')
+                    .replace('partitions = ["iid"]', 'partitions = ["iid", "shards:2"]')
+                    + "seeds = [0, 1]\n"
+                    + "[accuracy.variants.profl]\nschedule = \"fixed\"\n"
+                    + "[accuracy.variants.profl-noshrink]\nmethod = \"profl\"\n"
+                    + "shrink = false\nschedule = \"fixed\"\nlr = 0.05\n")
+    section = load_suite(str(path)).accuracy
+    assert section is not None
+    runs = section.runs()
+    assert len(runs) == 3 * 2 * 2
+    assert runs[:3] == [("profl", "iid", 0), ("profl-noshrink", "iid", 0), ("fedavg", "iid", 0)]
+    assert {s for _, _, s in runs} == {0, 1}
+    names = {run_name(*run) for run in runs}
+    assert len(names) == len(runs)
+    assert "profl-noshrink-shards2-s1" in names
+    plain = section.config("profl", "iid", 1)
+    ablation = section.config("profl-noshrink", "shards:2", 1)
+    assert (plain.method, plain.label, plain.options) == ("profl", "profl", {"schedule": "fixed"})
+    assert (ablation.method, ablation.label, ablation.seed) == ("profl", "profl-noshrink", 1)
+    assert ablation.options == {"shrink": False, "schedule": "fixed"}
+    assert (ablation.lr, plain.lr) == (0.05, 0.01)
+    assert ablation.partition == "shards:2"
+    assert ablation.to_json()["label"] == "profl-noshrink"
+    assert section.config("fedavg", "iid", 0).options == {}
 
 
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
         ("bogus = 1", "unknown key 'bogus'"),
-        ('rounds = "ten"', "rounds = 'ten'; use a int"),
+        ('rounds = "ten"', "rounds = 'ten'; use an integer"),
+        ("rounds = true", "rounds = True; use an integer"),
         ("width = true", "width = True"),
-        ('methods = ["profl", "nope"]', "method='nope'"),
+        ("feature_cache = 1", "feature_cache = 1; use bool"),
+        ('methods = ["profl", "nope"]', "'nope' is neither a method"),
+        ("methods = [1]", "methods = \\[1\\]"),
+        ("seeds = [0, true]", "seeds = \\[0, True\\]"),
+        ("seeds = [1, 1]", "duplicates"),
+        ("seeds = 1", "seeds = 1; use a non-empty list"),
+        ("seed = 1\nseeds = [0, 1]", "seed or seeds, not both"),
+        ("schedule = \"fixed\"", "schedule: a method option \\(profl\\); set it in "
+                                 "\\[accuracy.variants.profl\\]"),
+        ('method = "profl"', "method: not a shared setting; list methods"),
+        ('frozen_bn = "off"', "frozen_bn = 'off'; use one of 'eval', 'train'"),
+        ("workers = 0", "workers = 0"),
+        ("threads = -1", "threads = -1"),
+        ("[accuracy.variants.profl]\nschedule = \"weekly\"", "schedule = 'weekly'"),
+        ("[accuracy.variants.profl]\nem_window = true", "em_window = True; use an integer"),
+        ("[accuracy.variants.fedavg]\nem_window = 5", "unknown key 'em_window'.*fedavg's"),
+        ("[accuracy.variants.x]\nshrink = false", "method = 'x'; use one of"),
+        ("[accuracy.variants.heterofl]\nscaler = false", "heterofl\\] not listed in methods"),
+        ("[accuracy.variants.profl]\nseed = 3", "unknown key 'seed'"),
         ('partitions = ["iid", "halves"]', "partition 'halves'"),
         ("clients = 0", "clients=0"),
         ('methods = ["profl", "profl"]', "duplicates"),
@@ -75,5 +143,5 @@ def test_bad_accuracy_section_is_a_one_line_config_error(
         load_suite(str(path))
     message = str(err.value)
     assert str(path) in message
-    assert "[accuracy]" in message
+    assert "[accuracy" in message
     assert "\n" not in message
