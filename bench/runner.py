@@ -212,10 +212,11 @@ def run_accuracy(
 
     ``section.workers`` runs go at once, each in its own spawned process with
     ``section.torch_threads`` torch threads (1 worker: one after the other in this process);
-    a run's result does not depend on which process ran it. With ``resume``, runs that hold
-    ``result.json`` are skipped and the others continue from their checkpoints; without it, a
-    run folder that already holds rounds is refused. A diverged run is logged and the suite
-    goes on.
+    a run's result does not depend on which process ran it, only on its settings and the
+    torch thread count (set ``threads`` to compare runs across ``workers``). With ``resume``,
+    runs that hold ``result.json`` are skipped and the others continue from their checkpoints;
+    without it, a run folder that already holds rounds is refused. A diverged run is logged
+    and the suite goes on.
     """
     runs = section.runs()
     jobs: list[_Job] = []

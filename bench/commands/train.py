@@ -4,7 +4,7 @@ Methods come from :data:`bench.training.METHODS` (``--method``): ProFL, full-mod
 its three policies (``fedavg`` = ``alllarge``, ``exclusivefl``, ``allsmall``), ``heterofl``,
 ``fedrolex``, ``depthfl`` and ``inclusivefl``. Each baseline names its own memory-table cases.
 
-Writes into ``--out`` (default ``results/runs/<machine>/<utc>_<sha>_train-<method>/``):
+Writes into ``--out`` (default ``results/runs/<machine>/<utc>_<sha>_train-<label>/``):
 ``rounds.jsonl`` (one record per round), ``checkpoint.pt`` (every ``--checkpoint-every`` rounds
 and at the end), ``model.pt`` (the final model's weights), ``result.json`` and
 ``learning_curve.png`` (made from ``rounds.jsonl``). ``--resume`` continues an interrupted run
