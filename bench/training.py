@@ -25,7 +25,14 @@ from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
-from profl_core.fl import FederatedData, JsonlSink, RoundRecord, RunConfig, run_federated
+from profl_core.fl import (
+    DivergedError,
+    FederatedData,
+    JsonlSink,
+    RoundRecord,
+    RunConfig,
+    run_federated,
+)
 from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import Method
 from profl_core.memory import all_cases
@@ -316,8 +323,12 @@ def summary_records(
     *,
     full_bytes: int | None = None,
     target_accuracy: float | None = None,
+    completed: bool = True,
 ) -> list[Record]:
     """Final/best accuracy, loss, rounds, time, participation and memory of one run.
+
+    A diverged run (``completed=False``) gets no accuracy, loss or rounds-to-target records:
+    its last numbers describe a model on its way to NaN, not a result.
 
     Args:
         rounds: The run's ``rounds.jsonl`` records.
@@ -327,37 +338,72 @@ def summary_records(
         target_accuracy: Adds ``rounds_to_target`` when some round reaches it.
     """
     evaluated = [r for r in rounds if r["accuracy"] is not None]
-    if not evaluated:
+    if completed and not evaluated:
         raise ConfigError(f"{key}: no evaluated round; set eval_every to at most rounds")
-    last = evaluated[-1]
-    participants = [len(r["participants"]) for r in rounds]
-    peak = max(max(r["required_bytes"], default=0) for r in rounds)
-    out = [
-        Record(key=key, metric="final_accuracy", value=float(last["accuracy"]), unit="ratio"),
-        Record(key=key, metric="best_accuracy",
-               value=float(max(r["accuracy"] for r in evaluated)), unit="ratio"),
-        Record(key=key, metric="final_loss", value=float(last["loss"]), unit="nat"),
+    participants = [len(r["participants"]) for r in rounds] or [0]
+    peak = max((max(r["required_bytes"], default=0) for r in rounds), default=0)
+    out: list[Record] = []
+    if completed:
+        last = evaluated[-1]
+        out += [
+            Record(key=key, metric="final_accuracy", value=float(last["accuracy"]),
+                   unit="ratio"),
+            Record(key=key, metric="best_accuracy",
+                   value=float(max(r["accuracy"] for r in evaluated)), unit="ratio"),
+            Record(key=key, metric="final_loss", value=float(last["loss"]), unit="nat"),
+        ]
+    out += [
         Record(key=key, metric="rounds", value=float(len(rounds)), unit="count"),
         Record(key=key, metric="train_wall_s", value=float(sum(r["wall_s"] for r in rounds)),
                unit="s"),
         Record(key=key, metric="mean_participants", value=float(np.mean(participants)),
                unit="count"),
         Record(key=key, metric="mean_eligible_share",
-               value=float(np.mean([r["eligible_share"] for r in rounds])), unit="ratio"),
+               value=float(np.mean([r["eligible_share"] for r in rounds] or [0.0])),
+               unit="ratio"),
         Record(key=key, metric="max_required_bytes", value=float(peak), unit="B"),
     ]
-    if full_bytes:
+    if full_bytes and rounds:
         out += [
             Record(key=key, metric="full_peak_bytes", value=float(full_bytes), unit="B"),
             Record(key=key, metric="memory_reduction", value=1 - peak / full_bytes,
                    unit="ratio"),
         ]
-    if target_accuracy is not None:
+    if completed and target_accuracy is not None:
         reached = rounds_to_target(rounds, target_accuracy)
         if reached is not None:
             out.append(Record(key=key, metric="rounds_to_target", value=float(reached),
                               unit="count"))
     return out
+
+
+def step_summary(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per method step (runs of equal stage, step and sub-model) of a run.
+
+    Each entry: ``stage``, ``step``, ``submodel``, ``label`` (:func:`step_label`), ``first`` and
+    ``last`` round, ``rounds``, ``end`` (the ``step_end`` reason of its last round; None for a
+    step cut by the run's end) and ``accuracy`` (its last evaluated test accuracy). A ProFL
+    basic-layer fit also gets ``block_accuracy``: the accuracy at the end of training the real
+    block it stands in for (``train B_t`` just before it, whose weights the fit leaves alone),
+    so ``accuracy`` vs ``block_accuracy`` is the stand-in against the real block.
+    """
+    steps: list[dict[str, Any]] = []
+    for (stage, step, submodel), group in itertools.groupby(
+            rounds, key=lambda r: (r["stage"], r["step"], r["submodel"])):
+        records = list(group)
+        scored = [r["accuracy"] for r in records if r["accuracy"] is not None]
+        entry = {
+            "stage": stage, "step": step, "submodel": submodel,
+            "label": step_label(stage, submodel), "first": records[0]["round"],
+            "last": records[-1]["round"], "rounds": len(records),
+            "end": records[-1].get("step_end"), "accuracy": scored[-1] if scored else None,
+        }
+        before = steps[-1] if steps else None
+        if submodel.startswith("shrink:") and before is not None \
+                and before["submodel"] == f"grow:{step}" and before["stage"] == stage:
+            entry["block_accuracy"] = before["accuracy"]
+        steps.append(entry)
+    return steps
 
 
 def step_label(stage: str, submodel: str) -> str:
@@ -448,29 +494,49 @@ def run_training(
             share = fleet.participation(required)
             log(f"  {name:9s} {required / MIB:8.1f} MiB  eligible {share:.0%}")
     start = time.perf_counter()
-    state = run_federated(
-        method, fleet, fed, run_config, model=model, memory_table=table,
-        sink=JsonlSink(out / "rounds.jsonl"), backend=config.backend, checkpoint_dir=out,
-        resume=resume, progress=progress,
-    )
+    diverged: DivergedError | None = None
+    try:
+        state = run_federated(
+            method, fleet, fed, run_config, model=model, memory_table=table,
+            sink=JsonlSink(out / "rounds.jsonl"), backend=config.backend, checkpoint_dir=out,
+            resume=resume, progress=progress,
+        )
+    except DivergedError as err:  # checkpoint.pt holds the last finite round
+        diverged = err
+    else:
+        weights = model_weights(state) if isinstance(method, ProFL) else state.weights
+        torch.save(dict(weights), out / "model.pt")
     wall = time.perf_counter() - start
-    weights = model_weights(state) if isinstance(method, ProFL) else state.weights
-    torch.save(dict(weights), out / "model.pt")
-    rounds = read_rounds(out / "rounds.jsonl")
+    # A run that diverged in its first round wrote no record.
+    rounds = read_rounds(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
     key = f"{config.label}/{spec.name}/{config.dataset}/{fleet.name}/{config.partition}" \
           f"/seed{config.seed}"
-    extra = {"config": config.to_json(), "memory_table_bytes": table, "session_wall_s": wall,
-             "fleet": fleet.name, "target_accuracy": target_accuracy}
+    extra: dict[str, Any] = {
+        "config": config.to_json(), "memory_table_bytes": table, "session_wall_s": wall,
+        "fleet": fleet.name, "target_accuracy": target_accuracy,
+        "status": "completed" if diverged is None else "diverged", "steps": step_summary(rounds),
+    }
+    if diverged is not None:
+        extra["diverged"] = {"round": diverged.round, "stage": diverged.stage,
+                             "step": diverged.step, "submodel": diverged.submodel,
+                             "what": diverged.what, "message": str(diverged)}
     result = new_result(
         suite or f"train-{config.method}",
-        summary_records(rounds, key, full_bytes=table["full"], target_accuracy=target_accuracy),
+        summary_records(rounds, key, full_bytes=table["full"], target_accuracy=target_accuracy,
+                        completed=diverged is None),
         repo=REPO, extra=extra,
     )
+    title = f"{config.method} {spec.name} on {config.dataset}, fleet {fleet.name}"
     plot_curve(rounds, out / "learning_curve.png",
-               f"{config.method} {spec.name} on {config.dataset}, fleet {fleet.name}")
-    final = result.values("final_accuracy")[key]
-    atomic_write_text(out / "README.txt", f"{key}\nfinal accuracy {final:.4f}\n")
+               title if diverged is None else f"{title}: {diverged}")
+    if diverged is None:
+        final = result.values("final_accuracy")[key]
+        outcome = f"final accuracy {final:.4f} after {len(rounds)} rounds"
+    else:
+        outcome = f"{diverged} (no accuracy is reported; checkpoint.pt holds round " \
+                  f"{diverged.round - 1})"
+    atomic_write_text(out / "README.txt", f"{key}\n{outcome}\n")
     write_result(out / "result.json", result)  # last: marks the run as finished
     if log is not None:
-        log(f"final accuracy {final:.4f} after {len(rounds)} rounds ({wall:.1f} s); wrote {out}")
+        log(f"{outcome} ({wall:.1f} s); wrote {out}")
     return result

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
 from profl_core.fl.types import ClientTask, ClientUpdate, SubModel
+from profl_core.models.exits import soft_target_loss
 
 FrozenBN = Literal["eval", "train"]
 
@@ -119,8 +120,8 @@ def train_client(
     """
     if len(data) == 0:
         raise ConfigError(f"client {task.client_id} has no data")
-    if task.loss == "mse" and not sub.teacher:
-        raise ConfigError(f"{task.submodel}: an mse task needs a teacher path")
+    if task.loss != "ce" and not sub.teacher:
+        raise ConfigError(f"{task.submodel}: a {task.loss} task needs a teacher path")
     device = torch.device(config.device)
     optimizer = setup(sub, task, config)
     cached = (
@@ -140,10 +141,11 @@ def train_client(
                 with torch.no_grad():
                     feats = sub.run(sub.prefix, data.x[idx].to(device))
             logits = sub.output(feats)
-            if task.loss == "mse":
+            if task.loss != "ce":
                 with torch.no_grad():
                     target = sub.run(sub.teacher, feats)
-                loss = F.mse_loss(logits, target)
+                loss = (F.mse_loss(logits, target) if task.loss == "mse"
+                        else soft_target_loss(logits, target, temperature=task.temperature))
             else:
                 loss = (sub.criterion or F.cross_entropy)(logits, data.y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ from profl_core.devices import Fleet
 #: Memory table as the engine sees it: sub-model name ("full", "grow:2", "shrink:3") -> bytes.
 MemoryTable = Mapping[str, int]
 
-LossKind = Literal["ce", "mse"]
+LossKind = Literal["ce", "mse", "kd"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +39,10 @@ class ClientTask:
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         batch_size: Local mini-batch size.
-        loss: ``"ce"`` (labels) or ``"mse"`` (match the sub-model's teacher logits).
+        loss: ``"ce"`` (labels), or match the sub-model's teacher logits: ``"kd"`` (soft
+            targets at ``temperature``, :func:`~profl_core.models.exits.soft_target_loss`) or
+            ``"mse"`` (the authors' logit MSE).
+        temperature: Softmax temperature of a ``"kd"`` task.
         bn_update: Frozen module names whose batch-norm statistics still update (train mode)
             and are sent back, whatever the engine's ``frozen_bn`` says: blocks that were never
             trained (ProFL's random-init prefix while shrinking), whose default statistics
@@ -59,6 +62,7 @@ class ClientTask:
     weight_decay: float = 5e-4
     batch_size: int = 64
     loss: LossKind = "ce"
+    temperature: float = 1.0
     bn_update: frozenset[str] = frozenset()
     budget_bytes: int | None = None
 
@@ -257,7 +261,7 @@ class Method(Protocol):
         """``(stage, step, submodel)`` that the next (or last) round trains."""
         ...
 
-    def round_metrics(self, state: ServerState) -> dict[str, float | str | None]:
+    def round_metrics(self, state: ServerState) -> Mapping[str, float | str | None]:
         """Method numbers to record for the round just aggregated (e.g. EM).
 
         The key ``step_end`` (a reason string, see :attr:`RoundRecord.step_end`) goes to the

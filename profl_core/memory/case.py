@@ -24,7 +24,9 @@ Semantics of one training step, by kind (T = number of blocks, steps are 1-based
     the teacher logits. The student is the basic layer ``basic<t>`` (taken from
     ``model.output_module(t-1)``) followed by the *same* frozen output module of step t (ProFL's
     output module of step t-1 is ``basic<t>`` plus the output module of step t, so the two
-    share weights). Loss = MSE(student logits, teacher logits); only ``basic<t>`` is trainable.
+    share weights). Loss = soft-target distillation at temperature ``DISTILL_TEMPERATURE``
+    (ProFL's default, :func:`~profl_core.models.exits.soft_target_loss`); only ``basic<t>`` is
+    trainable.
     The other half of shrinking step t, training the real block t with the prefix frozen, has
     exactly the shape of ``grow:t`` and is measured as ``grow:t``.
 
@@ -62,7 +64,12 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.models import BlockedModel, ModelSpec, build_model, check_model_name, native_spec
-from profl_core.models.exits import build_exit, exit_name, mutual_distillation_loss
+from profl_core.models.exits import (
+    build_exit,
+    exit_name,
+    mutual_distillation_loss,
+    soft_target_loss,
+)
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 DTYPES: dict[str, torch.dtype] = {
@@ -73,6 +80,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.01, 0.9, 5e-4
 ADAM_LR = 1e-3
+#: Temperature of the shrink cases' distillation loss (ProFLConfig.distill_temperature).
+DISTILL_TEMPERATURE = 2.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -475,7 +484,7 @@ def _distill_forward(prepared: PreparedStep, obs: StepObserver) -> Tensor:
     teacher_logits = _run_segments(teacher, shared, obs)
     student_logits = _run_segments(student, shared, obs)
     obs.before_loss()
-    return F.mse_loss(student_logits, teacher_logits)
+    return soft_target_loss(student_logits, teacher_logits, temperature=DISTILL_TEMPERATURE)
 
 
 def _prepare_depth(

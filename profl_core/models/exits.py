@@ -81,3 +81,16 @@ def mutual_distillation_loss(
                 kd = kd + (target * (torch.log(target) - log_p)).sum(dim=1).mean()
         total = total + kd_weight * kd / (k - 1)
     return total
+
+
+def soft_target_loss(student: Tensor, teacher: Tensor, *, temperature: float) -> Tensor:
+    """Knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
+
+    Averaged over the batch. Its gradient with respect to the student logits is
+    ``T * (softmax(s/T) - softmax(t/T)) / batch``: bounded whatever the logits' scale, which is
+    why ProFL's basic-layer fit uses it instead of the logit MSE (README).
+    """
+    log_p = F.log_softmax(student / temperature, dim=1)
+    log_q = F.log_softmax(teacher / temperature, dim=1)
+    kl = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    return kl * temperature * temperature

@@ -1,5 +1,6 @@
 """Divergence is caught, never reported as accuracy (DESIGN §5, loop module docstring)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from profl_core.fl import (
 from profl_core.fl.client import ClientJob, non_finite
 from profl_core.fl.types import ServerState
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.profl import ProFL, ProFLConfig
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +115,21 @@ def test_normal_run_is_not_flagged() -> None:
                   model=tiny_model(), memory_table=TABLE, sink=sink)
     assert len(sink.records) == 6
     assert all(r.train_loss < 10 for r in sink.records)
+
+
+def test_basic_layer_fit_at_lr_0_1_for_40_rounds_per_step_stays_finite() -> None:
+    """ProFL's shrinking (train B4, fit basic4, train B3, fit basic3; 40 rounds each) at
+    distill lr 0.1 stays finite, and each fit lowers its distillation loss."""
+    method = ProFL(ProFLConfig(rounds=400, per_round=2, local_epochs=1, batch_size=16, lr=0.05,
+                               distill_lr=0.1, schedule="fixed"))
+    sink = ListSink()
+    run_federated(method, FLEET, tiny_data(), RunConfig(rounds=160, seed=0, eval_every=40),
+                  model=tiny_model(), memory_table=TABLE, sink=sink)
+    fits = {t: [r.train_loss for r in sink.records if r.submodel == f"shrink:{t}"]
+            for t in (4, 3)}
+    assert len(sink.records) == 160
+    assert all(math.isfinite(r.train_loss) for r in sink.records)
+    assert len(fits[4]) == 40
+    assert len(fits[3]) == 40
+    assert sum(fits[4][-5:]) < sum(fits[4][:5])
+    assert sum(fits[3][-5:]) < sum(fits[3][:5])

@@ -26,8 +26,10 @@ def stage_params(k: int) -> int:
 
 
 def exit_params(k: int) -> int:
-    """Exit after stage k: one basic 3x3 stride-2 conv per missing stage, then the classifier."""
-    convs = sum(CNN_WIDTHS[i - 1] * CNN_WIDTHS[i] * 9 for i in range(k, len(CNN_WIDTHS)))
+    """Exit after stage k: one basic layer (3x3 stride-2 conv without bias + BN weight and
+    bias) per missing stage, then the classifier."""
+    convs = sum(CNN_WIDTHS[i - 1] * CNN_WIDTHS[i] * 9 + 2 * CNN_WIDTHS[i]
+                for i in range(k, len(CNN_WIDTHS)))
     return convs + CNN_WIDTHS[-1] * CLASSES + CLASSES
 
 

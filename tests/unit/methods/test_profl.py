@@ -79,7 +79,7 @@ def test_frozen_sets_and_optimizer_params(phase: int) -> None:
         expected_trainable = {f"om{t - 1}.basic{t}"}
         assert sub.student[0] == f"om{t - 1}.basic{t}"
         assert sub.teacher[0] == f"block{t}"
-        assert task.loss == "mse"
+        assert task.loss == "kd"
     assert sub.prefix == tuple(f"block{i}" for i in range(1, t))
     trainable_names = {
         name for name, m in sub.modules.items()
@@ -110,16 +110,16 @@ def test_fit_step_builds_next_output_module_from_current_one() -> None:
     # Prepare
     method = ProFL(ProFLConfig(rounds=10, schedule="fixed"))
     state = method.init_state(tiny_model(), np.random.default_rng(0))
-    fresh = state.weights["om3.basic4.weight"].clone()
+    fresh = state.weights["om3.basic4.0.weight"].clone()
     # Execute: the block-training round of step 4 ends; the fit of basic4 begins
     state = method.aggregate(1, state, [])
     # Assert
     assert method.position(state) == ("shrink", 4, "shrink:4")
     assert torch.equal(state.weights["om3.head.fc.weight"], state.weights["head.fc.weight"])
-    assert torch.equal(state.weights["om3.basic4.weight"], fresh)
+    assert torch.equal(state.weights["om3.basic4.0.weight"], fresh)
     state = method.aggregate(2, state, [])  # fit done -> train block 3 with OM_3
     state = method.aggregate(3, state, [])  # -> fit basic3: OM_2 = basic3 + copy of OM_3
-    assert torch.equal(state.weights["om2.basic4.weight"], state.weights["om3.basic4.weight"])
+    assert torch.equal(state.weights["om2.basic4.0.weight"], state.weights["om3.basic4.0.weight"])
     assert torch.equal(state.weights["om2.head.fc.bias"], state.weights["om3.head.fc.bias"])
     assert set(model_weights(state)) == set(tiny_model().state_dict())
 
