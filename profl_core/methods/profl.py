@@ -48,6 +48,7 @@ output module of block t: ``basic<t+1> .. basic<T>`` then ``head``).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,6 +66,10 @@ from profl_core.methods.effective_movement import FreezeRule, effective_movement
 from profl_core.models import BlockedModel
 
 Schedule = Literal["em", "fixed"]
+
+#: The default EM level is this multiple of ``1/sqrt(H)``, the EM of a driftless random walk
+#: (pure oscillation of the block around a point) over a window of H rounds.
+EM_NOISE_MULTIPLE = 1.35
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +93,9 @@ class ProFLConfig:
         em_window: EM window H (authors' ``window_size``).
         em_evaluation_number: EM values fitted by the freeze rule.
         em_slope_threshold: Freeze rule's flatness threshold.
-        em_level: Freeze rule's level threshold.
+        em_level: Freeze rule's level threshold; None (default): ``EM_NOISE_MULTIPLE /
+            sqrt(em_window)``, 1.35 times the EM of a driftless random walk (README,
+            "Effective movement": calibrated against steps run to a plateau).
         em_samples: Scalars of the active block sampled for EM (fixed per step).
         min_rounds: Fewest rounds per step.
         max_rounds: Most rounds per step (None: only the budget rule).
@@ -110,7 +117,7 @@ class ProFLConfig:
     em_window: int = 20
     em_evaluation_number: int = 15
     em_slope_threshold: float = 0.2
-    em_level: float = 0.5
+    em_level: float | None = None
     em_samples: int = 10_000
     min_rounds: int = 1
     max_rounds: int | None = None
@@ -142,7 +149,9 @@ class ProFLConfig:
         """The EM freeze rule of these settings."""
         return FreezeRule(
             window=self.em_window, evaluation_number=self.em_evaluation_number,
-            slope_threshold=self.em_slope_threshold, em_level=self.em_level,
+            slope_threshold=self.em_slope_threshold,
+            em_level=self.em_level if self.em_level is not None
+            else EM_NOISE_MULTIPLE / math.sqrt(self.em_window),
             min_rounds=self.min_rounds,
         )
 

@@ -12,6 +12,7 @@ from profl_core.methods.effective_movement import (
     sample_indices,
     should_freeze,
 )
+from profl_core.methods.profl import ProFLConfig
 
 
 def test_straight_line_gives_one() -> None:
@@ -93,3 +94,26 @@ def test_freeze_rule_respects_min_and_max_rounds() -> None:
     line = np.arange(8, dtype=np.float64)[:, None]
     assert rule.decide(line, rounds_done=7, max_rounds=100) is None
     assert rule.decide(line, rounds_done=7, max_rounds=7) == "cap"
+
+
+def _walk(drift: float, rounds: int, seed: int = 0) -> np.ndarray:
+    """``rounds + 1`` rows of 500 scalars: per round ``drift`` plus unit Gaussian noise."""
+    steps = drift + np.random.default_rng(seed).standard_normal((rounds, 500))
+    return np.vstack([np.zeros((1, 500)), np.cumsum(steps, axis=0)])
+
+
+def test_default_rule_keeps_a_drifting_block_and_freezes_an_oscillating_one() -> None:
+    """A block still moving (drift 0.3 per round under unit noise: EM ~0.4) is never frozen
+    in 120 rounds by ProFL's default rule; a driftless walk (EM ~1/sqrt(20)) is frozen soon
+    after the window fills. The old fixed level 0.5 froze both at the earliest round."""
+    rule = ProFLConfig(rounds=1).freeze_rule()
+    old = FreezeRule(em_level=0.5)
+    moving, still = _walk(0.3, 120), _walk(0.0, 120)
+
+    def first_end(rule: FreezeRule, traj: np.ndarray) -> int | None:
+        return next((r for r in range(1, 121) if rule.decide(traj[: r + 1], r, 10_000)), None)
+
+    assert rule.em_level == pytest.approx(1.35 / np.sqrt(20))
+    assert first_end(rule, moving) is None
+    assert first_end(rule, still) == rule.rounds_needed()
+    assert first_end(old, moving) == old.rounds_needed()
