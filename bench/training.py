@@ -10,6 +10,7 @@ from its checkpoint and ends with the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -35,7 +36,7 @@ from profl_core.fl import (
 )
 from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import Method
-from profl_core.memory import all_cases
+from profl_core.memory import TrainingCase, all_cases
 from profl_core.memory.table import required_bytes_table
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
@@ -203,8 +204,14 @@ def memory_table(
     else:
         named = {c.label: c for c in all_cases(spec, batch_size=config.batch_size,
                                                 frozen_bn_eval=frozen_bn_eval)}
-    table = required_bytes_table(named.values(), probe="predict")
-    return {name: table[case.key] for name, case in named.items()}
+    return {name: _predicted_bytes(case) for name, case in named.items()}
+
+
+@functools.lru_cache(maxsize=512)
+def _predicted_bytes(case: TrainingCase) -> int:
+    """``required_bytes`` of one case by the predict probe (deterministic, so the runs of one
+    process share it: a suite worker measures each case once, not once per run)."""
+    return required_bytes_table([case], probe="predict")[case.key]
 
 
 def fleet_path(name: str) -> Path:

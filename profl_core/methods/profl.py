@@ -39,7 +39,10 @@ distillation lr defaults to 0.05 (the authors' 1e-5 barely moves a fresh layer).
 fitting ``basic<t>`` the rest of ``OM_{t-1}`` is a frozen copy of ``OM_t`` (the authors'
 ``flash=2/1`` branches). Round budget: each step may use at most
 ``(rounds left) // (steps left)`` rounds (capped by ``max_rounds``), so unused rounds of a step
-that converged early go to later steps and growing always reaches step T.
+that converged early go to later steps and growing always reaches step T. The last step (block
+T and the head on the frozen B_1 .. B_{T-1}) is not ended by EM: it trains until the round
+budget (or ``max_rounds``) is spent, so ProFL uses the same rounds as every other method and
+the memory of its largest step is never exceeded.
 
 Server weights: ``block<i>.*``, ``head.*`` (the model) and ``om<t>.*`` for t = 1 .. T-1 (the
 output module of block t: ``basic<t+1> .. basic<T>`` then ``head``).
@@ -337,8 +340,11 @@ class ProFL:
             effective_movement(history, rule.window) if history.shape[0] > rule.window else None
         )
         done_rounds, cap = int(meta["rounds_in_phase"]), int(meta["phase_max"])
+        last = int(meta["phase"]) == len(self._phases) - 1
         if self.config.schedule == "fixed":
             reason = "fixed" if done_rounds >= cap else None
+        elif last:  # the final model keeps training until the budget is spent
+            reason = "cap" if done_rounds >= cap else None
         else:
             reason = rule.decide(history, done_rounds, cap)
         meta["step_end"] = reason

@@ -150,3 +150,19 @@ def test_round_budget_is_split_over_steps() -> None:
     # grow:t appears in both stages under different stage labels, so count by (stage, submodel)
     assert sum(counts) == 25
     assert counts == [2, 2, 2, 2, 2, 3, 3, 3, 3, 3]
+
+
+def test_em_ends_steps_and_the_last_step_spends_the_remaining_budget() -> None:
+    """Weights that never move have EM 0: every step but the last ends by ``em`` at the
+    earliest round (window 2 + 2 values - 1 = 3); the last one runs to the budget (``cap``)."""
+    method = ProFL(ProFLConfig(rounds=100, schedule="em", em_window=2, em_evaluation_number=2))
+    state = method.init_state(tiny_model(), np.random.default_rng(0))
+    ends: list[tuple[int, str]] = []
+    for rnd in range(1, 101):
+        state = method.aggregate(rnd, state, [])
+        reason = method.round_metrics(state)["step_end"]
+        if reason is not None:
+            ends.append((rnd, str(reason)))
+    assert ends[:9] == [(3 * k, "em") for k in range(1, 10)]
+    assert ends[9:] == [(100, "cap")]
+    assert method.is_finished(state)
