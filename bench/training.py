@@ -424,7 +424,8 @@ def step_label(stage: str, submodel: str) -> str:
 
 
 def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Test accuracy per round with a dashed line at every step boundary."""
+    """Test accuracy per round with a dashed line at every step boundary, labelled with the
+    step that starts and, at the bottom, why the step before ended (``em``, ``cap``...)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -440,6 +441,9 @@ def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
             ax.axvline(cur["round"] - 0.5, color="grey", linestyle="--", linewidth=0.8)
             ax.text(cur["round"] - 0.5, 1.0, f" {step_label(cur['stage'], cur['submodel'])}",
                     fontsize=7, va="top", rotation=90, color="grey")
+            if prev.get("step_end"):
+                ax.text(cur["round"] - 0.5, 0.01, f"{prev['step_end']} ", fontsize=6,
+                        va="bottom", ha="right", rotation=90, color="grey")
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title=title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,11 @@ TARGETS = [
     ("ProFL mean growing round / FedAvg round", "profl_mean", "test_fedavg_round", 0.8, "<="),
     ("feature cache speed-up (grow:3, 5 epochs)", "test_feature_cache_grow3_5_epochs[uncached]",
      "test_feature_cache_grow3_5_epochs[cached]", 1.5, ">="),
+    # client-trainings/s of the engine over the bare loop's = bare time / engine time
+    ("engine client-trainings/s vs a bare PyTorch loop", "test_client_training_bare_pytorch",
+     "test_client_training_engine", 0.9, ">="),
+    ("engine client-trainings per second (default suite's client)", "engine_rate", None, 0.0,
+     ">="),
 ]
 
 
@@ -42,6 +47,8 @@ def ratios(benchmark_json: dict) -> list[list[str]]:
     grow = [v for k, v in means.items() if k.startswith("test_profl_round[")]
     if grow:
         means["profl_mean"] = sum(grow) / len(grow)
+    if "test_client_training_engine" in means:
+        means["engine_rate"] = 1 / means["test_client_training_engine"]
     rows = []
     for label, num, den, goal, op in TARGETS:
         if num not in means or (den is not None and den not in means):

@@ -120,10 +120,9 @@ def run(args: argparse.Namespace) -> int:
             f"clients {len(record.participants)}"
         )
         bar.update(1)
-        reason = getattr(record, "step_end", None)
-        if reason:
+        if record.step_end:
             bar.write(f"round {record.round}: {record.stage} step {record.step} "
-                      f"({record.submodel}) ended: {reason}")
+                      f"({record.submodel}) ended: {record.step_end}")
 
     try:
         with backend_session(args):

@@ -39,7 +39,8 @@ def test_default_suite_runs_every_method_on_two_partitions() -> None:
     assert section.config("profl", "iid", 0).options == {"schedule": "fixed"}
     assert section.config("fedavg", "iid", 0).options == {}
     assert len(section.runs()) == 16
-    assert (section.workers, section.torch_threads) == (2, 1)
+    assert section.workers == 2
+    assert section.torch_threads == 1
 
 
 def test_accuracy_section_values_and_run_names(tmp_path: Path) -> None:
@@ -51,7 +52,9 @@ def test_accuracy_section_values_and_run_names(tmp_path: Path) -> None:
     assert section.base.lr == 0.01
     assert section.runs() == [("profl", "iid", 0), ("fedavg", "iid", 0)]
     config = section.config("profl", "iid", 0)
-    assert (config.method, config.rounds, config.dataset) == ("profl", 2, "synthetic")
+    assert config.method == "profl"
+    assert config.rounds == 2
+    assert config.dataset == "synthetic"
     assert config.label == "profl"
     assert run_name("heterofl", "dirichlet:0.5", 3) == "heterofl-dirichlet0.5-s3"
 
@@ -92,10 +95,15 @@ def test_variants_and_seeds_expand_into_runs(tmp_path: Path) -> None:
     assert "profl-noshrink-shards2-s1" in names
     plain = section.config("profl", "iid", 1)
     ablation = section.config("profl-noshrink", "shards:2", 1)
-    assert (plain.method, plain.label, plain.options) == ("profl", "profl", {"schedule": "fixed"})
-    assert (ablation.method, ablation.label, ablation.seed) == ("profl", "profl-noshrink", 1)
+    assert plain.method == "profl"
+    assert plain.label == "profl"
+    assert plain.options == {"schedule": "fixed"}
+    assert ablation.method == "profl"
+    assert ablation.label == "profl-noshrink"
+    assert ablation.seed == 1
     assert ablation.options == {"shrink": False, "schedule": "fixed"}
-    assert (ablation.lr, plain.lr) == (0.05, 0.01)
+    assert ablation.lr == 0.05
+    assert plain.lr == 0.01
     assert ablation.partition == "shards:2"
     assert ablation.to_json()["label"] == "profl-noshrink"
     assert section.config("fedavg", "iid", 0).options == {}

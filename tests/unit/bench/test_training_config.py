@@ -76,7 +76,9 @@ def test_a_new_field_becomes_a_flag_from_its_annotation_default_and_docstring() 
         add_flag(parser, spec)
     assert vars(parser.parse_args([])) == {"new_knob": 3, "loud": False, "where": None}
     args = parser.parse_args(["--new-knob", "5", "--loud", "--where", "x"])
-    assert (args.new_knob, args.loud, args.where) == (5, True, Path("x"))
+    assert args.new_knob == 5
+    assert args.loud is True
+    assert args.where == Path("x")
     assert parser.parse_args(["--no-loud"]).loud is False
     knob = next(a for a in parser._actions if a.dest == "new_knob")
     assert knob.help == "How far to turn it, in whole turns. (default: 3)"
@@ -109,8 +111,10 @@ def test_only_given_option_flags_go_into_options() -> None:
     assert config.options == {"em_window": 10, "distill_lr": 0.005, "shrink": False,
                               "schedule": "fixed"}
     built = method_config(config)
-    assert (built.em_window, built.distill_lr, built.shrink, built.schedule) == (
-        10, 0.005, False, "fixed")
+    assert built.em_window == 10
+    assert built.distill_lr == 0.005
+    assert built.shrink is False
+    assert built.schedule == "fixed"
     assert built.em_level == ProFLConfig(rounds=1).em_level
     heterofl = _config("--method", "heterofl", "--no-scaler", "--levels", "1", "0.5")
     assert heterofl.options == {"scaler": False, "levels": (1.0, 0.5)}
@@ -148,7 +152,10 @@ def test_shared_values_reach_the_method_config() -> None:
     config = TrainingConfig(method="depthfl", rounds=7, per_round=3, lr=0.2, eval_every=4)
     built = method_config(config)
     assert isinstance(built, DepthFLConfig)
-    assert (built.rounds, built.per_round, built.lr, built.metrics_every) == (7, 3, 0.2, 4)
+    assert built.rounds == 7
+    assert built.per_round == 3
+    assert built.lr == 0.2
+    assert built.metrics_every == 4
     assert method_config(TrainingConfig(method="depthfl", eval_every=4,
                                         options={"metrics_every": 2})).metrics_every == 2
     assert method_config(TrainingConfig(method="allsmall")).policy == "allsmall"
@@ -160,8 +167,9 @@ def test_label_defaults_to_the_method_and_is_recorded_with_the_options() -> None
     assert TrainingConfig(method="heterofl").label == "heterofl"
     config = TrainingConfig(label="profl-noshrink", options={"shrink": False})
     data = config.to_json()
-    assert (data["method"], data["label"], data["options"]) == (
-        "profl", "profl-noshrink", {"shrink": False})
+    assert data["method"] == "profl"
+    assert data["label"] == "profl-noshrink"
+    assert data["options"] == {"shrink": False}
     assert TrainingConfig(data_dir=Path("d")).to_json()["data_dir"] == "d"
 
 
