@@ -143,7 +143,9 @@ def curves_frame(folder: Path) -> pd.DataFrame:
     rows = []
     for run in run_folders(folder):
         info = _run_info(run, read_result(run / "result.json"))
-        for line in (run / "rounds.jsonl").read_text(encoding="utf-8").splitlines():
+        rounds = run / "rounds.jsonl"  # absent when a run diverged in its first round
+        lines = rounds.read_text(encoding="utf-8").splitlines() if rounds.is_file() else []
+        for line in lines:
             record = json.loads(line) if line else None
             if record and record.get("accuracy") is not None:
                 rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},

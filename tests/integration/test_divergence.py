@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_fl import FLEET, TABLE, ListSink, tiny_data, tiny_model
 
+from bench.cli import main
 from profl_core.fl import (
     ClientDrop,
     ClientTask,
@@ -23,6 +24,7 @@ from profl_core.fl.client import ClientJob, non_finite
 from profl_core.fl.types import ServerState
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.results import read_result
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +135,70 @@ def test_basic_layer_fit_at_lr_0_1_for_40_rounds_per_step_stays_finite() -> None
     assert len(fits[3]) == 40
     assert sum(fits[4][-5:]) < sum(fits[4][:5])
     assert sum(fits[3][-5:]) < sum(fits[3][:5])
+
+
+TINY_TRAIN = [
+    "train", "--method", "fedavg", "--dataset", "synthetic", "--model", "cnn", "--width", "0.25",
+    "--clients", "8", "--per-round", "3", "--rounds", "4", "--local-epochs", "1",
+    "--partition", "iid", "--samples-per-client", "32", "--test-samples", "64",
+]
+
+DIVERGING_SUITE = """
+name = "diverging"
+[accuracy]
+dataset = "synthetic"
+model = "cnn"
+width = 0.25
+clients = 8
+per_round = 3
+rounds = 3
+local_epochs = 1
+batch_size = 16
+lr = 0.05
+partitions = ["iid"]
+methods = ["fedavg", "fedavg-huge-lr"]
+seeds = [0]
+samples_per_client = 32
+test_samples = 64
+workers = 1
+[accuracy.variants.fedavg-huge-lr]
+method = "fedavg"
+lr = 10000.0
+"""
+
+
+def test_train_with_a_huge_lr_exits_1_with_one_line_and_status_diverged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``profl train --lr 1e4``: exit 1, one stderr line naming the round, result diverged."""
+    code = main([*TINY_TRAIN, "--lr", "10000", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    result = read_result(tmp_path / "result.json")
+    assert code == 1
+    assert len(err) == 1
+    assert err[0].startswith("profl train: diverged at round 1 (full step 0, full): ")
+    assert result.extra["status"] == "diverged"
+    assert "final_accuracy" not in {r.metric for r in result.records}
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_suite_goes_on_after_a_diverged_run_and_its_report_says_diverged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The diverged variant is reported as "diverged", never as an accuracy; the other run
+    completes and gets its number."""
+    suite = tmp_path / "diverging.toml"
+    suite.write_text(DIVERGING_SUITE, encoding="utf-8")
+    folder = tmp_path / "run"
+    code = main(["bench", str(suite), "--out", str(folder)])
+    printed = capsys.readouterr().out
+    table = (folder / "tables" / "accuracy.md").read_text(encoding="utf-8")
+    huge_row = next(line for line in table.splitlines() if "fedavg-huge-lr" in line)
+    plain = read_result(folder / "runs" / "fedavg-iid-s0" / "result.json")
+    assert code == 0
+    assert "fedavg-huge-lr-iid-s0 (2/2): diverged: diverged at round 1" in printed
+    assert "| diverged " in huge_row
+    assert "diverged: fedavg-huge-lr iid seed 0: diverged at round 1" in printed
+    assert plain.extra["status"] == "completed"
+    assert "final_accuracy" in {r.metric for r in plain.records}
