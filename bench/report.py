@@ -31,6 +31,7 @@ MIB = 1 << 20
 ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
     "final_%": ("final_accuracy", 100.0),
     "best_%": ("best_accuracy", 100.0),
+    "last10_pts": ("last10_change", 100.0),
     "rounds": ("rounds", 1.0),
     "to_target": ("rounds_to_target", 1.0),
     "clients": ("mean_participants", 1.0),
@@ -41,7 +42,7 @@ ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
 }
 
 #: Columns a diverged run has no value for (NaN in its row, left out of every mean).
-ACCURACY_ONLY = ("final_%", "best_%", "to_target")
+ACCURACY_ONLY = ("final_%", "best_%", "last10_pts", "to_target")
 
 #: Columns summarised as a mean ± 95% interval over the completed seeds, and the prefix of
 #: their ``<prefix>_mean`` / ``<prefix>_ci95`` columns in the summary; the others are means.
@@ -109,6 +110,7 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
         result = read_result(run / "result.json")
         row = _run_info(run, result)
         values = {r.metric: r.value for r in result.records}
+        values["last10_change"] = last10_change(_read_rounds(run))
         for column, (metric, scale) in ACCURACY_COLUMNS.items():
             row[column] = values[metric] * scale if metric in values else math.nan
         if row["status"] != "completed":
@@ -117,6 +119,28 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *ACCURACY_COLUMNS])
     return frame.sort_values(["partition", "label", "seed"], key=_run_order, kind="stable",
                              ignore_index=True)
+
+
+def _read_rounds(run: Path) -> list[dict[str, Any]]:
+    """A run's ``rounds.jsonl`` records (none when it diverged in its first round)."""
+    path = run / "rounds.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line]
+
+
+def last10_change(rounds: list[dict[str, Any]]) -> float:
+    """How much the last 10% of rounds moved the test accuracy: the final evaluation minus the
+    last evaluation at or before round ``0.9 * R`` (R: rounds used); NaN without both.
+
+    The convergence check of a suite (DESIGN §5): a budget is large enough when this is
+    under one point for every method.
+    """
+    scored = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
+    if not scored:
+        return math.nan
+    cutoff = 0.9 * max(r["round"] for r in rounds)
+    before = [acc for rnd, acc in scored if rnd <= cutoff]
+    return scored[-1][1] - before[-1] if before else math.nan
 
 
 def _run_order(column: pd.Series) -> pd.Series:
@@ -143,11 +167,8 @@ def curves_frame(folder: Path) -> pd.DataFrame:
     rows = []
     for run in run_folders(folder):
         info = _run_info(run, read_result(run / "result.json"))
-        rounds = run / "rounds.jsonl"  # absent when a run diverged in its first round
-        lines = rounds.read_text(encoding="utf-8").splitlines() if rounds.is_file() else []
-        for line in lines:
-            record = json.loads(line) if line else None
-            if record and record.get("accuracy") is not None:
+        for record in _read_rounds(run):
+            if record.get("accuracy") is not None:
                 rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},
                              "round": record["round"], "accuracy_%": 100 * record["accuracy"]})
     return pd.DataFrame(rows, columns=["label", "partition", "seed", "status", "round",
@@ -278,7 +299,8 @@ LEGEND = (
     "`a ± b`: mean ± half-width of the 95% Student-t interval over the completed seeds (the "
     "mean alone for one seed); `seeds`: completed/total when some diverged; `vs_profl`: final "
     "accuracy against `profl` on the same partition, better/worse when the intervals do not "
-    "overlap, ~ when they do."
+    "overlap, ~ when they do; `last10_pts`: points the last 10% of rounds moved the accuracy "
+    "(under 1: converged within the budget)."
 )
 
 
@@ -338,7 +360,9 @@ def build_report(folder: Path) -> str:
         ]
         lines += [
             *section,
-            f"`final_%`/`best_%`: test accuracy at the last/best evaluation. `rounds`: rounds "
+            f"`final_%`/`best_%`: test accuracy at the last/best evaluation. `last10_pts`: how "
+            "many points the last 10% of rounds moved the test accuracy (mean over seeds; a "
+            "method has converged within the budget when it is under 1). `rounds`: rounds "
             f"used (diverged runs included). `to_target`: first round with test accuracy >= "
             f"{100 * (target or 0):.0f}%, mean over the seeds that reached it (`-`: none "
             "did). `clients`: clients that trained per round (mean). `eligible_%`: mean share "

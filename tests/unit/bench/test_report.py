@@ -18,7 +18,13 @@ import pytest
 from bench_fixtures import MESSAGE, T975, run_path, write_run, write_suite
 
 from bench.cli import main
-from bench.report import accuracy_frame, accuracy_summary, build_report, compare_frame
+from bench.report import (
+    accuracy_frame,
+    accuracy_summary,
+    build_report,
+    compare_frame,
+    last10_change,
+)
 from profl_core.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -246,3 +252,12 @@ def test_report_of_a_folder_without_results_is_a_config_error(tmp_path: Path) ->
         build_report(tmp_path)
     with pytest.raises(ConfigError, match="no such run folder"):
         build_report(tmp_path / "missing")
+
+
+def test_last10_change_is_final_minus_the_last_evaluation_before_90_percent() -> None:
+    """100 rounds: the cut-off is round 90; evaluations at 80, 90, 100 -> final - acc(90)."""
+    rounds = [{"round": r, "accuracy": None} for r in range(1, 101)]
+    rounds[79]["accuracy"], rounds[89]["accuracy"], rounds[99]["accuracy"] = 0.70, 0.74, 0.75
+    assert last10_change(rounds) == pytest.approx(0.75 - 0.74)
+    assert math.isnan(last10_change([{"round": 1, "accuracy": None}]))
+    assert math.isnan(last10_change([{"round": 10, "accuracy": 0.5}]))

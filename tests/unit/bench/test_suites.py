@@ -30,15 +30,19 @@ def test_shipped_suites_load_and_start_with_their_command(name: str) -> None:
     assert suite.memory or suite.accuracy or suite.speed or suite.zoo_models
 
 
-def test_default_suite_runs_every_method_on_two_partitions() -> None:
+def test_default_suite_runs_every_method_non_iid_with_three_seeds() -> None:
+    """Every method, a non-IID partition, 3 seeds, one budget, ProFL's EM window scaled."""
     section = load_suite("default").accuracy
     assert section is not None
     assert set(section.methods) == {"profl", "fedavg", "exclusivefl", "allsmall", "heterofl",
                                     "fedrolex", "depthfl", "inclusivefl"}
-    assert section.partitions == ("iid", "dirichlet:0.5")
-    assert section.config("profl", "iid", 0).options == {"schedule": "fixed"}
-    assert section.config("fedavg", "iid", 0).options == {}
-    assert len(section.runs()) == 16
+    assert section.partitions == ("dirichlet:0.5",)
+    assert section.seeds == (0, 1, 2)
+    assert section.config("profl", "dirichlet:0.5", 0).options == {
+        "em_window": 5, "em_evaluation_number": 5}
+    assert section.config("fedavg", "dirichlet:0.5", 0).options == {}
+    assert {section.config(m, "dirichlet:0.5", 0).rounds for m in section.methods} == {150}
+    assert len(section.runs()) == 24
     assert section.workers == 2
     assert section.torch_threads == 1
 
