@@ -8,7 +8,7 @@ Targets, reported as ratios of means measured in one run (never asserted):
   (uncached time over cached time);
 * client-trainings per second of the engine (``run_client``: budget check, sub-model build,
   local training, non-finite check) against a bare PyTorch loop doing the same work (the
-  default suite's client: ``cnn`` width 0.25, 250 samples, 1 epoch, batch 64, SGD with
+  a default-suite-sized client: ``cnn`` width 0.25, 250 samples, 1 epoch, batch 64, SGD with
   momentum): target >= 0.9x of the bare loop's rate.
 
 Setup: ``cnn`` on Fashion-MNIST-shaped synthetic data (speed does not depend on the values),
@@ -101,7 +101,7 @@ DEFAULT_SAMPLES, DEFAULT_WIDTH = 250, 0.25
 
 @pytest.fixture(scope="module")
 def default_client() -> ArrayDataset:
-    """One client of the default suite's accuracy setting (250 Fashion-MNIST-shaped samples)."""
+    """A default-suite-sized client: 250 Fashion-MNIST-shaped samples."""
     return synthetic_dataset(num_samples=DEFAULT_SAMPLES, input_shape=(1, 28, 28),
                              num_classes=10, generator=torch.Generator().manual_seed(0))
 

@@ -31,7 +31,7 @@ TARGETS = [
     # client-trainings/s of the engine over the bare loop's = bare time / engine time
     ("engine client-trainings/s vs a bare PyTorch loop", "test_client_training_bare_pytorch",
      "test_client_training_engine", 0.9, ">="),
-    ("engine client-trainings per second (default suite's client)", "engine_rate", None, 0.0,
+    ("engine client-trainings per second (250-sample client)", "engine_rate", None, 0.0,
      ">="),
 ]
 
