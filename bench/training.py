@@ -81,6 +81,8 @@ class TrainingConfig:
         feature_cache: Cache the frozen prefix's features per round.
         eval_every: Rounds between test evaluations (and the last round).
         checkpoint_every: Rounds between checkpoints (0: only at the end).
+        loss_blowup: The run diverges when a round's mean train loss exceeds this many times
+            the first-round loss of its step (0: off).
         samples_per_client: Keep at most this many random samples per client (0: all).
         test_samples: Evaluate on the first this many test samples (0: all).
         device: Torch device for training and evaluation (cpu, cuda).
@@ -108,6 +110,7 @@ class TrainingConfig:
     feature_cache: bool = True
     eval_every: int = 1
     checkpoint_every: int = 10
+    loss_blowup: float = 100.0
     samples_per_client: int = 0
     test_samples: int = 0
     device: str = "cpu"
@@ -128,7 +131,7 @@ class TrainingConfig:
                      "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}; use 1 or more")
-        for name in ("checkpoint_every", "samples_per_client", "test_samples"):
+        for name in ("checkpoint_every", "samples_per_client", "test_samples", "loss_blowup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}; use 0 or more")
         if self.lr <= 0:
@@ -497,6 +500,7 @@ def run_training(
         rounds=config.rounds, seed=config.seed, eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every, frozen_bn=config.frozen_bn,  # type: ignore[arg-type]
         feature_cache=config.feature_cache, device=config.device,
+        loss_blowup=config.loss_blowup,
     )
     model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
     out.mkdir(parents=True, exist_ok=True)
