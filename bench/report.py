@@ -12,7 +12,6 @@ side.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.stats import compare_to, format_interval, t_interval
+from bench.training import METHODS, read_rounds
 from profl_core.errors import ConfigError
 from profl_core.results import ResultFile, atomic_write_text, read_result
 
@@ -110,7 +110,7 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
         result = read_result(run / "result.json")
         row = _run_info(run, result)
         values = {r.metric: r.value for r in result.records}
-        values["last10_change"] = last10_change(_read_rounds(run))
+        values["last10_change"] = last10_change(read_rounds(run / "rounds.jsonl"))
         for column, (metric, scale) in ACCURACY_COLUMNS.items():
             row[column] = values[metric] * scale if metric in values else math.nan
         if row["status"] != "completed":
@@ -119,13 +119,6 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *ACCURACY_COLUMNS])
     return frame.sort_values(["partition", "label", "seed"], key=_run_order, kind="stable",
                              ignore_index=True)
-
-
-def _read_rounds(run: Path) -> list[dict[str, Any]]:
-    """A run's ``rounds.jsonl`` records (none when it diverged in its first round)."""
-    path = run / "rounds.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line]
 
 
 def last10_change(rounds: list[dict[str, Any]]) -> float:
@@ -155,8 +148,6 @@ def _run_order(column: pd.Series) -> pd.Series:
 
 def _label_key(label: str) -> tuple[int, str]:
     """Registry methods in :data:`bench.training.METHODS` order, then the others by name."""
-    from bench.training import METHODS
-
     order = list(METHODS)
     return (order.index(label) if label in order else len(order), label)
 
@@ -167,7 +158,7 @@ def curves_frame(folder: Path) -> pd.DataFrame:
     rows = []
     for run in run_folders(folder):
         info = _run_info(run, read_result(run / "result.json"))
-        for record in _read_rounds(run):
+        for record in read_rounds(run / "rounds.jsonl"):
             if record.get("accuracy") is not None:
                 rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},
                              "round": record["round"], "accuracy_%": 100 * record["accuracy"]})

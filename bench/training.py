@@ -317,7 +317,10 @@ def make_method(config: TrainingConfig, data: FederatedData) -> Method:
 
 
 def read_rounds(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``rounds.jsonl`` file."""
+    """The records of a ``rounds.jsonl`` file (none when it is absent: a run that diverged in
+    its first round wrote no record)."""
+    if not path.is_file():
+        return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
@@ -522,8 +525,7 @@ def run_training(
         weights = model_weights(state) if isinstance(method, ProFL) else state.weights
         torch.save(dict(weights), out / "model.pt")
     wall = time.perf_counter() - start
-    # A run that diverged in its first round wrote no record.
-    rounds = read_rounds(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
+    rounds = read_rounds(out / "rounds.jsonl")
     key = f"{config.label}/{spec.name}/{config.dataset}/{fleet.name}/{config.partition}" \
           f"/seed{config.seed}"
     extra: dict[str, Any] = {

@@ -20,6 +20,7 @@ A backend (in process, or a Ray actor on another machine) hands each client a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,10 +136,14 @@ def non_finite(update: ClientUpdate) -> str | None:
     loss = update.metrics.get("train_loss")
     if loss is not None and not math.isfinite(loss):
         return f"train loss {loss}"
-    for key, value in update.state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return f"tensor {key}"
-    return None
+    key = first_non_finite(update.state)
+    return None if key is None else f"tensor {key}"
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The key of the first floating-point tensor holding a NaN or infinity, or None."""
+    return next((key for key, value in tensors.items()
+                 if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
 
 
 def one_line(err: BaseException, limit: int = 200) -> str:

@@ -55,7 +55,14 @@ from torch import nn
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
-from profl_core.fl.client import FAULTS, ClientJob, Fault, client_seed, run_client
+from profl_core.fl.client import (
+    FAULTS,
+    ClientJob,
+    Fault,
+    client_seed,
+    first_non_finite,
+    run_client,
+)
 from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
 from profl_core.fl.types import (
     ClientDrop,
@@ -405,8 +412,9 @@ def run_federated(
             step_end = metrics.pop("step_end", None)
             last = method.is_finished(state) or rnd == config.rounds
             accuracy = loss = None
-            what = _non_finite_weight(state.weights) or guard.check((stage, step, submodel),
-                                                                    train_loss)
+            bad = first_non_finite(state.weights)
+            what = f"server weight {bad}" if bad is not None else guard.check(
+                (stage, step, submodel), train_loss)
             if what is None and (rnd % config.eval_every == 0 or last or step_end is not None):
                 accuracy, loss = evaluate(
                     method.eval_submodel(state, submodel), data.test,
@@ -442,14 +450,6 @@ def run_federated(
     finally:
         runner.close()
     return state
-
-
-def _non_finite_weight(weights: Mapping[str, torch.Tensor]) -> str | None:
-    """``server weight <key>`` of the first floating tensor holding NaN/inf, else None."""
-    for key, value in weights.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return f"server weight {key}"
-    return None
 
 
 class _BlowupGuard:

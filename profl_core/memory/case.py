@@ -65,6 +65,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.models import BlockedModel, ModelSpec, build_model, check_model_name, native_spec
 from profl_core.models.exits import (
+    DISTILL_TEMPERATURE,
     build_exit,
     exit_name,
     mutual_distillation_loss,
@@ -80,8 +81,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.01, 0.9, 5e-4
 ADAM_LR = 1e-3
-#: Temperature of the shrink cases' distillation loss (ProFLConfig.distill_temperature).
-DISTILL_TEMPERATURE = 2.0
 
 
 @functools.lru_cache(maxsize=64)

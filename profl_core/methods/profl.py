@@ -67,6 +67,7 @@ from profl_core.fl.selection import select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
 from profl_core.models import BlockedModel
+from profl_core.models.exits import DISTILL_TEMPERATURE
 
 Schedule = Literal["em", "fixed"]
 
@@ -114,7 +115,7 @@ class ProFLConfig:
     weight_decay: float = 5e-4
     distill_lr: float = 0.05
     distill_loss: Literal["kd", "mse"] = "kd"
-    distill_temperature: float = 2.0
+    distill_temperature: float = DISTILL_TEMPERATURE
     schedule: Schedule = "em"
     shrink: bool = True
     em_window: int = 20

@@ -83,6 +83,11 @@ def mutual_distillation_loss(
     return total
 
 
+#: Default softmax temperature of ProFL's basic-layer fit (``ProFLConfig.distill_temperature``,
+#: and the ``shrink:t`` memory cases).
+DISTILL_TEMPERATURE = 2.0
+
+
 def soft_target_loss(student: Tensor, teacher: Tensor, *, temperature: float) -> Tensor:
     """Knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
 
