@@ -630,6 +630,23 @@ def build_step(
     return prepare_step(case, model, seed=seed)
 
 
+def build_fake_step(case: TrainingCase) -> PreparedStep:
+    """The step of ``case`` on fake CPU tensors; call it inside an active ``FakeTensorMode``.
+
+    The model is constructed on the ``meta`` device (no weights, no initialisation maths), then
+    its parameters and buffers are replaced by empty fake tensors on the CPU (see
+    :func:`profl_core.memory.predict.materialize`). Nothing is allocated.
+    """
+    from profl_core.memory.predict import materialize
+
+    cpu = torch.device("cpu")
+    with unset_fake_temporarily(), torch.device("meta"):
+        model = construct_model(case)
+    with cpu:
+        materialize(model, cpu)
+        return prepare_step(case, model)
+
+
 def case_from_text(
     model: str | ModelSpec, text: str, *, batch_size: int, **options: Any
 ) -> TrainingCase:

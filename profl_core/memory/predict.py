@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from profl_core.memory.case import TrainingCase, construct_model, prepare_step
+from profl_core.memory.case import TrainingCase, build_fake_step
 from profl_core.memory.dispatch import StorageTracker
 from profl_core.memory.report import MemoryReport
 
@@ -89,12 +89,8 @@ def materialize(module: nn.Module, device: torch.device) -> None:
 
 def measure(case: TrainingCase) -> MemoryReport:
     """Predict the second training step of ``case`` on the CPU without allocating."""
-    cpu = torch.device("cpu")
-    with torch.device("meta"):
-        model = construct_model(case)
-    with FakeTensorMode(), cpu:
-        materialize(model, cpu)
-        prepared = prepare_step(case, model)
+    with FakeTensorMode(), torch.device("cpu"):
+        prepared = build_fake_step(case)
         prepared.run()  # warm-up
         tracker = FakeStorageTracker()
         tracker.track_step(prepared)
