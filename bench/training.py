@@ -34,16 +34,15 @@ from profl_core.fl import (
     RunConfig,
     run_federated,
 )
-from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import Method
-from profl_core.memory import TrainingCase, all_cases
-from profl_core.memory.table import required_bytes_table
+from profl_core.memory import TrainingCase
+from profl_core.memory.table import method_table, required_bytes_table
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
-from profl_core.methods.profl import ProFL, ProFLConfig, model_weights, plan
+from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import ModelSpec, build_model, check_model_name, native_spec
 from profl_core.results import Record, ResultFile, atomic_write_text, new_result, write_result
 
@@ -192,28 +191,36 @@ def model_spec(config: TrainingConfig, train: ArrayDataset) -> ModelSpec:
                        input_size=h, width=config.width)
 
 
-def memory_table(
-    spec: ModelSpec, config: TrainingConfig, method: Method | None = None
-) -> dict[str, int]:
-    """Required bytes of every sub-model (predict probe), keyed by the method's sub-model names.
+def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dict[str, int]:
+    """Required bytes of every sub-model ``method`` hands out (its memory plan), measured by
+    the predict probe on the client steps its clients run.
 
-    ProFL's names are ``full``/``grow:t``/``shrink:t``; a baseline lists its own cases
-    (``memory_cases``: width levels, depths), always including ``full``.
+    ``method`` must be a fresh instance (its ``init_state`` is called); the table is computed
+    once per process for each method, settings, model and batch size (suite workers share it).
     """
-    frozen_bn_eval = config.frozen_bn == "eval"
-    cases_of = getattr(method, "memory_cases", None)
-    if cases_of is not None:
-        named = cases_of(spec, batch_size=config.batch_size, frozen_bn_eval=frozen_bn_eval)
-    else:
-        named = {c.label: c for c in all_cases(spec, batch_size=config.batch_size,
-                                                frozen_bn_eval=frozen_bn_eval)}
-    return {name: _predicted_bytes(case) for name, case in named.items()}
+    frozen_bn = config.frozen_bn
+    key = (method.name, method.config, spec, config.batch_size, frozen_bn)  # type: ignore[attr-defined]
+    if key not in _TABLES:
+        reports = method_table(method, spec, batch_size=config.batch_size, frozen_bn=frozen_bn)
+        _TABLES[key] = {name: r.required_bytes for name, r in reports.items()}
+    return dict(_TABLES[key])
+
+
+_TABLES: dict[tuple[Any, ...], dict[str, int]] = {}
+
+
+def reference_bytes(spec: ModelSpec, config: TrainingConfig) -> int:
+    """``required_bytes`` of the full model's FedAvg client step: what relative fleets scale
+    to, the same for every method of a comparison."""
+    case = TrainingCase(model=spec, kind="full", batch_size=config.batch_size,
+                        frozen_bn_eval=config.frozen_bn == "eval")
+    return _predicted_bytes(case)
 
 
 @functools.lru_cache(maxsize=512)
 def _predicted_bytes(case: TrainingCase) -> int:
     """``required_bytes`` of one case by the predict probe (deterministic, so the runs of one
-    process share it: a suite worker measures each case once, not once per run)."""
+    process share it)."""
     return required_bytes_table([case], probe="predict")[case.key]
 
 
@@ -493,19 +500,18 @@ def run_training(
     spec = model_spec(config, train)
     fed = federated_data(config, train, test)
     method = make_method(config, fed)
-    table = memory_table(spec, config, method)
-    fleet = make_fleet(config, table["full"])
-    if isinstance(method, ProFL):  # fail before training when a step fits no device
-        num_blocks = build_model(spec).num_blocks
-        for name in {p.submodel for p in plan(num_blocks, shrink=method.config.shrink)}:
-            require_trainable(fleet, table[name], name)
+    table = memory_table(spec, config, make_method(config, fed))
+    full_bytes = reference_bytes(spec, config)
+    fleet = make_fleet(config, full_bytes)
+    model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
+    method.init_state(model, np.random.default_rng(config.seed))
+    method.check_fleet(fleet, table)  # fail before training when the method fits no device
     run_config = RunConfig(
         rounds=config.rounds, seed=config.seed, eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every, frozen_bn=config.frozen_bn,  # type: ignore[arg-type]
         feature_cache=config.feature_cache, device=config.device,
         loss_blowup=config.loss_blowup,
     )
-    model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
     out.mkdir(parents=True, exist_ok=True)
     if log is not None:
         for name, required in table.items():
@@ -522,7 +528,7 @@ def run_training(
     except DivergedError as err:  # checkpoint.pt holds the last finite round
         diverged = err
     else:
-        weights = model_weights(state) if isinstance(method, ProFL) else state.weights
+        weights = method.model_weights(state)
         torch.save(dict(weights), out / "model.pt")
     wall = time.perf_counter() - start
     rounds = read_rounds(out / "rounds.jsonl")
@@ -539,7 +545,7 @@ def run_training(
                              "what": diverged.what, "message": str(diverged)}
     result = new_result(
         suite or f"train-{config.method}",
-        summary_records(rounds, key, full_bytes=table["full"], target_accuracy=target_accuracy,
+        summary_records(rounds, key, full_bytes=full_bytes, target_accuracy=target_accuracy,
                         completed=diverged is None),
         repo=REPO, extra=extra,
     )

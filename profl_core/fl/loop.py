@@ -376,9 +376,6 @@ def run_federated(
         start = int(payload["round"]) + 1
     if resume and isinstance(sink, JsonlSink):
         sink.truncate(start - 1)
-    budgets = np.array([d.budget_bytes for d in fleet.devices], dtype=np.int64)
-    # Methods with several sub-model sizes say which share of the fleet can take part.
-    share = getattr(method, "eligible_share", None)
     guard = _BlowupGuard(config.loss_blowup, payload.get("loop", {}) if start > 1 else {})
     runner.start(method, data, config.local())
     try:
@@ -426,14 +423,12 @@ def run_federated(
                 stop_after(previous)
                 raise DivergedError(round=rnd, stage=stage, step=step, submodel=submodel,
                                     what=what)
-            required = max((t.required_bytes for t in tasks), default=0)
             needs = {t.client_id: t.required_bytes for t in tasks}
             record = RoundRecord(
                 round=rnd, stage=stage, step=step, submodel=submodel,
                 accuracy=accuracy, loss=loss, train_loss=train_loss,
                 participants=tuple(u.client_id for u in updates),
-                eligible_share=share(fleet, memory_table) if share is not None else (
-                    float((budgets >= required).mean()) if budgets.size else 0.0),
+                eligible_share=method.eligible_share(previous, fleet, memory_table),
                 required_bytes=tuple(needs[u.client_id] for u in updates),
                 wall_s=time.perf_counter() - t0,
                 metrics=metrics,
@@ -486,7 +481,7 @@ def _train_round(
     Returns:
         The tasks of the kept attempt, its updates (task order) and the drops of every attempt.
     """
-    enforce = getattr(method, "memory_limits", True)
+    enforce = method.enforces_memory
     dropped: list[tuple[int, str]] = []
     attempts = config.round_retries + 1
     for attempt in range(1, attempts + 1):

@@ -50,6 +50,10 @@ class ClientTask:
         budget_bytes: The client device's training budget, filled in by the round loop from
             the fleet; the client refuses the task when ``required_bytes`` exceeds it. None:
             no check (methods that ignore memory on purpose, e.g. FedAvg's AllLarge).
+        optimizer: ``"sgd"`` (``momentum``, ``weight_decay``) or ``"adam"`` (``lr`` only).
+        foreach: PyTorch's multi-tensor optimizer kernels: None picks the device's default
+            (foreach on CUDA, a per-parameter loop on the CPU); True/False forces it. The
+            foreach kernels hold temporaries for every parameter at once (more memory).
     """
 
     client_id: int
@@ -65,6 +69,8 @@ class ClientTask:
     temperature: float = 1.0
     bn_update: frozenset[str] = frozenset()
     budget_bytes: int | None = None
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    foreach: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,9 +226,37 @@ class RoundRecord:
 
 
 class Method(Protocol):
-    """An FL algorithm: Flower's configure/aggregate split with explicit server state."""
+    """An FL algorithm: Flower's configure/aggregate split with explicit server state.
+
+    The memory contract: :meth:`memory_plan` declares every sub-model the method hands out as
+    a template :class:`ClientTask`; the memory table measures exactly those tasks' client steps
+    (``method.submodel`` + :class:`~profl_core.fl.local.LocalStep`, the code that trains
+    them), and ``configure_round`` selects clients with those numbers.
+    """
 
     name: str
+    #: False when clients train whatever their budget says (FedAvg's AllLarge): the round loop
+    #: then gives tasks no ``budget_bytes`` and nobody refuses.
+    enforces_memory: bool
+
+    def memory_plan(self, state: ServerState) -> Mapping[str, ClientTask]:
+        """Sub-model name -> the task a client gets for it (``client_id`` 0, ``required_bytes``
+        0): every sub-model this method can hand out, with its loss, frozen set and optimizer
+        settings. The memory table is measured from these tasks."""
+        ...
+
+    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
+        """Raise a one-line ConfigError when the method cannot run on ``fleet`` (e.g. a ProFL
+        step that fits no device), before any training."""
+        ...
+
+    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
+        """Share of the fleet that may take part in the next round."""
+        ...
+
+    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
+        """The trained model's own weights, keyed like the model's state dict."""
+        ...
 
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """The initial server state for ``model`` (a BlockedModel)."""

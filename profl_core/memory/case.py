@@ -1,51 +1,41 @@
-"""One training configuration to measure (DESIGN §3 TrainingCase) and how one step of it runs.
+"""One training configuration to measure (DESIGN §3 TrainingCase): a client step of a method.
 
 A :class:`TrainingCase` names a model spec, a *kind* of sub-model and its step, a batch size,
-the optimizer and the dtype. :func:`build_step` turns it into a :class:`PreparedStep` whose
-:meth:`PreparedStep.run` executes exactly one training step. Memory is always measured on the
-*second* step, after a warm-up step has created the optimizer state.
+the optimizer and the dtype. A case is not a step built for measuring: it is the step a client
+of the kind's method runs. :func:`method_step` asks the method for its declared memory plan
+(:meth:`~profl_core.fl.types.Method.memory_plan`, one template
+:class:`~profl_core.fl.types.ClientTask` per sub-model it hands out), builds that sub-model with
+the method's own ``submodel()`` and wraps it in the :class:`~profl_core.fl.local.LocalStep`
+that :func:`~profl_core.fl.local.train_client` runs for every batch: the same modules (copies
+included), the same frozen set, the same optimizer and the same order of work. Memory is always
+measured on the *second* step, after a warm-up step has created the optimizer state.
 
-Semantics of one training step, by kind (T = number of blocks, steps are 1-based):
+Kinds and the method whose clients run them (T = number of blocks, steps are 1-based):
 
 ``full``
-    Every block and the head are trainable. Forward, cross-entropy, backward,
-    ``optimizer.step()``, ``optimizer.zero_grad(set_to_none=True)``.
+    FedAvg's client: every block and the head trainable, cross-entropy. Width-scaled models
+    are ``full`` cases of a spec with ``ModelSpec.width < 1`` (HeteroFL, FedRolex and AllSmall
+    measure their own sub-models through the same path, see ``bench.training.memory_table``).
+``grow:t`` (t = 1..T)
+    ProFL's step t: blocks 1..t-1 frozen and run under ``no_grad`` (in eval mode when
+    ``frozen_bn_eval``), block t and the output module ``om<t>`` (its basic layers and head;
+    the real head for t == T) trainable, cross-entropy.
+``shrink:t`` (t = T..2)
+    The basic-layer fit of ProFL's shrinking step t: the frozen prefix, the teacher (block t
+    and ``om<t>``, frozen, ``no_grad``) and the student ``om<t-1>`` (a fresh ``basic<t>``, the
+    only trainable module, followed by a frozen *copy* of ``om<t>``: the client holds both),
+    soft-target distillation at ProFL's default temperature. The other half of shrinking step
+    t, training block t, is ``grow:t``.
+``depth:k``
+    DepthFL's depth-k client: blocks 1..k each with its exit, mutual self-distillation.
+``trunc:k``
+    InclusiveFL's depth-k client: blocks 1..k and the exit after block k, cross-entropy.
 
-``grow:t`` (t = 1..T, ProFL's growing step t)
-    Blocks 1..t-1 are frozen (``requires_grad=False``; in eval mode when
-    ``frozen_bn_eval``) and run under ``torch.no_grad()``, so they keep no activations and get
-    no gradients. Block t and ``model.output_module(t)`` are trainable (for t == T the output
-    module is the model's head). Cross-entropy loss. Blocks t+1..T do not exist on the client
-    and are not built into the step.
-
-``shrink:t`` (t = T..2, the distillation half of ProFL's shrinking step t)
-    Blocks 1..t-1 are the frozen shared prefix, run under ``no_grad``. The teacher is the real
-    block t followed by the output module of step t, frozen and run under ``no_grad``; it gives
-    the teacher logits. The student is the basic layer ``basic<t>`` (taken from
-    ``model.output_module(t-1)``) followed by the *same* frozen output module of step t (ProFL's
-    output module of step t-1 is ``basic<t>`` plus the output module of step t, so the two
-    share weights). Loss = soft-target distillation at temperature ``DISTILL_TEMPERATURE``
-    (ProFL's default, :func:`~profl_core.models.exits.soft_target_loss`); only ``basic<t>`` is
-    trainable.
-    The other half of shrinking step t, training the real block t with the prefix frozen, has
-    exactly the shape of ``grow:t`` and is measured as ``grow:t``.
-
-The optimizer is SGD with momentum 0.9 and weight decay 5e-4 (the ProFL authors' setting, one
-momentum buffer per trainable parameter) or Adam (two moments and a step count). Inputs are
-synthetic random tensors of the case's shape: memory does not depend on their values.
-
-``depth:k`` (k = 1..T, DepthFL's depth-k sub-model)
-    Blocks 1..k, each followed by its exit (:mod:`profl_core.models.exits`: ProFL's output
-    module of step i for i < T, the head for i == T), everything trainable; the loss is
-    DepthFL's mutual self-distillation (:func:`~profl_core.models.exits.mutual_distillation_loss`,
-    weight 1). Segments are ``block1, exit1, block2, ...``; the deepest exit is ``output``.
-
-``trunc:k`` (k = 1..T, InclusiveFL's depth-k sub-model as DepthFL's authors re-implemented it)
-    Blocks 1..k and only the exit after block k, everything trainable, cross-entropy.
-    ``trunc:T`` trains the same modules as ``full``.
-
-Width-scaled sub-models (HeteroFL, FedRolex, AllSmall) are ``full`` cases of a spec with
-``ModelSpec.width < 1``. Further families plug in through :data:`KINDS`.
+Blocks (the names the probes attribute memory to) are the sub-model's module names, as in the
+server's state dict: ``block2``, ``om2.basic3``, ``om2.head``, ``exit1``, ``head``. Inputs are
+synthetic random tensors of the case's shape: memory does not depend on their values. The
+feature cache of :func:`~profl_core.fl.local.train_client` is not part of a case: it is only
+used when the measured step plus the cache fit the device.
 """
 
 from __future__ import annotations
@@ -54,23 +44,23 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.fl.local import LocalConfig, LocalStep
+from profl_core.fl.observer import LOSS_SEGMENT, OPTIMIZER_SEGMENT, SegmentObserver, StepObserver
+from profl_core.fl.types import Method
+from profl_core.methods.depthfl import DepthFL, DepthFLConfig
+from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.inclusivefl import InclusiveFL
+from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import BlockedModel, ModelSpec, build_model, check_model_name, native_spec
-from profl_core.models.exits import (
-    DISTILL_TEMPERATURE,
-    build_exit,
-    exit_name,
-    mutual_distillation_loss,
-    soft_target_loss,
-)
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 DTYPES: dict[str, torch.dtype] = {
@@ -79,8 +69,25 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.01, 0.9, 5e-4
-ADAM_LR = 1e-3
+
+__all__ = [
+    "KINDS",
+    "LOSS_SEGMENT",
+    "OPTIMIZER_SEGMENT",
+    "Kind",
+    "PreparedStep",
+    "SegmentObserver",
+    "StepObserver",
+    "TrainingCase",
+    "all_cases",
+    "build_fake_step",
+    "build_step",
+    "case_from_text",
+    "method_step",
+    "num_blocks",
+    "parse_case",
+    "prepare_step",
+]
 
 
 @functools.lru_cache(maxsize=64)
@@ -90,140 +97,36 @@ def num_blocks(spec: ModelSpec) -> int:
         return build_model(spec).num_blocks
 
 
-class StepObserver:
-    """Callbacks a :class:`PreparedStep` makes while it runs; the base class does nothing.
-
-    Probes subclass it to learn block boundaries. ``after_block`` gets the block's output so an
-    observer can hook the start of that block's backward (only when the output requires grad).
-    """
-
-    def before_block(self, name: str) -> None:
-        """A block's forward is about to run."""
-
-    def after_block(self, name: str, output: Tensor) -> None:
-        """A block's forward returned ``output``."""
-
-    def before_loss(self) -> None:
-        """The loss is about to be computed from the logits."""
-
-    def before_backward(self) -> None:
-        """``loss.backward()`` is about to run."""
-
-    def before_optimizer(self) -> None:
-        """``optimizer.step()`` is about to run (backward is done)."""
-
-    def before_zero_grad(self) -> None:
-        """``optimizer.zero_grad(set_to_none=True)`` is about to run."""
-
-    def after_step(self) -> None:
-        """The step is over."""
-
-
-LOSS_SEGMENT, OPTIMIZER_SEGMENT = "loss", "optimizer"
-
-
-class SegmentObserver(StepObserver):
-    """Turns step callbacks into ``(block, phase)`` segments and named checkpoints.
-
-    Forward segments start at ``before_block``; ops between the last block and backward belong
-    to ``("loss", "forward")``. Backward starts in ``("loss", "backward")``; a block's backward
-    segment starts when the gradient of its output is ready, through a tensor hook registered
-    only on outputs that require grad (so blocks run under ``no_grad`` have no backward
-    segment and no hook ever touches a ``requires_grad=False`` tensor). ``optimizer.step()``
-    and ``zero_grad`` form ``("optimizer", "optimizer")``. Checkpoints are ``after_forward``,
-    ``after_backward``, ``after_optimizer`` and ``after_step``.
-    """
-
-    def enter_segment(self, block: str, phase: str) -> None:
-        """What follows belongs to ``(block, phase)``."""
-
-    def checkpoint(self, name: str) -> None:
-        """A named point of the step was reached."""
-
-    def before_block(self, name: str) -> None:
-        """Enter the block's forward segment."""
-        self.enter_segment(name, "forward")
-
-    def after_block(self, name: str, output: Tensor) -> None:
-        """Hook the start of the block's backward when its output is in the graph."""
-        if output.requires_grad and output.grad_fn is not None:
-
-            def started(grad: Tensor) -> None:
-                self.enter_segment(name, "backward")
-
-            output.register_hook(started)
-
-    def before_loss(self) -> None:
-        """Enter the loss's forward segment."""
-        self.enter_segment(LOSS_SEGMENT, "forward")
-
-    def before_backward(self) -> None:
-        """Checkpoint ``after_forward``; enter the loss's backward segment."""
-        self.checkpoint("after_forward")
-        self.enter_segment(LOSS_SEGMENT, "backward")
-
-    def before_optimizer(self) -> None:
-        """Checkpoint ``after_backward``; enter the optimizer segment."""
-        self.checkpoint("after_backward")
-        self.enter_segment(OPTIMIZER_SEGMENT, "optimizer")
-
-    def before_zero_grad(self) -> None:
-        """Checkpoint ``after_optimizer``."""
-        self.checkpoint("after_optimizer")
-
-    def after_step(self) -> None:
-        """Checkpoint ``after_step``."""
-        self.checkpoint("after_step")
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One module the step runs, under the name the probes attribute its memory to.
-
-    Attributes:
-        name: ``block<i>``, ``output``, ``teacher_output`` or ``basic<t>``.
-        module: the module (two segments may share one, e.g. shrink's output module).
-        trainable: whether its parameters are trained in this step.
-        grad: whether it runs with autograd enabled (False: under ``torch.no_grad()``).
-    """
-
-    name: str
-    module: nn.Module
-    trainable: bool
-    grad: bool
-
-
 @dataclass(eq=False, kw_only=True)
 class PreparedStep:
-    """Everything one training step needs, built by :func:`build_step`.
+    """A client's local step with its batch, ready to run: what every probe measures.
 
     Attributes:
-        case: the case this step trains.
-        segments: the modules in forward order with their attribution names.
-        optimizer: over the trainable parameters only.
+        key: what is measured (:attr:`TrainingCase.key`, or ``<method>/<sub-model>/...`` for
+            a method's own sub-model).
+        step: the client's :class:`~profl_core.fl.local.LocalStep`.
         inputs: the input batch.
-        labels: class labels (cross-entropy kinds) or ``None``.
-        forward: runs the forward pass with an observer and returns the loss.
+        labels: class labels (cross-entropy tasks) or ``None`` (distillation).
     """
 
-    case: TrainingCase
-    segments: tuple[Segment, ...]
-    optimizer: torch.optim.Optimizer
+    key: str
+    step: LocalStep
     inputs: Tensor
     labels: Tensor | None
-    forward: Callable[[PreparedStep, StepObserver], Tensor] = field(repr=False)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The client's optimizer (trainable parameters only)."""
+        return self.step.optimizer
 
     @property
     def block_names(self) -> tuple[str, ...]:
-        """Attribution names in forward order (``block1`` .. , ``output``)."""
-        return tuple(s.name for s in self.segments)
+        """The sub-model's module names (what probes attribute memory to)."""
+        return tuple(self.step.sub.modules)
 
     def modules(self) -> list[nn.Module]:
-        """The distinct modules of the step, in forward order."""
-        seen: dict[int, nn.Module] = {}
-        for segment in self.segments:
-            seen.setdefault(id(segment.module), segment.module)
-        return list(seen.values())
+        """The modules the client holds."""
+        return list(self.step.sub.modules.values())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates."""
@@ -234,34 +137,50 @@ class PreparedStep:
         return [p for m in self.modules() for p in m.parameters() if not p.requires_grad]
 
     def run(self, observer: StepObserver | None = None) -> None:
-        """Execute one training step: forward, loss, backward, optimizer step, zero_grad."""
-        obs = observer if observer is not None else StepObserver()
-        loss = self.forward(self, obs)
-        obs.before_backward()
-        loss.backward()
-        obs.before_optimizer()
-        self.optimizer.step()
-        obs.before_zero_grad()
-        self.optimizer.zero_grad(set_to_none=True)
-        obs.after_step()
+        """One client step on the batch: forward, loss, backward, optimizer step, zero_grad."""
+        self.step.run(self.inputs, self.labels, observer=observer)
+
+
+def _fedavg(case: TrainingCase) -> Method:
+    return FedAvg(FedAvgConfig(rounds=1, batch_size=case.batch_size))
+
+
+def _profl(case: TrainingCase) -> Method:
+    return ProFL(ProFLConfig(rounds=1, batch_size=case.batch_size))
+
+
+def _depthfl(case: TrainingCase) -> Method:
+    return DepthFL(DepthFLConfig(rounds=1, batch_size=case.batch_size))
+
+
+def _inclusivefl(case: TrainingCase) -> Method:
+    return InclusiveFL(DepthFLConfig(rounds=1, batch_size=case.batch_size))
 
 
 @dataclass(frozen=True)
 class Kind:
-    """A family of sub-models: how its steps are numbered and how a step is built.
+    """A family of sub-models: how its steps are numbered and whose clients train them.
 
     Attributes:
         name: the case text prefix (``full``, ``grow``, ``shrink``).
         steps: the valid steps for a model with T blocks (empty: the kind takes no step).
-        prepare: builds the step's segments and forward function from a built model.
+        method: the method (default settings, the case's batch size) whose memory plan holds
+            the kind's sub-models under the case's label.
     """
 
     name: str
     steps: Callable[[int], range]
-    prepare: Callable[[BlockedModel, TrainingCase], tuple[tuple[Segment, ...], ForwardFn]]
+    method: Callable[[TrainingCase], Method]
 
 
-ForwardFn = Callable[[PreparedStep, StepObserver], Tensor]
+KINDS: dict[str, Kind] = {
+    "full": Kind(name="full", steps=lambda blocks: range(0), method=_fedavg),
+    "grow": Kind(name="grow", steps=lambda blocks: range(1, blocks + 1), method=_profl),
+    "shrink": Kind(name="shrink", steps=lambda blocks: range(2, blocks + 1), method=_profl),
+    "depth": Kind(name="depth", steps=lambda blocks: range(1, blocks + 1), method=_depthfl),
+    "trunc": Kind(name="trunc", steps=lambda blocks: range(1, blocks + 1),
+                  method=_inclusivefl),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,6 +195,9 @@ class TrainingCase:
         optimizer: ``sgd`` (momentum 0.9, weight decay 5e-4) or ``adam``.
         dtype: parameter and input dtype name (``float32``, ``bfloat16``, ...).
         frozen_bn_eval: put frozen blocks in eval mode (batch-norm statistics stay fixed).
+        foreach: the optimizer's multi-tensor kernels (:attr:`ClientTask.foreach`): None is
+            the device's default (foreach on CUDA, a per-parameter loop on the CPU); True
+            models a CUDA step's optimizer with ``predict``.
     """
 
     model: ModelSpec
@@ -285,6 +207,7 @@ class TrainingCase:
     optimizer: str = "sgd"
     dtype: str = "float32"
     frozen_bn_eval: bool = True
+    foreach: bool | None = None
 
     def __post_init__(self) -> None:
         check_model_name(self.model.name)
@@ -297,6 +220,8 @@ class TrainingCase:
             raise ConfigError(f"case optimizer={self.optimizer!r}; use one of {OPTIMIZERS}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"case dtype={self.dtype!r}; use one of {', '.join(DTYPES)}")
+        if self.foreach not in (None, True, False):
+            raise ConfigError(f"case foreach={self.foreach!r}; use true, false or leave it out")
 
     @property
     def label(self) -> str:
@@ -324,6 +249,8 @@ class TrainingCase:
             parts.append(self.dtype)
         if not self.frozen_bn_eval:
             parts.append("bn-train")
+        if self.foreach is not None:
+            parts.append("foreach" if self.foreach else "for-loop")
         return "/".join(parts)
 
     def params(self) -> dict[str, Any]:
@@ -402,147 +329,6 @@ def all_cases(spec: ModelSpec, *, batch_size: int, **options: Any) -> list[Train
 # --- building steps ---------------------------------------------------------------------------
 
 
-def _freeze(module: nn.Module, *, eval_mode: bool) -> nn.Module:
-    module.requires_grad_(False)
-    module.train(not eval_mode)
-    return module
-
-
-def _run_segments(
-    segments: tuple[Segment, ...], h: Tensor, obs: StepObserver
-) -> Tensor:
-    for segment in segments:
-        obs.before_block(segment.name)
-        with torch.set_grad_enabled(segment.grad):
-            h = segment.module(h)
-        obs.after_block(segment.name, h)
-    return h
-
-
-def _cross_entropy_forward(prepared: PreparedStep, obs: StepObserver) -> Tensor:
-    logits = _run_segments(prepared.segments, prepared.inputs, obs)
-    obs.before_loss()
-    assert prepared.labels is not None
-    return F.cross_entropy(logits, prepared.labels)
-
-
-def _prepare_full(
-    model: BlockedModel, case: TrainingCase
-) -> tuple[tuple[Segment, ...], ForwardFn]:
-    segments = [Segment(n, model.block(i), True, True) for i, n in enumerate(model.block_names())]
-    segments.append(Segment("output", model.head, True, True))
-    return tuple(segments), _cross_entropy_forward
-
-
-def _prefix(model: BlockedModel, case: TrainingCase, stop: int) -> list[Segment]:
-    names = model.block_names()
-    return [
-        Segment(names[i], _freeze(model.block(i), eval_mode=case.frozen_bn_eval), False, False)
-        for i in range(stop)
-    ]
-
-
-def _prepare_grow(
-    model: BlockedModel, case: TrainingCase
-) -> tuple[tuple[Segment, ...], ForwardFn]:
-    t = case.step
-    assert t is not None
-    segments = _prefix(model, case, t - 1)
-    segments.append(Segment(model.block_names()[t - 1], model.block(t - 1), True, True))
-    output = model.head if t == model.num_blocks else model.output_module(t)
-    segments.append(Segment("output", output, True, True))
-    return tuple(segments), _cross_entropy_forward
-
-
-def _prepare_shrink(
-    model: BlockedModel, case: TrainingCase
-) -> tuple[tuple[Segment, ...], ForwardFn]:
-    t = case.step
-    assert t is not None
-    frozen = case.frozen_bn_eval
-    segments = _prefix(model, case, t - 1)
-    teacher_block = _freeze(model.block(t - 1), eval_mode=frozen)
-    teacher_output = _freeze(
-        model.head if t == model.num_blocks else model.output_module(t), eval_mode=frozen
-    )
-    student_layers = model.output_module(t - 1)
-    basic = getattr(student_layers, f"basic{t}")
-    segments += [
-        Segment(model.block_names()[t - 1], teacher_block, False, False),
-        Segment("teacher_output", teacher_output, False, False),
-        Segment(f"basic{t}", basic, True, True),
-        Segment("output", teacher_output, False, True),
-    ]
-    return tuple(segments), _distill_forward
-
-
-def _distill_forward(prepared: PreparedStep, obs: StepObserver) -> Tensor:
-    segs = prepared.segments
-    prefix, teacher, student = segs[:-4], segs[-4:-2], segs[-2:]
-    shared = _run_segments(prefix, prepared.inputs, obs)
-    teacher_logits = _run_segments(teacher, shared, obs)
-    student_logits = _run_segments(student, shared, obs)
-    obs.before_loss()
-    return soft_target_loss(student_logits, teacher_logits, temperature=DISTILL_TEMPERATURE)
-
-
-def _prepare_depth(
-    model: BlockedModel, case: TrainingCase
-) -> tuple[tuple[Segment, ...], ForwardFn]:
-    k = case.step
-    assert k is not None
-    segments: list[Segment] = []
-    for i in range(1, k + 1):
-        segments.append(Segment(model.block_names()[i - 1], model.block(i - 1), True, True))
-        name = "output" if i == k else exit_name(i, model.num_blocks)
-        segments.append(Segment(name, build_exit(model, i), True, True))
-    return tuple(segments), _multi_exit_forward
-
-
-def _multi_exit_forward(prepared: PreparedStep, obs: StepObserver) -> Tensor:
-    """Blocks and exits interleaved (block1, exit1, block2, ...); DepthFL's loss with w = 1."""
-    h = prepared.inputs
-    logits = []
-    for block, head in zip(prepared.segments[::2], prepared.segments[1::2], strict=True):
-        h = _run_segments((block,), h, obs)
-        logits.append(_run_segments((head,), h, obs))
-    obs.before_loss()
-    assert prepared.labels is not None
-    return mutual_distillation_loss(logits, prepared.labels, kd_weight=1.0)
-
-
-def _prepare_trunc(
-    model: BlockedModel, case: TrainingCase
-) -> tuple[tuple[Segment, ...], ForwardFn]:
-    k = case.step
-    assert k is not None
-    names = model.block_names()
-    segments = [Segment(names[i], model.block(i), True, True) for i in range(k)]
-    segments.append(Segment("output", build_exit(model, k), True, True))
-    return tuple(segments), _cross_entropy_forward
-
-
-KINDS: dict[str, Kind] = {
-    "full": Kind(name="full", steps=lambda blocks: range(0), prepare=_prepare_full),
-    "grow": Kind(name="grow", steps=lambda blocks: range(1, blocks + 1), prepare=_prepare_grow),
-    "shrink": Kind(
-        name="shrink", steps=lambda blocks: range(2, blocks + 1), prepare=_prepare_shrink
-    ),
-    "depth": Kind(name="depth", steps=lambda blocks: range(1, blocks + 1),
-                  prepare=_prepare_depth),
-    "trunc": Kind(name="trunc", steps=lambda blocks: range(1, blocks + 1),
-                  prepare=_prepare_trunc),
-}
-
-
-def _make_optimizer(case: TrainingCase, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if case.optimizer == "adam":
-        return torch.optim.Adam(params, lr=ADAM_LR)
-    return torch.optim.SGD(
-        params, lr=SGD_LR, momentum=SGD_MOMENTUM, weight_decay=SGD_WEIGHT_DECAY
-    )
-
-
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Run module construction on a private copy of the CPU RNG seeded with ``seed``."""
@@ -551,59 +337,136 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def prepare_step(case: TrainingCase, model: BlockedModel, *, seed: int = 0) -> PreparedStep:
-    """Turn an already built model into the step of ``case``.
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build new modules in ``dtype`` (``Module.to`` fails on fake parameters)."""
+    previous = torch.get_default_dtype()
+    try:
+        if dtype != previous:
+            torch.set_default_dtype(dtype)
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
-    Parameters are frozen or left trainable as the case says; blocks the case does not use are
-    not referenced by the step. New modules (output modules) and the synthetic batch are drawn
-    from ``seed`` only; the global RNG is not touched.
+
+@contextmanager
+def _meta_if(fake: bool) -> Iterator[None]:
+    """Outside any fake mode on the meta device when ``fake``; else nothing changes."""
+    if not fake:
+        yield
+        return
+    with unset_fake_temporarily(), torch.device("meta"):
+        yield
+
+
+def materialize(module: nn.Module, device: torch.device) -> None:
+    """Replace every parameter and buffer by an empty tensor of the same shape on ``device``.
+
+    Under an active ``FakeTensorMode`` the new tensors are fake (``Module.to``/``to_empty``
+    fail on fake tensors). Tied parameters stay tied.
+    """
+    memo: dict[int, Tensor] = {}
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in memo:
+                empty = torch.empty(param.shape, dtype=param.dtype, device=device)
+                memo[id(param)] = nn.Parameter(empty, requires_grad=param.requires_grad)
+            sub._parameters[name] = memo[id(param)]
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is None:
+                continue
+            if id(buffer) not in memo:
+                memo[id(buffer)] = torch.empty(buffer.shape, dtype=buffer.dtype, device=device)
+            sub._buffers[name] = memo[id(buffer)]
+
+
+def method_step(
+    method: Method,
+    model: BlockedModel,
+    submodel: str,
+    *,
+    batch_size: int,
+    key: str,
+    seed: int = 0,
+    frozen_bn: str = "eval",
+    device: torch.device | str = "cpu",
+    optimizer: str = "sgd",
+    foreach: bool | None = None,
+    fake: bool = False,
+) -> PreparedStep:
+    """The step a client of ``method`` runs for ``submodel``, with a synthetic batch.
+
+    ``method.init_state(model)`` gives the server state, ``method.memory_plan(state)`` the
+    template task of ``submodel`` (its batch size, optimizer and foreach set from the
+    arguments), ``method.submodel(state, task)`` the client's modules, and
+    :meth:`LocalStep.build` moves them to ``device``, freezes them and builds the optimizer,
+    exactly as in training. New modules and the batch are drawn from ``seed`` only; the global
+    RNG is not touched.
 
     Args:
-        case: what to train.
-        model: a model built for ``case.model`` (tests may pass a modified one).
-        seed: seeds new output modules and the batch.
+        method: a fresh method instance (``init_state`` is called on it).
+        model: the global model (on the CPU, or the meta device with ``build``).
+        submodel: a key of the method's memory plan.
+        batch_size: samples per step.
+        key: the name the probes report.
+        seed: seeds the method's new modules and the batch.
+        frozen_bn: the engine's ``frozen_bn`` setting (``"eval"`` or ``"train"``).
+        device: where the client trains.
+        optimizer: ``sgd`` or ``adam``.
+        foreach: see :attr:`ClientTask.foreach`.
+        fake: ``model`` is on the meta device and a ``FakeTensorMode`` is active: the method's
+            state and sub-model are built on the meta device, then the sub-model becomes
+            empty fake CPU tensors (the ``predict`` probe; nothing is allocated).
     """
-    with _seeded(seed):
-        segments, forward = KINDS[case.kind].prepare(model, case)
-    trainable: dict[int, nn.Module] = {}
-    for segment in segments:
-        if segment.trainable:
-            segment.module.requires_grad_(True)
-            segment.module.train(True)
-            trainable.setdefault(id(segment.module), segment.module)
-    params = [p for m in trainable.values() for p in m.parameters()]
-    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    with _seeded(seed), _default_dtype(dtype), _meta_if(fake):
+        state = method.init_state(model, np.random.default_rng(seed))
+        plan = method.memory_plan(state)
+        if submodel not in plan:
+            raise ConfigError(f"{method.name} hands out no sub-model {submodel!r}; "
+                              f"its memory plan has {', '.join(plan)}")
+        task = replace(plan[submodel], batch_size=batch_size, optimizer=optimizer,  # type: ignore[arg-type]
+                       foreach=foreach)
+        sub = method.submodel(state, task)
+    target = torch.device(device)
+    if fake:
+        for module in sub.modules.values():
+            materialize(module, target)
+    step = LocalStep.build(sub, task, LocalConfig(frozen_bn=frozen_bn, device=str(target)))  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(seed + 1)
-    shape = (case.batch_size, *case.model.input_shape)
-    inputs = torch.randn(shape, generator=gen, dtype=DTYPES[case.dtype])
-    labels = torch.randint(0, case.model.num_classes, (case.batch_size,), generator=gen)
-    if device.type != "cpu":
-        inputs, labels = inputs.to(device), labels.to(device)
-    return PreparedStep(
-        case=case,
-        segments=segments,
-        optimizer=_make_optimizer(case, params),
-        inputs=inputs,
-        labels=None if forward is _distill_forward else labels,
-        forward=forward,
+    spec: ModelSpec = model.spec
+    inputs = torch.randn((batch_size, *spec.input_shape), generator=gen, dtype=dtype)
+    labels = torch.randint(0, spec.num_classes, (batch_size,), generator=gen)
+    if target.type != "cpu":
+        inputs, labels = inputs.to(target), labels.to(target)
+    return PreparedStep(key=key, step=step, inputs=inputs,
+                        labels=labels if task.loss == "ce" else None)
+
+
+def prepare_step(
+    case: TrainingCase, model: BlockedModel, *, seed: int = 0,
+    device: torch.device | str = "cpu", fake: bool = False,
+) -> PreparedStep:
+    """The client step of ``case`` on an already built model (tests may pass a modified one).
+
+    See :func:`method_step`; the method is the case kind's (:data:`KINDS`).
+    """
+    return method_step(
+        KINDS[case.kind].method(case), model, case.label, batch_size=case.batch_size,
+        key=case.key, seed=seed, frozen_bn="eval" if case.frozen_bn_eval else "train",
+        device=device, optimizer=case.optimizer, foreach=case.foreach, fake=fake,
     )
 
 
 def construct_model(case: TrainingCase, *, seed: int = 0) -> BlockedModel:
     """Build the case's model in its dtype from ``seed``, on the current default device.
 
-    The default dtype is switched during construction and restored (``Module.to`` fails on
-    fake parameters); the global RNG is not touched.
+    The global RNG is not touched.
     """
-    dtype = DTYPES[case.dtype]
-    previous = torch.get_default_dtype()
-    try:
-        if dtype != previous:
-            torch.set_default_dtype(dtype)
-        with _seeded(seed):
-            return build_model(case.model)
-    finally:
-        torch.set_default_dtype(previous)
+    with _default_dtype(DTYPES[case.dtype]), _seeded(seed):
+        return build_model(case.model)
 
 
 def build_step(
@@ -612,39 +475,31 @@ def build_step(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
 ) -> PreparedStep:
-    """Build the model of ``case`` on ``device`` and prepare one training step.
+    """Build the model of ``case`` and the client step on ``device``.
 
-    The model is built on the CPU in the case's dtype and moved to ``device`` if that is not
-    the CPU. For fake tensors see :mod:`profl_core.memory.predict`.
+    The model and the method's state are built on the CPU; :meth:`LocalStep.build` moves every
+    module of the client's sub-model to ``device`` (output modules included).
 
     Args:
         case: what to train.
-        device: where the model, optimizer state and batch live.
-        generator: seeds the initial weights, output modules and batch; ``None`` uses seed 0.
+        device: where the sub-model, optimizer state and batch live.
+        generator: seeds the initial weights, new modules and batch; ``None`` uses seed 0.
     """
     seed = 0 if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
-    model = construct_model(case, seed=seed)
-    target = torch.device(device)
-    if target.type != "cpu":
-        model = model.to(target)
-    return prepare_step(case, model, seed=seed)
+    return prepare_step(case, construct_model(case, seed=seed), seed=seed, device=device)
 
 
 def build_fake_step(case: TrainingCase) -> PreparedStep:
     """The step of ``case`` on fake CPU tensors; call it inside an active ``FakeTensorMode``.
 
-    The model is constructed on the ``meta`` device (no weights, no initialisation maths), then
-    its parameters and buffers are replaced by empty fake tensors on the CPU (see
-    :func:`profl_core.memory.predict.materialize`). Nothing is allocated.
+    The model, the method's state and the client's sub-model are built on the ``meta`` device
+    (no weights, no initialisation maths), then the sub-model's parameters and buffers are
+    replaced by empty fake tensors on the CPU (:func:`materialize`).
+    Nothing is allocated.
     """
-    from profl_core.memory.predict import materialize
-
-    cpu = torch.device("cpu")
     with unset_fake_temporarily(), torch.device("meta"):
         model = construct_model(case)
-    with cpu:
-        materialize(model, cpu)
-        return prepare_step(case, model)
+    return prepare_step(case, model, fake=True)
 
 
 def case_from_text(

@@ -50,10 +50,10 @@ from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import fedavg
+from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
-from profl_core.memory.case import TrainingCase
 from profl_core.methods import tiers
-from profl_core.models import BlockedModel, ModelSpec
+from profl_core.models import BlockedModel
 from profl_core.models.exits import add_exits, exit_name, mutual_distillation_loss
 
 Weighting = Literal["count", "examples"]
@@ -130,6 +130,7 @@ class DepthFL:
     name = "depthfl"
     #: Memory-table kind of a depth-k sub-model.
     kind = "depth"
+    enforces_memory = True
 
     def __init__(self, config: DepthFLConfig, *, test_data: ArrayDataset | None = None) -> None:
         self.config = config
@@ -148,21 +149,22 @@ class DepthFL:
         """Sub-model names, deepest first."""
         return [f"{self.kind}:{k}" for k in range(self._num_blocks(), 0, -1)]
 
-    def memory_cases(
-        self, spec: ModelSpec, *, batch_size: int, **options: Any
-    ) -> dict[str, TrainingCase]:
-        """``full`` and ``<kind>:k`` for every depth k."""
-        from profl_core.memory.case import num_blocks
+    def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
+        """Every depth's task, deepest first."""
+        return {name: self._task(0, name, 0) for name in self.options()}
 
-        cases = {"full": TrainingCase(model=spec, kind="full", batch_size=batch_size, **options)}
-        for k in range(num_blocks(spec), 0, -1):
-            cases[f"{self.kind}:{k}"] = TrainingCase(model=spec, kind=self.kind, step=k,
-                                                     batch_size=batch_size, **options)
-        return cases
+    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
+        """Depth 1 fits at least one device."""
+        shallowest = self.options()[-1]
+        require_trainable(fleet, tiers.required(memory_table, shallowest), shallowest)
 
-    def eligible_share(self, fleet: Fleet, memory_table: MemoryTable) -> float:
+    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
         """Share of the fleet that fits depth 1."""
         return tiers.eligible_share(fleet, self.options(), memory_table)
+
+    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
+        """Blocks, exits and head of the multi-exit model."""
+        return dict(state.weights)
 
     # --- Method protocol --------------------------------------------------------------------------
 
@@ -186,17 +188,20 @@ class DepthFL:
         rng: np.random.Generator,
     ) -> list[ClientTask]:
         """``per_round`` devices that fit some depth, each with the deepest depth it fits."""
+        return [
+            self._task(cid, name, tiers.required(memory_table, name))
+            for cid, name in tiers.select_tiered(fleet, self.options(), memory_table,
+                                                 self.config.per_round, rng)
+        ]
+
+    def _task(self, client_id: int, submodel: str, required: int) -> ClientTask:
         cfg = self.config
-        tasks = []
-        for cid, name in tiers.select_tiered(fleet, self.options(), memory_table, cfg.per_round,
-                                             rng):
-            tasks.append(ClientTask(
-                client_id=cid, submodel=name, trainable=frozenset(self.module_names(self._k(name))),
-                required_bytes=tiers.required(memory_table, name),
-                local_epochs=cfg.local_epochs, lr=cfg.lr, momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-            ))
-        return tasks
+        return ClientTask(
+            client_id=client_id, submodel=submodel,
+            trainable=frozenset(self.module_names(self._k(submodel))), required_bytes=required,
+            local_epochs=cfg.local_epochs, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+        )
 
     def _k(self, submodel: str) -> int:
         kind, _, depth = submodel.partition(":")

@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting, fedavg
-from profl_core.fl.selection import select_any, select_clients
+from profl_core.fl.selection import require_trainable, select_any, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
-from profl_core.memory.case import TrainingCase
 from profl_core.methods import tiers
 from profl_core.methods.width import (
     LEVELS,
@@ -53,10 +52,9 @@ from profl_core.methods.width import (
     shapes,
     slice_plan,
     static_indices,
-    width_cases,
     width_name,
 )
-from profl_core.models import BlockedModel, ModelSpec
+from profl_core.models import BlockedModel
 
 Policy = Literal["alllarge", "exclusivefl", "allsmall", "all"]
 POLICIES: tuple[str, ...] = ("alllarge", "exclusivefl", "allsmall")
@@ -121,7 +119,7 @@ class FedAvg:
         self._small: str | None = None  # AllSmall's sub-model, fixed by the fleet
 
     @property
-    def memory_limits(self) -> bool:
+    def enforces_memory(self) -> bool:
         """False for AllLarge (memory ignored on purpose): its clients skip the budget check."""
         return self.policy != "alllarge"
 
@@ -132,12 +130,29 @@ class FedAvg:
 
     # --- memory ---------------------------------------------------------------------------------
 
-    def memory_cases(
-        self, spec: ModelSpec, *, batch_size: int, **options: object
-    ) -> dict[str, TrainingCase]:
-        """``full``, plus every width level for AllSmall."""
-        levels = sorted({1.0, *self.levels}) if self.policy == "allsmall" else [1.0]
-        return width_cases(spec, levels, batch_size=batch_size, **options)
+    def _task(self, client_id: int, submodel: str, required: int) -> ClientTask:
+        cfg = self.config
+        return ClientTask(
+            client_id=client_id, submodel=submodel, trainable=frozenset(self._names()),
+            required_bytes=required, local_epochs=cfg.local_epochs, lr=cfg.lr,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+        )
+
+    def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
+        """``full``; AllSmall: every width level (the fleet decides which one it uses)."""
+        names = [width_name(w) for w in self.levels] if self.policy == "allsmall" else ["full"]
+        return {name: self._task(0, name, 0) for name in names}
+
+    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
+        """ExclusiveFL: the full model fits some device; AllSmall: some level fits them all."""
+        if self.policy == "exclusivefl":
+            require_trainable(fleet, tiers.required(memory_table, "full"), "full")
+        elif self.policy == "allsmall":
+            self.small_model(fleet, memory_table)
+
+    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
+        """The global model's weights."""
+        return dict(state.weights)
 
     def small_model(self, fleet: Fleet, memory_table: MemoryTable) -> str:
         """AllSmall: the widest level whose measured peak fits the smallest budget."""
@@ -154,7 +169,7 @@ class FedAvg:
             )
         return name
 
-    def eligible_share(self, fleet: Fleet, memory_table: MemoryTable) -> float:
+    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
         """AllSmall: 1. AllLarge and ExclusiveFL: the share whose budget fits the full model."""
         if self.policy == "allsmall":
             return 1.0 if fleet.devices else 0.0
@@ -194,15 +209,7 @@ class FedAvg:
             submodel = self._small = self.small_model(fleet, memory_table)
             required = tiers.required(memory_table, submodel)
             chosen = select_any(fleet, cfg.per_round, rng)
-        trainable = frozenset(self._names())
-        return [
-            ClientTask(
-                client_id=cid, submodel=submodel, trainable=trainable, required_bytes=required,
-                local_epochs=cfg.local_epochs, lr=cfg.lr, momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-            )
-            for cid in chosen
-        ]
+        return [self._task(cid, submodel, required) for cid in chosen]
 
     def _build(self, state: ServerState, submodel: str) -> SubModel:
         assert self._model is not None

@@ -50,8 +50,8 @@ from torch import Tensor, nn
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
+from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
-from profl_core.memory.case import TrainingCase
 from profl_core.methods import tiers
 from profl_core.methods.width import (
     LEVELS,
@@ -70,10 +70,9 @@ from profl_core.methods.width import (
     shapes,
     slice_plan,
     static_indices,
-    width_cases,
     width_name,
 )
-from profl_core.models import ConvBlockedModel, ModelSpec
+from profl_core.models import ConvBlockedModel
 
 Weighting = Literal["count", "examples"]
 
@@ -146,6 +145,7 @@ class HeteroFL:
     """
 
     name = "heterofl"
+    enforces_memory = True
 
     def __init__(
         self, config: HeteroFLConfig, *, client_data: Sequence[ArrayDataset] | None = None
@@ -168,15 +168,22 @@ class HeteroFL:
         """Sub-model names, widest first."""
         return [width_name(w) for w in self.levels]
 
-    def memory_cases(
-        self, spec: ModelSpec, *, batch_size: int, **options: object
-    ) -> dict[str, TrainingCase]:
-        """Sub-model name -> TrainingCase for every level (``full`` always included)."""
-        return width_cases(spec, sorted({1.0, *self.levels}), batch_size=batch_size, **options)
+    def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
+        """Every width level's task, widest first."""
+        return {name: self._task(0, name, 0) for name in self.options()}
 
-    def eligible_share(self, fleet: Fleet, memory_table: MemoryTable) -> float:
+    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
+        """The narrowest level fits at least one device."""
+        narrowest = self.options()[-1]
+        require_trainable(fleet, tiers.required(memory_table, narrowest), narrowest)
+
+    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
         """Share of the fleet that fits the narrowest level."""
         return tiers.eligible_share(fleet, self.options(), memory_table)
+
+    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
+        """The global width-1 model's parameters and non-BN buffers (sBN keeps no stats)."""
+        return dict(state.weights)
 
     # --- Method protocol --------------------------------------------------------------------------
 
@@ -202,18 +209,20 @@ class HeteroFL:
         rng: np.random.Generator,
     ) -> list[ClientTask]:
         """``per_round`` devices that fit some level, each with the widest level it fits."""
-        cfg = self.config
-        names = frozenset([*self._global().block_names(), "head"])
         return [
-            ClientTask(
-                client_id=cid, submodel=name, trainable=names,
-                required_bytes=tiers.required(memory_table, name), local_epochs=cfg.local_epochs,
-                lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                batch_size=cfg.batch_size,
-            )
+            self._task(cid, name, tiers.required(memory_table, name))
             for cid, name in tiers.select_tiered(fleet, self.options(), memory_table,
-                                                 cfg.per_round, rng)
+                                                 self.config.per_round, rng)
         ]
+
+    def _task(self, client_id: int, submodel: str, required: int) -> ClientTask:
+        cfg = self.config
+        return ClientTask(
+            client_id=client_id, submodel=submodel,
+            trainable=frozenset([*self._global().block_names(), "head"]),
+            required_bytes=required, local_epochs=cfg.local_epochs, lr=cfg.lr,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+        )
 
     def _level(self, submodel: str) -> float:
         for w in self.levels:
@@ -226,7 +235,7 @@ class HeteroFL:
         if not self.config.masked_classifier or self.client_data is None:
             return None
         num_classes = self._global().spec.num_classes
-        present = torch.zeros(num_classes, dtype=torch.bool)
+        present = torch.zeros(num_classes, dtype=torch.bool, device="cpu")
         present[torch.unique(self.client_data[client_id].y)] = True
         return None if bool(present.all()) else present
 

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting, fedavg
-from profl_core.fl.selection import select_clients
+from profl_core.fl.selection import require_trainable, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
 from profl_core.models import BlockedModel
@@ -196,6 +196,7 @@ class ProFL:
     """ProFL as a :class:`~profl_core.fl.types.Method`."""
 
     name = "profl"
+    enforces_memory = True
 
     def __init__(self, config: ProFLConfig) -> None:
         self.config = config
@@ -288,30 +289,63 @@ class ProFL:
         phase = self._phases[min(int(state.meta["phase"]), len(self._phases) - 1)]
         return phase.stage, phase.step, phase.submodel
 
-    def configure_round(
-        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
-        rng: np.random.Generator,
-    ) -> list[ClientTask]:
-        """Select clients whose budget fits the step's required bytes; give each the step."""
-        stage, _, submodel = self.position(state)
-        if submodel not in memory_table:
-            raise ConfigError(f"profl: the memory table has no entry for {submodel!r}")
-        required = int(memory_table[submodel])
+    def _task(self, client_id: int, stage: str, submodel: str, required: int) -> ClientTask:
+        """The task of ``submodel`` in ``stage`` for one client."""
         fitting = submodel.startswith("shrink:")
         prefix, _, _, trainable = self._paths(submodel)
         # While shrinking, the frozen prefix has never been trained: its batch norm keeps
         # updating its statistics (as in the authors' code), else its features collapse.
         bn_update = frozenset(prefix) if stage == "shrink" else frozenset()
         cfg = self.config
+        return ClientTask(
+            client_id=client_id, submodel=submodel, trainable=trainable,
+            required_bytes=required, local_epochs=cfg.local_epochs,
+            lr=cfg.distill_lr if fitting else cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+            loss=cfg.distill_loss if fitting else "ce", temperature=cfg.distill_temperature,
+            bn_update=bn_update,
+        )
+
+    def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
+        """Every step's task, in plan order. ``grow:t`` is the growing stage's task (frozen BN
+        fixed); the shrinking stage's ``grow:t`` differs only in updating the prefix's BN
+        statistics, which holds no activations under ``no_grad``."""
+        plan: dict[str, ClientTask] = {}
+        for phase in self._phases:
+            if phase.submodel not in plan or phase.stage == "grow":
+                plan[phase.submodel] = self._task(0, phase.stage, phase.submodel, 0)
+        return plan
+
+    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
+        """Every step must fit at least one device."""
+        for phase in self._phases:
+            require_trainable(fleet, self._required(memory_table, phase.submodel),
+                              phase.submodel)
+
+    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
+        """The share of the fleet whose budget fits the current step."""
+        return fleet.participation(self._required(memory_table, self.position(state)[2]))
+
+    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
+        """The trained model's ``block<i>.*`` and ``head.*``, without output modules."""
+        return model_weights(state)
+
+    def _required(self, memory_table: MemoryTable, submodel: str) -> int:
+        if submodel not in memory_table:
+            raise ConfigError(f"profl: the memory table has no entry for {submodel!r}")
+        return int(memory_table[submodel])
+
+    def configure_round(
+        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
+        rng: np.random.Generator,
+    ) -> list[ClientTask]:
+        """Select clients whose budget fits the step's required bytes; give each the step."""
+        stage, _, submodel = self.position(state)
+        required = self._required(memory_table, submodel)
         return [
-            ClientTask(
-                client_id=cid, submodel=submodel, trainable=trainable, required_bytes=required,
-                local_epochs=cfg.local_epochs, lr=cfg.distill_lr if fitting else cfg.lr,
-                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                batch_size=cfg.batch_size, loss=cfg.distill_loss if fitting else "ce",
-                temperature=cfg.distill_temperature, bn_update=bn_update,
-            )
-            for cid in select_clients(fleet, required, cfg.per_round, rng, submodel=submodel)
+            self._task(cid, stage, submodel, required)
+            for cid in select_clients(fleet, required, self.config.per_round, rng,
+                                      submodel=submodel)
         ]
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:

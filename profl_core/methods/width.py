@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import TrainingCase
 from profl_core.models import BlockedModel, ConvBlockedModel, ModelSpec, build_model
 
 #: HeteroFL's levels a..e: shrinkage 0.5 per level (``model_split_rate``).
@@ -83,21 +82,6 @@ def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
 def level_spec(spec: ModelSpec, level: float) -> ModelSpec:
     """The spec of the width-``level`` sub-model of ``spec`` (widths multiply)."""
     return replace(spec, width=spec.width * level)
-
-
-def width_cases(
-    spec: ModelSpec, levels: Sequence[float], *, batch_size: int, **options: object
-) -> dict[str, TrainingCase]:
-    """Sub-model name -> the ``full`` TrainingCase of that width (what the memory table measures).
-
-    Measured with standard BN and no scaler: the static BN of training has no running-stat
-    buffers (2 C floats less per layer) and the scaler adds one transient tensor per BN input.
-    """
-    return {
-        width_name(w): TrainingCase(model=level_spec(spec, w), kind="full",
-                                    batch_size=batch_size, **options)  # type: ignore[arg-type]
-        for w in check_levels(levels)
-    }
 
 
 def require_sliceable(model: nn.Module, method: str) -> ConvBlockedModel:

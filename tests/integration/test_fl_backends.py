@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 class CarelessFedAvg(FedAvg):
     """AllLarge's selection (every device) with the budget check on: weak clients must refuse."""
 
-    memory_limits = True  # type: ignore[assignment]
+    enforces_memory = True  # type: ignore[assignment]
 
 
 def careless(rounds: int = 2) -> CarelessFedAvg:

@@ -46,16 +46,17 @@ def test_all_cases_lists_full_every_shrink_and_every_grow() -> None:
 
 def test_grow_freezes_exactly_the_prefix() -> None:
     prepared = build_step(case_from_text("cnn", "grow:3", batch_size=2))
-    trainable = {s.name for s in prepared.segments if s.trainable}
-    frozen_grads = {p.requires_grad for s in prepared.segments[:2] for p in s.module.parameters()}
-    assert (trainable, frozen_grads) == ({"block3", "output"}, {False})
+    modules = prepared.step.sub.modules
+    trainable = {n for n, m in modules.items() if all(p.requires_grad for p in m.parameters())}
+    frozen = {n for n, m in modules.items() if not any(p.requires_grad for p in m.parameters())}
+    assert trainable == {"block3", "om3.basic4", "om3.head"}
+    assert frozen == {"block1", "block2"}
 
 
 def test_shrink_trains_only_the_basic_layer() -> None:
     prepared = build_step(case_from_text("cnn", "shrink:3", batch_size=2))
     trained = {id(p) for p in prepared.trainable_parameters()}
-    basic = {id(p) for p in prepared.segments[prepared.block_names.index("basic3")]
-             .module.parameters()}
+    basic = {id(p) for p in prepared.step.sub.modules["om2.basic3"].parameters()}
     assert trained == basic
 
 

@@ -6,7 +6,7 @@ import torch
 
 from profl_core.devices import Device, Fleet
 from profl_core.errors import ConfigError
-from profl_core.fl.local import LocalConfig, setup
+from profl_core.fl.local import LocalConfig, LocalStep
 from profl_core.fl.types import ServerState
 from profl_core.methods.profl import ProFL, ProFLConfig, model_weights, plan
 from profl_core.models import build_model, native_spec
@@ -67,7 +67,7 @@ def test_frozen_sets_and_optimizer_params(phase: int) -> None:
     # Execute
     task = method.configure_round(phase + 1, state, FLEET, TABLE, np.random.default_rng(0))[0]
     sub = method.submodel(state, task)
-    optimizer = setup(sub, task, LocalConfig())
+    optimizer = LocalStep.build(sub, task, LocalConfig()).optimizer
     # Assert
     om = "head" if t == T else f"om{t}"
     if submodel.startswith("grow:"):
