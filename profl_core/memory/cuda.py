@@ -66,7 +66,7 @@ def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryRepor
     return MemoryReport(
         probe="cuda",
         device=str(device),
-        case_key=prepared.case.key,
+        case_key=prepared.key,
         baseline_bytes=baseline,
         peak_bytes=observer.peak_bytes,
         peak_breakdown={},

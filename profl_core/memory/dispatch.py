@@ -314,7 +314,7 @@ def measure_step(
         prepared.run()
     tracker = StorageTracker()
     tracker.track_step(prepared)
-    return tracker.report(probe=probe, device=device, case_key=prepared.case.key)
+    return tracker.report(probe=probe, device=device, case_key=prepared.key)
 
 
 def measure(

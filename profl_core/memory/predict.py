@@ -24,10 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from profl_core.memory.case import TrainingCase, build_fake_step
+from profl_core.memory.case import PreparedStep, TrainingCase, build_fake_step
 from profl_core.memory.dispatch import StorageTracker
 from profl_core.memory.report import MemoryReport
 
@@ -65,33 +65,19 @@ class FakeStorageTracker(StorageTracker):
         self.track(out, self.default_category, nbytes=nbytes)
 
 
-def materialize(module: nn.Module, device: torch.device) -> None:
-    """Replace every parameter and buffer by an empty tensor of the same shape on ``device``.
-
-    Under an active ``FakeTensorMode`` the new tensors are fake. Tied parameters stay tied.
-    """
-    memo: dict[int, Tensor] = {}
-    for sub in module.modules():
-        for name, param in list(sub._parameters.items()):
-            if param is None:
-                continue
-            if id(param) not in memo:
-                empty = torch.empty(param.shape, dtype=param.dtype, device=device)
-                memo[id(param)] = nn.Parameter(empty, requires_grad=param.requires_grad)
-            sub._parameters[name] = memo[id(param)]
-        for name, buffer in list(sub._buffers.items()):
-            if buffer is None:
-                continue
-            if id(buffer) not in memo:
-                memo[id(buffer)] = torch.empty(buffer.shape, dtype=buffer.dtype, device=device)
-            sub._buffers[name] = memo[id(buffer)]
+def measure_fake(make: Callable[[], PreparedStep]) -> MemoryReport:
+    """Predict the second run of the step ``make()`` builds inside ``FakeTensorMode`` on the CPU
+    (``make`` builds with ``fake=True``, e.g. :func:`~profl_core.memory.case.build_fake_step`
+    or :func:`~profl_core.memory.case.method_step`)."""
+    # Real CPU constants of a method (HeteroFL's label mask) become fake when used.
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.device("cpu"):
+        prepared = make()
+        prepared.run()  # warm-up
+        tracker = FakeStorageTracker()
+        tracker.track_step(prepared)
+        return tracker.report(probe="predict", device="cpu", case_key=prepared.key)
 
 
 def measure(case: TrainingCase) -> MemoryReport:
     """Predict the second training step of ``case`` on the CPU without allocating."""
-    with FakeTensorMode(), torch.device("cpu"):
-        prepared = build_fake_step(case)
-        prepared.run()  # warm-up
-        tracker = FakeStorageTracker()
-        tracker.track_step(prepared)
-        return tracker.report(probe="predict", device="cpu", case_key=case.key)
+    return measure_fake(lambda: build_fake_step(case))
