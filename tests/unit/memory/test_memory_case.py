@@ -65,3 +65,23 @@ def test_build_step_leaves_the_global_rng_alone() -> None:
     build_step(case_from_text("cnn", "grow:2", batch_size=2),
                generator=torch.Generator().manual_seed(3))
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("text", ["full", "grow:1", "grow:2", "grow:4", "shrink:2", "shrink:4",
+                                  "depth:2", "trunc:3"])
+def test_every_module_of_a_step_is_on_the_target_device(text: str) -> None:
+    """Built for the meta device (a stand-in for CUDA), every parameter, buffer, the batch and
+    the optimizer state after a step live there; a module left on the CPU fails the step."""
+    prepared = build_step(case_from_text("cnn", text, batch_size=2), device="meta")
+    prepared.run()
+    tensors = [t for m in prepared.modules() for t in (*m.parameters(), *m.buffers())]
+    tensors += [v for s in prepared.optimizer.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0]
+    assert {t.device.type for t in tensors} == {"meta"}
+    assert prepared.inputs.device.type == "meta"
+
+
+def test_foreach_case_builds_a_foreach_optimizer() -> None:
+    case = case_from_text("cnn", "grow:2", batch_size=2, foreach=True)
+    assert build_step(case).optimizer.defaults["foreach"] is True
+    assert case.key == "cnn/grow:2/bs2/foreach"
