@@ -69,3 +69,23 @@ def test_feature_cache_gives_identical_weights() -> None:
     # Assert
     assert updates[0].state.keys() == updates[1].state.keys()
     assert all(torch.equal(updates[0].state[k], updates[1].state[k]) for k in updates[0].state)
+
+
+def test_feature_cache_is_used_only_when_it_fits_next_to_the_step() -> None:
+    """cnn block1 at width 0.25 outputs 8 x 28 x 28 floats per sample: 48 samples cache
+    48 * 8 * 28 * 28 * 4 = 1,204,224 bytes. A budget 1 byte short of step + cache gets none."""
+    from dataclasses import replace
+
+    from profl_core.fl.local import feature_cache
+
+    method, state, task, data = grow2_setup()
+    sub = method.submodel(state, task)
+    cache_bytes = 48 * 8 * 28 * 28 * 4
+    fits = replace(task, required_bytes=1000, budget_bytes=1000 + cache_bytes)
+    short = replace(fits, budget_bytes=1000 + cache_bytes - 1)
+    cached = feature_cache(sub, data, fits, LocalConfig(), torch.device("cpu"))
+    assert cached is not None
+    assert cached.numel() * cached.element_size() == cache_bytes
+    assert feature_cache(sub, data, short, LocalConfig(), torch.device("cpu")) is None
+    assert feature_cache(sub, data, replace(task, budget_bytes=None), LocalConfig(),
+                         torch.device("cpu")) is not None

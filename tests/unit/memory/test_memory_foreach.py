@@ -19,7 +19,8 @@ def test_foreach_holds_more_temporaries_at_the_optimizer_step_than_the_loop() ->
     multi = measure(case_from_text("vgg11", "grow:4", batch_size=2, foreach=True))
     loop_peak = loop.block_peak("optimizer", "optimizer")
     multi_peak = multi.block_peak("optimizer", "optimizer")
-    assert loop_peak is not None and multi_peak is not None
+    assert loop_peak is not None
+    assert multi_peak is not None
     loop_temporary = loop_peak.breakdown.get(Category.TEMPORARY, 0)
     assert multi_peak.breakdown[Category.TEMPORARY] > loop_temporary
     assert multi_peak.peak_bytes > loop_peak.peak_bytes
