@@ -1,23 +1,58 @@
 """The ``cuda`` probe: CUDA caching-allocator counters read and reset at block boundaries.
 
+:func:`measure` runs each case in a fresh Python process (TorchBench's rule: the caching
+allocator's pool and cuDNN/cuBLAS state of earlier cases must not leak into a measurement). The
+child reads the case as JSON (:meth:`TrainingCase.params`) on stdin, builds the client step on
+the GPU (:func:`~profl_core.memory.case.build_step`), runs the warm-up step, measures the second
+step with :func:`measure_step` and prints :meth:`MemoryReport.to_json`; the parent parses it.
+:func:`measure_step` measures in the calling process, for callers that already hold a step.
+
 At every segment boundary (the same ``(block, phase)`` segments as the dispatch probe, see
 :class:`~profl_core.memory.case.SegmentObserver`) the probe reads
 ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` for the segment that just
 ended and calls ``torch.cuda.reset_peak_memory_stats``; the step's peak is the largest segment
 peak. Allocator counters are host-side bookkeeping, so no synchronisation is needed to read
-them. The numbers include allocator rounding (512 B blocks) and cuDNN/cuBLAS workspaces, but
-not the CUDA context; there is no per-category breakdown.
+them. There is no per-category breakdown.
+
+What the numbers count. *Allocated* (``peak_bytes``, ``extra["allocated_peak_bytes"]``, the
+block peaks): every block the caching allocator handed out, so tensor storages rounded up to
+512 B, plus cuDNN convolution workspaces and cuBLAS workspaces (allocated through the caching
+allocator; the cuBLAS one is created in the warm-up step and stays, so it is part of
+``baseline_bytes``). *Reserved* (``extra["reserved_peak_bytes"]``, before the step
+``extra["reserved_baseline_bytes"]``): the segments the allocator holds from the driver, i.e.
+allocated plus its cached free blocks and the rounding of segments (2 MiB for small blocks,
+larger for big ones). Neither includes the CUDA context (driver, kernels, a few hundred MiB
+per process, outside the allocator) nor memory allocated outside PyTorch's allocator.
 """
 
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import torch
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase, build_step
+from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase
 from profl_core.memory.report import BlockPeak, MemoryReport, Phase
+from profl_core.memory.subprocess_probe import run_fresh
+
+_CHILD = """
+import json, sys
+import torch
+from profl_core.memory.case import TrainingCase, build_step
+from profl_core.memory.cuda import measure_step
+request = json.loads(sys.stdin.read())
+device = torch.device(request["device"])
+torch.cuda.set_device(device)
+generator = None
+if request["generator_state"] is not None:
+    generator = torch.Generator()
+    generator.set_state(torch.tensor(request["generator_state"], dtype=torch.uint8))
+case = TrainingCase.from_params(request["case"])
+prepared = build_step(case, device=device, generator=generator)
+print(measure_step(prepared, device=device).to_json())
+"""
 
 
 class _AllocatorObserver(SegmentObserver):
@@ -53,11 +88,13 @@ class _AllocatorObserver(SegmentObserver):
 
 
 def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryReport:
-    """Measure the second step of a prepared CUDA step (its first run is the warm-up)."""
+    """Measure the second run of a prepared CUDA step in this process (the first run is the
+    warm-up); whatever this process allocated or cached before stays in the counters."""
     prepared.run()
     torch.cuda.synchronize(device)
     gc.collect()
     baseline = torch.cuda.memory_allocated(device)
+    reserved_baseline = torch.cuda.memory_reserved(device)
     torch.cuda.reset_peak_memory_stats(device)
     observer = _AllocatorObserver(device)
     observer.peak_bytes = baseline
@@ -77,6 +114,7 @@ def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryRepor
         ),
         extra={
             "reserved_peak_bytes": observer.reserved_peak_bytes,
+            "reserved_baseline_bytes": reserved_baseline,
             "allocated_peak_bytes": observer.peak_bytes,
         },
     )
@@ -98,8 +136,32 @@ def measure(
     *,
     device: str | torch.device = "cuda",
     generator: torch.Generator | None = None,
+    timeout_s: float = 600.0,
 ) -> MemoryReport:
-    """Measure the second training step of ``case`` with the allocator counters."""
+    """Measure the second training step of ``case`` with the allocator counters, in a fresh
+    process.
+
+    Args:
+        case: what to train.
+        device: ``cuda`` or ``cuda:N``.
+        generator: seeds the weights, new modules and batch as in
+            :func:`~profl_core.memory.case.build_step` (the child starts from its state; it is
+            advanced here as ``build_step`` would); ``None`` uses seed 0.
+        timeout_s: give up on the child after this many seconds.
+
+    Raises:
+        ConfigError: without a CUDA device or for a non-CUDA ``device`` (before any process
+            is started), and in one line naming the case and the child's last stderr line
+            when the child fails.
+    """
     target = cuda_device(device)
-    prepared = build_step(case, device=target, generator=generator)
-    return measure_step(prepared, device=target)
+    request: dict[str, Any] = {
+        "case": case.params(),
+        "device": str(target),
+        "generator_state": None if generator is None else generator.get_state().tolist(),
+    }
+    if generator is not None:  # the draw build_step makes, so the caller's stream moves on
+        torch.randint(0, 2**62, (1,), generator=generator)
+    answer = run_fresh(_CHILD, request, what=f"cuda probe: the process measuring {case.key}",
+                       timeout_s=timeout_s)
+    return MemoryReport.from_json(answer)

@@ -1,7 +1,7 @@
 """The ``rss`` probe: what the operating system sees, in fresh processes.
 
-Two fresh Python processes are started (``subprocess`` with this interpreter; the case goes in
-as JSON on stdin and the result comes back as JSON on stdout):
+Two fresh Python processes are started (:func:`~profl_core.memory.subprocess_probe.run_fresh`:
+this interpreter, the case in as JSON on stdin, the result back as JSON on stdout):
 
 * *train*: builds the step, runs the warm-up step, then samples its own resident set size with
   ``memory_profiler.memory_usage`` every few milliseconds while the measured step runs and
@@ -20,13 +20,11 @@ it for the CI gate; there is no per-block breakdown (``blocks`` is empty).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
-from profl_core.errors import ConfigError
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.report import MemoryReport
+from profl_core.memory.subprocess_probe import run_fresh
 
 MIB = 1 << 20
 SAMPLE_INTERVAL_S = 0.002
@@ -54,23 +52,9 @@ print(json.dumps({"rss_mib": float(peak)}))
 def _run_child(case: TrainingCase, mode: str, *, threads: int, timeout_s: float) -> int:
     request = {"case": case.params(), "mode": mode, "threads": threads,
                "interval": SAMPLE_INTERVAL_S}
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ConfigError(
-            f"rss probe: {case.key} took over {timeout_s:.0f} s; use a smaller case"
-        ) from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"rss probe: the {mode} process for {case.key} failed: {last}")
-    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    answer = run_fresh(_CHILD, request, what=f"rss probe: the {mode} process for {case.key}",
+                       timeout_s=timeout_s)
+    data: dict[str, Any] = json.loads(answer)
     return int(float(data["rss_mib"]) * MIB)
 
 
