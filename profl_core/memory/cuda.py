@@ -16,12 +16,15 @@ them. There is no per-category breakdown.
 
 What the numbers count. *Allocated* (``peak_bytes``, ``extra["allocated_peak_bytes"]``, the
 block peaks): every block the caching allocator handed out, so tensor storages rounded up to
-512 B, plus cuDNN convolution workspaces and cuBLAS workspaces (allocated through the caching
+512 B (a large block also keeps a remainder under 1 MiB that was not worth splitting off), plus
+cuDNN convolution workspaces and cuBLAS workspaces (allocated through the caching
 allocator; the cuBLAS one is created in the warm-up step and stays, so it is part of
-``baseline_bytes``). *Reserved* (``extra["reserved_peak_bytes"]``, before the step
+``baseline_bytes``). *Requested* (``extra["requested_peak_bytes"]``): the bytes the
+allocations asked for, before the allocator's rounding (0 where torch lacks the counter).
+*Reserved* (``extra["reserved_peak_bytes"]``, before the step
 ``extra["reserved_baseline_bytes"]``): the segments the allocator holds from the driver, i.e.
 allocated plus its cached free blocks and the rounding of segments (2 MiB for small blocks,
-larger for big ones). Neither includes the CUDA context (driver, kernels, a few hundred MiB
+larger for big ones). None of them includes the CUDA context (driver, kernels, a few hundred MiB
 per process, outside the allocator) nor memory allocated outside PyTorch's allocator.
 """
 
@@ -36,6 +39,8 @@ from profl_core.errors import ConfigError
 from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase
 from profl_core.memory.report import BlockPeak, MemoryReport, Phase
 from profl_core.memory.subprocess_probe import run_fresh
+
+REQUESTED_PEAK_STAT = "requested_bytes.all.peak"
 
 _CHILD = """
 import json, sys
@@ -64,6 +69,7 @@ class _AllocatorObserver(SegmentObserver):
         self.segments: dict[tuple[str, Phase], int] = {}
         self.peak_bytes = 0
         self.reserved_peak_bytes = 0
+        self.requested_peak_bytes = 0
         self.peak_at: tuple[str, str] | None = None
 
     def close(self) -> None:
@@ -71,6 +77,8 @@ class _AllocatorObserver(SegmentObserver):
         allocated = torch.cuda.max_memory_allocated(self.device)
         reserved = torch.cuda.max_memory_reserved(self.device)
         self.reserved_peak_bytes = max(self.reserved_peak_bytes, reserved)
+        requested = torch.cuda.memory_stats(self.device).get(REQUESTED_PEAK_STAT, 0)
+        self.requested_peak_bytes = max(self.requested_peak_bytes, int(requested))
         if self.current is not None:
             self.segments[self.current] = max(self.segments.get(self.current, 0), allocated)
             if allocated > self.peak_bytes:
@@ -116,6 +124,7 @@ def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryRepor
             "reserved_peak_bytes": observer.reserved_peak_bytes,
             "reserved_baseline_bytes": reserved_baseline,
             "allocated_peak_bytes": observer.peak_bytes,
+            "requested_peak_bytes": observer.requested_peak_bytes,
         },
     )
 

@@ -1,4 +1,8 @@
-"""The cuda probe and the dispatch probe on CUDA tensors; skipped without a GPU."""
+"""The cuda probe (one fresh process per case) and the dispatch probe on CUDA tensors.
+
+Every test but the first needs a CUDA device and is skipped without one; the CPU-side wiring of
+the fresh process is tested in tests/unit/memory/test_subprocess_probe.py.
+"""
 
 from __future__ import annotations
 
@@ -20,27 +24,49 @@ def test_cuda_probe_without_cuda_is_a_config_error() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_probe_reports_segments_and_reserved_bytes() -> None:
+def test_cuda_probe_peak_is_its_largest_segment_peak() -> None:
     report = measure(case_from_text("resnet18", "grow:2", batch_size=16), probe="cuda")
-    top = max(b.peak_bytes for b in report.blocks)
-    assert (top, report.extra["reserved_peak_bytes"] >= report.peak_bytes) == (
-        report.peak_bytes, True
-    )
+    assert max(b.peak_bytes for b in report.blocks) == report.required_bytes
 
 
-def _warm_cuda() -> None:
-    """Allocate the cuBLAS/cuDNN workspaces once so they are not charged to the step."""
-    layer = torch.nn.Conv2d(3, 8, 3).cuda()
-    layer(torch.randn(2, 3, 8, 8, device="cuda")).sum().backward()
-    torch.nn.Linear(8, 8).cuda()(torch.randn(2, 8, device="cuda")).sum().backward()
-    torch.cuda.synchronize()
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_probe_reserved_covers_allocated() -> None:
+    report = measure(case_from_text("resnet18", "grow:2", batch_size=16), probe="cuda")
+    assert report.extra["reserved_peak_bytes"] >= report.extra["allocated_peak_bytes"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_probe_is_not_moved_by_what_this_process_holds() -> None:
+    case = case_from_text("cnn", "grow:2", batch_size=16)
+    alone = measure(case, probe="cuda")
+    held = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # 256 MiB in this process
+    beside = measure(case, probe="cuda")
+    del held
+    assert beside.required_bytes == alone.required_bytes
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("text", ["grow:2", "shrink:2", "shrink:4"])
+def test_cuda_probe_measures_profl_steps_with_output_modules(text: str) -> None:
+    # Output modules of grow:t (t < T) and shrink:t once stayed on the CPU and crashed here.
+    report = measure(case_from_text("resnet18", text, batch_size=8), probe="cuda")
+    assert report.step_bytes > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_probe_device_is_indexed() -> None:
+    report = measure(case_from_text("cnn", "full", batch_size=4), probe="cuda", device="cuda")
+    assert report.device == f"cuda:{torch.cuda.current_device()}"
 
 
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("text", ["full", "grow:2"])
 def test_dispatch_on_cuda_agrees_with_the_allocator_within_10_percent(text: str) -> None:
-    _warm_cuda()
     case = case_from_text("resnet18", text, batch_size=16)
     tracked = measure(case, probe="dispatch", device="cuda")
     allocator = measure(case, probe="cuda")
