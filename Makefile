@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUITE ?= default
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: test bench lint data venv clean
+.PHONY: test bench lint data venv clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ data: venv
 
 bench: venv data
 	$(BIN)/profl bench $(SUITE)
+
+# Every GPU check of the memory probes (no case starts after 270 s; exit 2 without CUDA). Not CI.
+# Options go in GPU_CHECK_ARGS, e.g. make gpu-check GPU_CHECK_ARGS='--case resnet18:grow:2'.
+gpu-check: venv
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
