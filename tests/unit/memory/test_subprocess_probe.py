@@ -1,7 +1,7 @@
 """The fresh-process helper of the rss and cuda probes, and the cuda probe's process wiring.
 
-Everything here runs without a GPU: the cuda probe's child program is replaced by one that
-answers without CUDA, or its device by one no machine has.
+Everything here runs without a GPU: the cuda probe's child program is replaced by a stand-in,
+or run on the CPU with stand-in allocator counters, or sent to a device no machine has.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from profl_core.errors import ConfigError
-from profl_core.memory import case_from_text, cuda
+from profl_core.memory import case_from_text, cuda, measure
 from profl_core.memory.subprocess_probe import MAX_LINE_CHARS, run_fresh
 
 _ECHO = "import json, sys; print('noise'); print(json.dumps(json.loads(sys.stdin.read())))"
@@ -122,3 +122,50 @@ def test_cuda_probe_child_failure_names_the_case(monkeypatch: pytest.MonkeyPatch
     assert message.startswith("cuda probe: the process measuring cnn/full/bs2 failed: ")
     assert "\n" not in message
 
+
+
+# The real child program on the CPU, with the allocator counters replaced by stand-ins.
+_FAKE_COUNTERS = """
+import torch
+_ticks = [0]
+def _allocated_peak(*args, **kwargs):
+    _ticks[0] += 512
+    return 4096 + _ticks[0]
+torch.cuda.set_device = lambda *args, **kwargs: None
+torch.cuda.synchronize = lambda *args, **kwargs: None
+torch.cuda.memory_allocated = lambda *args, **kwargs: 4096
+torch.cuda.memory_reserved = lambda *args, **kwargs: 1 << 20
+torch.cuda.reset_peak_memory_stats = lambda *args, **kwargs: None
+torch.cuda.max_memory_allocated = _allocated_peak
+torch.cuda.max_memory_reserved = lambda *args, **kwargs: 1 << 21
+torch.cuda.memory_stats = lambda *args, **kwargs: {"requested_bytes.all.peak": 4000}
+"""
+
+
+@pytest.fixture
+def cpu_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda, "cuda_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(cuda, "_CHILD", _FAKE_COUNTERS + cuda._CHILD)
+
+
+@pytest.mark.usefixtures("cpu_child")
+def test_cuda_child_segments_are_the_dispatch_probes() -> None:
+    case = case_from_text("cnn", "shrink:2", batch_size=2)
+    allocator = cuda.measure(case, generator=torch.Generator().manual_seed(1))
+    tracked = measure(case, probe="dispatch")
+    assert [(b.block, b.phase) for b in allocator.blocks] == [
+        (b.block, b.phase) for b in tracked.blocks
+    ]
+
+
+@pytest.mark.usefixtures("cpu_child")
+def test_cuda_child_reports_allocated_reserved_and_requested() -> None:
+    report = cuda.measure(case_from_text("cnn", "grow:2", batch_size=2))
+    assert {k: report.extra[k] for k in ("reserved_peak_bytes", "reserved_baseline_bytes",
+                                         "requested_peak_bytes")} == {
+        "reserved_peak_bytes": 1 << 21, "reserved_baseline_bytes": 1 << 20,
+        "requested_peak_bytes": 4000,
+    }
+    assert (report.extra["allocated_peak_bytes"], report.baseline_bytes) == (
+        report.required_bytes, 4096
+    )
