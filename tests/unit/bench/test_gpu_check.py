@@ -1,5 +1,5 @@
 """The GPU check script's CPU side: arguments, the no-CUDA exit, the checks on stand-in reports,
-the table and the JSON file. Measuring on a GPU is tested in tests/gpu/test_gpu_check.py."""
+the table and the JSON file. Measuring on a GPU is tested in tests/gpu/test_gpu_check_on_cuda.py."""
 
 from __future__ import annotations
 
