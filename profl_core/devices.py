@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import random
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -36,6 +35,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from profl_core.errors import ConfigError
+from profl_core.files import Fields, read_toml
 
 MIB = 2**20
 """Bytes in one MiB."""
@@ -51,6 +51,8 @@ RELATIVE_KINDS = ("relative", "tiers")
 """Fleet kinds whose budgets are fractions of the reference (full-model) peak."""
 PPM = 10**6
 """Resolution of relative budget fractions: parts per million."""
+MAX_FRACTION = 1000
+"""Largest budget of a relative or tiers fleet, as a multiple of the full-model peak."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,93 +161,41 @@ class Fleet:
 
 # --------------------------------------------------------------------------- validation helpers
 
+#: Most devices a fleet file may describe (any count, sum of counts): a larger number is a
+#: typo, and would only exhaust memory.
+MAX_DEVICES = 1_000_000
+#: Largest memory a profile or budget may give, in MiB (1 PiB).
+MAX_MIB = 2**30
 
-class _Table:
-    """A TOML table being validated: reads typed fields, reports errors with file and field."""
+
+class _Table(Fields):
+    """A TOML table being validated (:class:`profl_core.files.Fields` with the TOML word)."""
 
     def __init__(self, data: Any, file: Path, where: str = "") -> None:
-        self.file = file
-        self.where = where
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: {where or 'file'} must be a table; write it as [[...]]")
-        self.data: dict[str, Any] = data
-
-    def field(self, key: str) -> str:
-        """The field's display name, e.g. ``devices[3].ram_mib``."""
-        return f"{self.where}.{key}" if self.where else key
+        super().__init__(data, file, where, table="table")
 
     def fail(self, key: str, fix: str) -> NoReturn:
         """Raise a one-line ConfigError for ``key``'s current value."""
-        value = self.data.get(key)
-        raise ConfigError(_one_line(f"{self.file}: {self.field(key)} = {value!r}; {fix}"))
+        self.bad(key, fix)
 
-    def check_keys(self, allowed: tuple[str, ...]) -> None:
-        """Reject keys not in ``allowed``."""
-        for key in self.data:
-            if key not in allowed:
-                raise ConfigError(_one_line(
-                    f"{self.file}: unknown field {self.field(key)}; remove it "
-                    f"(allowed: {', '.join(allowed)})"
-                ))
+    def integer(self, key: str, fix: str = "use a whole number", *, minimum: int | None = None,
+                maximum: int | None = MAX_MIB) -> int:
+        """A required integer ``>= minimum`` (booleans are rejected; at most ``maximum``)."""
+        return super().integer(key, fix, minimum=minimum, maximum=maximum)
 
-    def get(self, key: str, fix: str) -> Any:
-        """The raw value of a required field."""
-        if key not in self.data:
-            raise ConfigError(_one_line(f"{self.file}: {self.field(key)} is missing; {fix}"))
-        return self.data[key]
-
-    def string(self, key: str, fix: str, *, choices: tuple[str, ...] | None = None) -> str:
-        """A required non-empty string, optionally one of ``choices``."""
-        value = self.get(key, fix)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(key, fix)
-        if choices is not None and value not in choices:
-            self.fail(key, f"use one of: {', '.join(choices)}")
-        return value
-
-    def integer(self, key: str, fix: str, *, minimum: int) -> int:
-        """A required integer ``>= minimum`` (booleans are rejected)."""
-        value = self.get(key, fix)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(key, fix)
-        return value
-
-    def number(self, key: str, fix: str) -> float:
+    def number(self, key: str, fix: str = "use a number", **_: Any) -> float:  # type: ignore[override]
         """A required finite number ``> 0``."""
-        value = self.get(key, fix)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, fix)
-        if not math.isfinite(value) or value <= 0:
-            self.fail(key, fix)
-        return float(value)
+        return super().number(key, fix, positive=True)
 
-    def boolean(self, key: str, fix: str) -> bool:
-        """A required boolean."""
-        value = self.get(key, fix)
-        if not isinstance(value, bool):
-            self.fail(key, fix)
-        return value
-
-    def tables(self, key: str, fix: str) -> list[_Table]:
+    def tables(self, key: str, fix: str) -> list[_Table]:  # type: ignore[override]
         """A required non-empty array of tables."""
-        value = self.get(key, fix)
-        if not isinstance(value, list) or not value:
-            self.fail(key, fix)
-        return [_Table(item, self.file, f"{self.field(key)}[{i}]") for i, item in enumerate(value)]
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+        value = self.items(key, fix, nonempty=True)
+        return [_Table(item, Path(self.file), f"{self.name(key)}[{i}]")
+                for i, item in enumerate(value)]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file; check the path")
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(_one_line(f"{path}: not valid TOML ({err}); fix the syntax")) from None
+    return read_toml(path, "TOML file", missing="check the path")
 
 
 def _toml_files(folder: Path, what: str) -> list[Path]:
@@ -374,11 +324,13 @@ def _budget_unit(table: _Table) -> int:
 
 
 def _count(table: _Table) -> int:
-    return table.integer("count", "use a positive whole number of devices", minimum=1)
+    return table.integer("count", f"use a whole number of devices from 1 to {MAX_DEVICES}",
+                         minimum=1, maximum=MAX_DEVICES)
 
 
 def _seed(table: _Table) -> int:
-    return table.integer("seed", "use a whole number >= 0, e.g. seed = 42", minimum=0)
+    return table.integer("seed", "use a whole number >= 0, e.g. seed = 42", minimum=0,
+                         maximum=2**63 - 1)
 
 
 def _uniform(table: _Table) -> list[tuple[int, str | None, str | None]]:
@@ -405,7 +357,8 @@ def _mix(
     for group in table.tables("groups", 'add [[groups]] tables with profile and count'):
         group.check_keys(("profile", "count"))
         profile = _profile_of(group, profiles)
-        count = group.integer("count", "use a positive whole number of devices", minimum=1)
+        count = group.integer("count", f"use a whole number of devices from 1 to {MAX_DEVICES}",
+                              minimum=1, maximum=MAX_DEVICES - len(rows))
         rows += [(profile.budget_bytes, profile.name, None)] * count
     return rows
 
@@ -418,7 +371,9 @@ def _explicit(
         item.check_keys(("profile", "budget", "count"))
         count = 1
         if "count" in item.data:
-            count = item.integer("count", "use a positive whole number of devices", minimum=1)
+            count = item.integer("count",
+                                 f"use a whole number of devices from 1 to {MAX_DEVICES}",
+                                 minimum=1, maximum=MAX_DEVICES - len(rows))
         if ("profile" in item.data) == ("budget" in item.data):
             raise ConfigError(
                 f"{table.file}: {item.where} needs exactly one of profile or budget; give one"
@@ -435,7 +390,10 @@ def _explicit(
 
 
 def _ppm(table: _Table, key: str, fix: str) -> int:
-    ppm = math.floor(Fraction(repr(table.number(key, fix))) * PPM)
+    value = table.number(key, fix)
+    if value > MAX_FRACTION:
+        table.fail(key, f"{fix} (at most {MAX_FRACTION})")
+    ppm = math.floor(Fraction(repr(value)) * PPM)
     if ppm <= 0:
         table.fail(key, fix)
     return ppm

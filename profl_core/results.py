@@ -2,8 +2,9 @@
 
 A :class:`ResultFile` holds :class:`Record` rows (``key``, ``metric``, ``value``, ``unit``,
 ``case_hash``). Files are written to a temporary file in the same folder and moved into place
-with :func:`os.replace`, so a reader never sees half a file and an interrupted write loses
-nothing that was there before.
+with :func:`os.replace` (:func:`profl_core.files.atomic_write_text`, re-exported here), so a
+reader never sees half a file and an interrupted write loses nothing that was there before;
+they are read through the guarded JSON reader of :mod:`profl_core.files`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from profl_core.errors import ConfigError
+from profl_core.files import Fields, atomic_write_text, read_json, shown
 
 SCHEMA_VERSION = 1
 
@@ -103,46 +104,49 @@ def provenance(repo: Path) -> dict[str, Any]:
     }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_result(path: Path, result: ResultFile) -> None:
     """Write a result file atomically as indented JSON."""
     atomic_write_text(path, json.dumps(result.to_json(), indent=1, sort_keys=False) + "\n")
 
 
+RESULT_FIX = "regenerate it (rerun the suite or the training run)"
+
+
 def read_result(path: Path) -> ResultFile:
-    """Read a result file; a missing, malformed or newer-schema file is a ConfigError."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such result file; run the suite first") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    """Read a result file through the guarded JSON reader.
+
+    Raises:
+        ConfigError: One line naming the file and the field: a missing file, bytes that are
+            not UTF-8 JSON, another schema version, a wrong top-level type, missing keys or
+            values of the wrong type (a record's ``value`` must be a number, not a bool).
+    """
+    data = read_json(path, "result file", missing="run the suite first", fix=RESULT_FIX)
+    top = Fields(data, path, table="object", fix=RESULT_FIX)
+    version = top.data.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise ConfigError(
-            f"{path}: schema_version={version!r}, this version reads {SCHEMA_VERSION}; "
+            f"{path}: schema_version={shown(version)}, this version reads {SCHEMA_VERSION}; "
             "regenerate the file"
         )
-    try:
-        records = tuple(Record(**r) for r in data["records"])
-        return ResultFile(
-            suite=data["suite"], records=records, provenance=data.get("provenance", {}),
-            created_utc=data.get("created_utc", ""), extra=data.get("extra", {}),
-        )
-    except (KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: malformed result file ({err}); regenerate it") from None
+    records = []
+    for i, item in enumerate(top.items("records", "use a list of records")):
+        row = Fields(item, path, f"records[{i}]", table="object", fix=RESULT_FIX)
+        row.check_keys(("key", "metric", "value", "unit", "case_hash"))
+        records.append(Record(
+            key=row.string("key", empty=True), metric=row.string("metric"),
+            value=row.number("value", "use a number", finite=False),
+            unit=row.string("unit", empty=True),
+            case_hash=row.string("case_hash", empty=True) if "case_hash" in row.data else "",
+        ))
+    for key in ("provenance", "extra"):
+        if key in top.data:
+            top.mapping(key)
+    return ResultFile(
+        suite=top.string("suite"), records=tuple(records),
+        provenance=top.data.get("provenance", {}),
+        created_utc=top.string("created_utc", empty=True) if "created_utc" in top.data else "",
+        extra=top.data.get("extra", {}),
+    )
 
 
 def new_result(

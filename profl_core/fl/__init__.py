@@ -11,6 +11,7 @@ from profl_core.fl.loop import (
     LocalBackend,
     RunConfig,
     load_checkpoint,
+    restore_checkpoint,
     run_federated,
     save_checkpoint,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "fedavg",
     "load_checkpoint",
     "require_trainable",
+    "restore_checkpoint",
     "run_client",
     "run_federated",
     "save_checkpoint",

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -55,6 +54,15 @@ from torch import nn
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
+from profl_core.files import (
+    Fields,
+    atomic_save,
+    atomic_write_text,
+    fail,
+    load_torch,
+    read_jsonl,
+    shown,
+)
 from profl_core.fl.client import (
     FAULTS,
     ClientJob,
@@ -178,17 +186,37 @@ class JsonlSink:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def truncate(self, after_round: int) -> None:
-        """Drop records of rounds after ``after_round`` (used when resuming)."""
+    def truncate(self, after_round: int) -> str | None:
+        """Keep only the records of rounds ``1 .. after_round`` (used when resuming).
+
+        A torn last line (a write cut short by a kill or a full disk) is dropped; the returned
+        one-line note says so (None when nothing was torn). Kept lines stay byte-identical.
+
+        Raises:
+            ConfigError: A damaged line elsewhere, a record without a whole ``round``, or kept
+                records that are not exactly rounds ``1 .. after_round`` (the file does not
+                belong with the checkpoint).
+        """
+        fix = "restore it, or start fresh in a new folder"
         if not self.path.exists():
-            return
-        keep = [
-            line for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["round"] <= after_round
-        ]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+            if after_round:
+                raise ConfigError(f"{self.path}: missing, but the checkpoint is at round "
+                                  f"{after_round}; {fix}")
+            return None
+        read = read_jsonl(self.path, "rounds file", missing=fix, fix=fix)
+        keep: list[tuple[int, str]] = []
+        for number, record, text in zip(read.lines, read.records, read.texts, strict=True):
+            rnd = record.get("round") if isinstance(record, dict) else None
+            if isinstance(rnd, bool) or not isinstance(rnd, int):
+                raise ConfigError(f"{self.path}: line {number} has no whole round number; {fix}")
+            if rnd <= after_round:
+                keep.append((rnd, text))
+        if [rnd for rnd, _ in keep] != list(range(1, after_round + 1)):
+            raise ConfigError(
+                f"{self.path}: its records up to round {after_round} are not rounds 1 to "
+                f"{after_round}, which the checkpoint holds; {fix}")
+        atomic_write_text(self.path, "".join(text + "\n" for _, text in keep))
+        return read.torn
 
 
 def record_to_json(record: RoundRecord) -> dict[str, Any]:
@@ -289,27 +317,84 @@ def save_checkpoint(
         "numpy_rng": np_rng.bit_generator.state,
         "loop": dict(loop or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(path, lambda handle: torch.save(payload, handle))
+
+
+#: What to do with a checkpoint that cannot be resumed.
+CHECKPOINT_FIX = ("start fresh in a new folder, or put back the last good checkpoint.pt (a "
+                  "copy from before the damage)")
+
+_CHECKPOINT_KEYS = ("format", "method", "round", "weights", "meta", "numpy_rng", "loop")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a bad file is a ConfigError."""
-    try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no checkpoint to resume from") from None
-    except Exception as err:
-        raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    """Read a checkpoint with ``weights_only=True`` and check its structure.
+
+    Raises:
+        ConfigError: One line naming the file, what is wrong and how to recover: a file torch
+            cannot read, another format, a missing key or a value of the wrong type.
+    """
+    payload = load_torch(path, "checkpoint", missing="no checkpoint to resume from",
+                         fix=CHECKPOINT_FIX)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
+        fail(path, f"not a checkpoint of format {CHECKPOINT_FORMAT}; {CHECKPOINT_FIX}")
+    top = Fields(payload, path, table="dict", fix=CHECKPOINT_FIX)
+    top.require(_CHECKPOINT_KEYS)
+    top.string("method")
+    top.integer("round", "use a round number >= 0", minimum=0)
+    weights = top.get("weights")
+    if not isinstance(weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        top.bad("weights", "not a name -> tensor dict")
+    for key in ("meta", "numpy_rng", "loop"):
+        top.mapping(key)
     return payload
+
+
+def restore_checkpoint(
+    path: Path, payload: Mapping[str, Any], *, method: Method, fresh: ServerState,
+    np_rng: np.random.Generator, rounds: int,
+) -> ServerState:
+    """The server state of a checkpoint read by :func:`load_checkpoint`, checked against the
+    ``fresh`` state of the run's model and method; sets ``np_rng`` to the saved state.
+
+    Raises:
+        ConfigError: The checkpoint is of another method, a later round than the run has,
+            lacks or reshapes a tensor of the model (another width or model), holds method
+            state this method cannot use, or an RNG state NumPy refuses.
+    """
+    if payload["method"] != method.name:
+        fail(path, f"checkpoint of method {shown(payload['method'])}, not {method.name!r}; "
+                   "resume with the method it was started with, or use a new folder")
+    if int(payload["round"]) > rounds:
+        fail(path, f"checkpoint of round {payload['round']}, but the run has only {rounds} "
+                   "rounds; resume with the settings it was started with")
+    weights = payload["weights"]
+    for key, tensor in fresh.weights.items():
+        saved = weights.get(key)
+        if saved is None:
+            fail(path, f"weights lack {key!r} of this model; {CHECKPOINT_FIX}")
+        if saved.shape != tensor.shape or saved.dtype != tensor.dtype:
+            fail(path, f"weights[{key!r}] is {saved.dtype} {list(saved.shape)}, this model's "
+                       f"is {tensor.dtype} {list(tensor.shape)} (another model or width?); "
+                       "resume with the settings it was started with, or use a new folder")
+    missing = sorted(set(fresh.meta) - set(payload["meta"]))
+    if missing:
+        fail(path, f"meta lacks {missing[0]!r} of method {method.name}; {CHECKPOINT_FIX}")
+    state = ServerState(weights=dict(weights), meta=dict(payload["meta"]))
+    try:
+        np_rng.bit_generator.state = payload["numpy_rng"]
+        method.is_finished(state)
+        method.position(state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        fail(path, f"holds a state {method.name} cannot use ({type(err).__name__}: "
+                   f"{shown(str(err))}); {CHECKPOINT_FIX}")
+    loop = Fields(payload["loop"], path, "loop", table="dict", fix=CHECKPOINT_FIX)
+    if loop.has("step"):
+        loop.items("step", "use [stage, step, submodel]")
+    if loop.has("reference_loss"):
+        loop.number("reference_loss", finite=False)
+    return state
 
 
 def run_federated(
@@ -325,6 +410,7 @@ def run_federated(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: Callable[[RoundRecord], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ServerState:
     """Run federated training until the method is finished or ``config.rounds`` is reached.
 
@@ -340,8 +426,10 @@ def run_federated(
             needs a connected Ray) or a :class:`Backend` instance (e.g. a configured
             ``RayBackend``).
         checkpoint_dir: Folder for ``checkpoint.pt``; None disables checkpoints.
-        resume: Continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
+        resume: Continue from ``checkpoint_dir/checkpoint.pt`` when it exists (checked by
+            :func:`restore_checkpoint`); a :class:`JsonlSink` is cut back to its round.
         progress: Called with each round's record after it is stored and checkpointed.
+        warn: Receives one-line notes (a torn last line of ``rounds.jsonl`` dropped on resume).
 
     Returns:
         The final server state.
@@ -367,15 +455,13 @@ def run_federated(
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt is not None and ckpt.exists():
         payload = load_checkpoint(ckpt)
-        if payload["method"] != method.name:
-            raise ConfigError(
-                f"{ckpt}: checkpoint of method {payload['method']!r}, not {method.name!r}"
-            )
-        state = ServerState(weights=payload["weights"], meta=payload["meta"])
-        np_rng.bit_generator.state = payload["numpy_rng"]
+        state = restore_checkpoint(ckpt, payload, method=method, fresh=state, np_rng=np_rng,
+                                   rounds=config.rounds)
         start = int(payload["round"]) + 1
     if resume and isinstance(sink, JsonlSink):
-        sink.truncate(start - 1)
+        torn = sink.truncate(start - 1)
+        if torn is not None and warn is not None:
+            warn(torn)
     guard = _BlowupGuard(config.loss_blowup, payload.get("loop", {}) if start > 1 else {})
     runner.start(method, data, config.local())
     try:
