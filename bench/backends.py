@@ -8,6 +8,7 @@ a local Ray on this machine (all its CPUs, no dashboard); ``--address`` joins an
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,34 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              "start a local Ray")
 
 
+#: Seconds to wait for a TCP connection to ``--address`` before giving up.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within ``timeout_s`` when nothing listens at ``--address`` (Ray itself retries
+    a dead address for minutes). ``auto`` and ``local`` are Ray's own words and not probed.
+
+    Raises:
+        ConfigError: A malformed address or one that refuses or does not answer in time.
+    """
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {address!r}: use HOST:PORT, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (
+            err.strerror or type(err).__name__)
+        raise ConfigError(f"--address {address}: cannot connect to Ray ({reason} within "
+                          f"{timeout_s:g} s); start it with `ray start --head` or drop "
+                          "--address") from None
+
+
 @contextmanager
 def backend_session(args: argparse.Namespace) -> Iterator[None]:
     """Connect to Ray for ``--backend ray`` for the duration of the block, then disconnect."""
@@ -35,6 +64,8 @@ def backend_session(args: argparse.Namespace) -> Iterator[None]:
             raise ConfigError("--address needs --backend ray")
         yield
         return
+    if address is not None:
+        probe_address(address)
     try:
         import ray
     except ModuleNotFoundError:

@@ -20,8 +20,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.stats import compare_to, format_interval, t_interval
-from bench.training import METHODS, read_rounds
+from bench.training import METHODS, RUN_FILE, read_rounds, read_run_result
 from profl_core.errors import ConfigError
+from profl_core.files import read_text
 from profl_core.results import ResultFile, atomic_write_text, read_result
 
 MIB = 1 << 20
@@ -107,7 +108,7 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
     """
     rows = []
     for run in run_folders(folder):
-        result = read_result(run / "result.json")
+        result = read_run_result(run)
         row = _run_info(run, result)
         values = {r.metric: r.value for r in result.records}
         values["last10_change"] = last10_change(read_rounds(run / "rounds.jsonl"))
@@ -157,7 +158,7 @@ def curves_frame(folder: Path) -> pd.DataFrame:
     accuracy % (evaluated rounds only)."""
     rows = []
     for run in run_folders(folder):
-        info = _run_info(run, read_result(run / "result.json"))
+        info = _run_info(run, read_run_result(run))
         for record in read_rounds(run / "rounds.jsonl"):
             if record.get("accuracy") is not None:
                 rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},
@@ -169,7 +170,7 @@ def curves_frame(folder: Path) -> pd.DataFrame:
 def target_accuracy(folder: Path) -> float | None:
     """The accuracy target the runs used (from the first run's result file)."""
     for run in run_folders(folder):
-        target = read_result(run / "result.json").extra.get("target_accuracy")
+        target = read_run_result(run).extra.get("target_accuracy")
         if target is not None:
             return float(target)
     return None
@@ -271,7 +272,7 @@ def _settings_line(folder: Path, runs: pd.DataFrame) -> str:
     paths = run_folders(folder)
     if not paths:
         return ""
-    c = read_result(paths[0] / "result.json").extra.get("config", {})
+    c = read_run_result(paths[0]).extra.get("config", {})
     keys = ("dataset", "model", "width", "fleet", "clients", "per_round", "rounds",
             "local_epochs", "batch_size", "lr", "samples_per_client", "test_samples",
             "schedule", "device")
@@ -324,6 +325,10 @@ def build_report(folder: Path) -> str:
 
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such run folder")
+    if (folder / RUN_FILE).is_file() or (folder / "rounds.jsonl").is_file():
+        raise ConfigError(f"{folder}: a training run's folder (profl train), whose result.json, "
+                          "rounds.jsonl and learning_curve.png are its report; give profl "
+                          "report a suite run folder (profl bench), e.g. its parent's parent")
     result = _suite_result(folder)
     runs, summary, _ = accuracy_tables(folder)
     if runs.empty and result is None and not (folder / "speed.md").is_file():
@@ -379,10 +384,11 @@ def build_report(folder: Path) -> str:
         printed += [*section[:3], ""]
     zoo = folder / "tables" / "model_zoo.md"
     if zoo.is_file():
-        lines += ["#" + zoo.read_text(encoding="utf-8"), ""]
+        lines += ["#" + read_text(zoo, "model zoo table", missing="rerun the suite"), ""]
     speed = folder / "speed.md"
     if speed.is_file():
-        text = speed.read_text(encoding="utf-8").replace("# Speed", "## Speed", 1)
+        text = read_text(speed, "speed table", missing="rerun the suite").replace(
+            "# Speed", "## Speed", 1)
         lines += [text, "Raw numbers: `benchmark.json` (pytest-benchmark).", ""]
         printed += [text]
     atomic_write_text(folder / "report.md", "\n".join(lines).rstrip() + "\n")

@@ -31,15 +31,25 @@ from bench.memory_suite import (
 )
 from bench.report import build_report, run_folders
 from bench.suites import AccuracySection, Suite, run_name
-from bench.training import TrainingConfig, load_data, run_training
+from bench.training import (
+    RUN_FILE,
+    TrainingConfig,
+    check_device,
+    check_resume,
+    config_changes,
+    load_data,
+    read_run_record,
+    read_run_result,
+    run_training,
+)
 from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
+from profl_core.files import check_writable_dir
 from profl_core.fl import RoundRecord
 from profl_core.results import (
     Record,
     ResultFile,
     new_result,
-    read_result,
     run_dir,
     write_result,
 )
@@ -55,6 +65,17 @@ def latest_run(suite: str, results_dir: Path = RESULTS_DIR) -> Path:
         raise ConfigError(f"no earlier run of suite {suite!r} in {machine_dir}; "
                           "run it without --resume first")
     return runs[-1]
+
+
+def check_run_folder(folder: Path, *, resume: bool) -> None:
+    """Before any work: ``folder`` can take a suite run's files and, with ``resume``, holds a
+    run to continue (else an error naming the fix)."""
+    check_writable_dir(folder)
+    if not resume:
+        return
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise ConfigError(f"{folder}: nothing to resume (no suite run in this folder); drop "
+                          "--resume or give the folder of an interrupted run")
 
 
 def new_run_folder(suite: str, results_dir: Path = RESULTS_DIR) -> Path:
@@ -198,6 +219,45 @@ def _run_in_workers(jobs: list[_Job], workers: int, threads: int, tracker: _Prog
             drain()
 
 
+def accuracy_jobs(
+    section: AccuracySection, folder: Path, *, resume: bool, suite: str,
+    data_dir: Path | None = None, backend: str = "local",
+) -> list[_Job]:
+    """The runs of ``section`` still to do, every one checked before any starts: its device
+    exists here and, with ``resume``, a finished run was made with the same settings
+    (:func:`check_finished`) and an unfinished one may continue (:func:`check_resume`); a run
+    folder the suite no longer has is refused.
+
+    Raises:
+        ConfigError: The first run that cannot go on, naming it and the fix.
+    """
+    runs = section.runs()
+    jobs: list[_Job] = []
+    names = {run_name(label, part, seed) for label, part, seed in runs}
+    if resume and (folder / "runs").is_dir():
+        strays = sorted(p.name for p in (folder / "runs").iterdir() if p.name not in names)
+        if strays:
+            raise ConfigError(f"{folder}: runs/{strays[0]} is not a run of suite {suite} as it "
+                              "is now (the suite changed); resume with the suite it was "
+                              "started with, or run it into a new --out")
+    for label, part, seed in runs:
+        name = run_name(label, part, seed)
+        config = section.config(label, part, seed, data_dir=data_dir, backend=backend)
+        out = folder / "runs" / name
+        if resume and (out / "result.json").is_file():
+            check_finished(config, out)
+            continue
+        try:
+            check_device(config.device)
+        except ConfigError as err:
+            raise ConfigError(f"suite {suite}: run {name}: {err}") from None
+        if resume:
+            check_resume(config, out)
+        jobs.append(_Job(name=name, config=config, out=out, resume=resume,
+                         suite=suite, target_accuracy=section.target_accuracy))
+    return jobs
+
+
 def run_accuracy(
     section: AccuracySection,
     folder: Path,
@@ -219,21 +279,12 @@ def run_accuracy(
     and the suite goes on.
     """
     runs = section.runs()
-    jobs: list[_Job] = []
-    for label, part, seed in runs:
-        name = run_name(label, part, seed)
-        if resume and (folder / "runs" / name / "result.json").is_file():
-            continue
-        config = section.config(label, part, seed, data_dir=data_dir, backend=backend)
-        jobs.append(_Job(name=name, config=config, out=folder / "runs" / name, resume=resume,
-                         suite=suite, target_accuracy=section.target_accuracy))
+    jobs = accuracy_jobs(section, folder, resume=resume, suite=suite, data_dir=data_dir,
+                         backend=backend)
     if len(jobs) < len(runs):
         log(f"accuracy: {len(runs) - len(jobs)} of {len(runs)} runs already finished")
     if not jobs:
         return
-    if section.base.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"suite {suite}: [accuracy] device = {section.base.device!r} but "
-                          "torch sees no CUDA device; run it on a GPU machine")
     workers = section.workers
     if backend != "local" and workers > 1:
         log(f"accuracy: backend {backend}: one run at a time in this process")
@@ -246,6 +297,24 @@ def run_accuracy(
             _run_here(jobs, section.torch_threads, tracker)
     finally:
         tracker.close()
+
+
+def check_finished(config: TrainingConfig, out: Path) -> None:
+    """A finished run's recorded settings (``run.json``, else its ``result.json``) are those
+    of ``config``; otherwise resuming the suite would reuse a result of other settings.
+
+    Raises:
+        ConfigError: Naming the run folder and each changed setting.
+    """
+    if (out / RUN_FILE).is_file():
+        before = read_run_record(out)["config"]
+    else:
+        before = read_run_result(out).extra.get("config", {})
+    changes = config_changes(before, config.to_json())
+    if changes:
+        raise ConfigError(f"{out}: finished with other settings ({'; '.join(changes)}); "
+                          "resume with the suite it was started with, or run it into a new "
+                          "--out")
 
 
 def _run_here(jobs: list[_Job], threads: int, tracker: _Progress) -> None:
@@ -278,6 +347,9 @@ def run_suite(
     ``backend`` (``local``/``ray``, Ray already connected by the caller) is where training
     sections run their clients.
     """
+    if suite.accuracy is not None:  # bad runs fail before the memory section's work
+        accuracy_jobs(suite.accuracy, folder, resume=resume, suite=suite.name,
+                      data_dir=data_dir, backend=backend)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"suite {suite.name} -> {folder}", flush=True)  # before the progress bars
@@ -301,7 +373,7 @@ def run_suite(
         run_accuracy(suite.accuracy, folder, resume=resume, suite=suite.name,
                      data_dir=data_dir, backend=backend)
         for run in run_folders(folder):
-            records += read_result(run / "result.json").records
+            records += read_run_result(run).records
     if suite.speed is not None:
         from bench.commands.speed import run_speed
 

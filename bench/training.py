@@ -2,10 +2,13 @@
 
 :func:`run_training` loads the data (or takes it ready), partitions it, builds the method, its
 memory table and the fleet, runs :func:`~profl_core.fl.run_federated` and writes into one
-folder: ``rounds.jsonl``, ``checkpoint.pt``, ``model.pt``, ``result.json`` (summary records read
-back from ``rounds.jsonl``), ``learning_curve.png`` and ``README.txt``. ``result.json`` is
-written last, so its presence marks a finished run; ``resume=True`` continues an unfinished one
-from its checkpoint and ends with the weights of an uninterrupted run.
+folder: ``run.json`` (first: the full resolved configuration and the code version),
+``rounds.jsonl``, ``checkpoint.pt``, ``model.pt``, ``result.json`` (summary records read back
+from ``rounds.jsonl``), ``learning_curve.png`` and ``README.txt``. ``result.json`` is written
+last, so its presence marks a finished run; ``resume=True`` continues an unfinished one from
+its checkpoint and ends with the weights of an uninterrupted run. Resuming is a contract
+(:func:`check_resume`): a setting that would change the result is refused, naming it, before
+any work.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,6 +31,7 @@ from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.files import Fields, atomic_write_text, fail, read_json, read_jsonl, shown
 from profl_core.fl import (
     DivergedError,
     FederatedData,
@@ -34,6 +40,7 @@ from profl_core.fl import (
     RunConfig,
     run_federated,
 )
+from profl_core.fl.loop import CHECKPOINT_NAME, load_checkpoint, restore_checkpoint
 from profl_core.fl.types import Method
 from profl_core.memory import TrainingCase
 from profl_core.memory.table import method_table, required_bytes_table
@@ -44,7 +51,14 @@ from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import ModelSpec, build_model, check_model_name, native_spec
-from profl_core.results import Record, ResultFile, atomic_write_text, new_result, write_result
+from profl_core.results import (
+    Record,
+    ResultFile,
+    git_state,
+    new_result,
+    read_result,
+    write_result,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES_DIR = REPO / "devices"
@@ -126,15 +140,24 @@ class TrainingConfig:
         check_model_name(self.model)
         if self.dataset not in DATASET_NAMES:
             raise ConfigError(f"dataset={self.dataset!r}; use one of {', '.join(DATASET_NAMES)}")
-        for name in ("clients", "per_round", "rounds", "local_epochs", "batch_size",
-                     "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}; use 1 or more")
-        for name in ("checkpoint_every", "samples_per_client", "test_samples", "loss_blowup"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}; use 0 or more")
+        for name, spec in TRAINING_FIELDS.items():  # bool is not int, nor a string a number
+            value = getattr(self, name)
+            if spec.kind is not None and not (value is None and spec.optional):
+                object.__setattr__(self, name, check_value(spec, value, "run setting"))
+        for name, low, high in LIMITS:
+            value = getattr(self, name)
+            if not (low <= value <= high):
+                raise ConfigError(f"{name}={value}; use {low} to {high}")
+        for name in ("width", "lr", "loss_blowup"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)}; use a finite number")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr}; use a positive learning rate")
+        if self.per_round > self.clients:
+            raise ConfigError(f"per_round={self.per_round} is more than clients="
+                              f"{self.clients}; use at most {self.clients} clients per round")
+        if self.loss_blowup < 0:
+            raise ConfigError(f"loss_blowup={self.loss_blowup}; use 0 or more")
         if not 0 < self.width <= 1:
             raise ConfigError(f"width={self.width}; use a multiplier in (0, 1]")
         if self.frozen_bn not in ("eval", "train"):
@@ -151,6 +174,22 @@ class TrainingConfig:
 
 #: TrainingConfig's fields (type, default, help) in field order.
 TRAINING_FIELDS: dict[str, FieldSpec] = field_specs(TrainingConfig)
+
+#: Ranges of the whole-number settings: (field, lowest, highest). The upper ends are far past
+#: any real run; larger numbers are typos that would only exhaust memory or overflow a seed.
+LIMITS: tuple[tuple[str, int, int], ...] = (
+    ("clients", 1, 100_000), ("per_round", 1, 100_000), ("rounds", 1, 10_000_000),
+    ("local_epochs", 1, 100_000), ("batch_size", 1, 2**20), ("eval_every", 1, 10_000_000),
+    ("checkpoint_every", 0, 10_000_000), ("samples_per_client", 0, 2**40),
+    ("test_samples", 0, 2**40), ("seed", 0, 2**63 - 1),
+)
+
+#: Settings a resumed run may change: where the data lives, where clients run (the same seed
+#: gives the same result on every backend) and how often it checkpoints. Every other setting
+#: changes the result, so ``--resume`` refuses a change to it (:func:`check_resume`).
+RESUME_FREE: frozenset[str] = frozenset({"data_dir", "backend", "checkpoint_every"})
+RUN_FILE = "run.json"
+RUN_FORMAT = 1
 
 
 # ------------------------------------------------------------------------------------ building
@@ -323,12 +362,168 @@ def make_method(config: TrainingConfig, data: FederatedData) -> Method:
 # ------------------------------------------------------------------------------------ results
 
 
-def read_rounds(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``rounds.jsonl`` file (none when it is absent: a run that diverged in
-    its first round wrote no record)."""
-    if not path.is_file():
+ROUNDS_FIX = "restore it, or rerun the training run into a new folder"
+
+
+def read_rounds(path: Path, *, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of a ``rounds.jsonl`` file, each checked for the fields the summaries,
+    reports and curves read (none when the file is absent: a run that diverged in its first
+    round wrote no record). A torn last line is dropped, and ``warn`` told so.
+
+    Raises:
+        ConfigError: A line that is not JSON (but the last, torn one), not an object, or lacks
+            a field or has one of the wrong type; the message names the line and the field.
+    """
+    if not path.is_file() and not path.is_dir():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    read = read_jsonl(path, "rounds file", missing=ROUNDS_FIX, fix=ROUNDS_FIX)
+    if read.torn is not None and warn is not None:
+        warn(read.torn)
+    return [check_round(record, path, number)
+            for number, record in zip(read.lines, read.records, strict=True)]
+
+
+def check_round(record: Any, path: Path, line: int) -> dict[str, Any]:
+    """One ``rounds.jsonl`` record, checked (see :func:`read_rounds`)."""
+    row = Fields(record, path, f"line {line}", table="object", fix=ROUNDS_FIX)
+    row.integer("round", "use a round number >= 1", minimum=1)
+    for key in ("stage", "submodel"):
+        row.string(key, empty=True)
+    row.integer("step", minimum=0)
+    for key in ("accuracy", "loss"):
+        if row.has(key):
+            row.number(key, finite=False)
+    row.number("train_loss", finite=False)
+    row.number("eligible_share", minimum=0, maximum=1)
+    row.number("wall_s", minimum=0)
+    for key in ("participants", "required_bytes"):
+        items = row.items(key)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            row.bad(key, "use a list of whole numbers")
+    if len(row.data["participants"]) != len(row.data["required_bytes"]):
+        row.bad("required_bytes", "use one number per participant")
+    if "metrics" in row.data:
+        row.mapping("metrics")
+    if row.has("step_end"):
+        row.string("step_end")
+    if "dropped" in row.data:
+        row.items("dropped")
+    return row.data
+
+
+def read_run_result(run: Path) -> ResultFile:
+    """A training run's ``result.json``, with the parts of ``extra`` the reports and resume
+    read checked: ``config`` (an object whose ``method``, ``label``, ``partition`` are strings
+    and ``seed`` a whole number), ``status`` and ``diverged``."""
+    path = run / "result.json"
+    result = read_result(path)
+    fix = "regenerate it (rerun the training run into a new folder)"
+    extra = Fields(dict(result.extra), path, "extra", table="object", fix=fix)
+    if "config" in extra.data:
+        config = extra.mapping("config")
+        for key in ("method", "label", "partition", "fleet"):
+            if key in config.data:
+                config.string(key, empty=True)
+        if "seed" in config.data:
+            config.integer("seed", minimum=0)
+    if "status" in extra.data:
+        extra.string("status", choices=("completed", "diverged"))
+    if "diverged" in extra.data:
+        extra.mapping("diverged")
+    if extra.has("target_accuracy"):
+        extra.number("target_accuracy")
+    if "fleet" in extra.data:
+        extra.string("fleet", empty=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def run_record(config: TrainingConfig) -> dict[str, Any]:
+    """What ``run.json`` holds: the full resolved configuration and the code version."""
+    git = git_state(REPO)
+    return {"format": RUN_FORMAT, "config": config.to_json(), "code": {
+        "git_sha": git["sha"], "git_dirty": git["dirty"], "torch": torch.__version__}}
+
+
+def read_run_record(out: Path) -> dict[str, Any]:
+    """``out/run.json``, checked: ``format``, a ``config`` object and a ``code`` object."""
+    path = out / RUN_FILE
+    fix = "restore it, or start fresh in a new --out"
+    top = Fields(read_json(path, "run file", missing=fix, fix=fix), path, table="object",
+                 fix=fix)
+    if top.get("format") != RUN_FORMAT:
+        top.bad("format", f"this version reads format {RUN_FORMAT}")
+    top.mapping("config")
+    top.mapping("code")
+    return top.data
+
+
+def config_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``field: before -> now`` for every setting that differs (but :data:`RESUME_FREE`)."""
+    keys = [k for k in dict.fromkeys([*before, *now]) if k not in RESUME_FREE]
+    return [f"{k} {shown(before.get(k))} -> {shown(now.get(k))}" for k in keys
+            if before.get(k) != now.get(k)]
+
+
+def check_resume(config: TrainingConfig, out: Path, *, required: bool = False,
+                 warn: Callable[[str], None] | None = None) -> bool:
+    """Whether ``out`` holds a run to continue with ``config``, checked before any work.
+
+    A run folder records its configuration in ``run.json`` when it starts. Resuming is
+    refused when a setting that changes the result differs (all but :data:`RESUME_FREE`),
+    naming each; a different code version (git commit, torch) is only a warning through
+    ``warn``. A folder with nothing in it is no run: with ``required`` (``profl train
+    --resume``) that is an error, else (a suite's run that never started) it starts fresh.
+
+    Raises:
+        ConfigError: A changed setting, a folder holding files of a run but no ``run.json``
+            (started by an older version), or nothing to resume when ``required``.
+    """
+    record = out / RUN_FILE
+    if not record.is_file():
+        if out.exists() and not out.is_dir():
+            fail(out, "is a file, not a run folder; give the folder of the run to continue")
+        started = [n for n in ("rounds.jsonl", "checkpoint.pt", "result.json")
+                   if (out / n).exists()]
+        if started:
+            fail(out, f"holds {started[0]} but no {RUN_FILE}, so its settings are unknown "
+                      "(started by an older version); start fresh in a new --out")
+        if required:
+            fail(out, "nothing to resume (no run was started in this folder); drop --resume "
+                      "or give the folder of an interrupted run")
+        return False
+    saved = read_run_record(out)
+    changes = config_changes(saved["config"], config.to_json())
+    if changes:
+        fail(out, f"--resume would change {'; '.join(changes)}; resume with the settings "
+                  "the run was started with, or start fresh in a new --out")
+    code, now = saved["code"], run_record(config)["code"]
+    moved = [k for k in ("git_sha", "torch") if code.get(k) != now[k]]
+    if moved and warn is not None:
+        warn(f"{out}: started with {', '.join(f'{k} {code.get(k)}' for k in moved)}, resumed "
+             f"with {', '.join(f'{k} {now[k]}' for k in moved)}; the weights may differ "
+             "from an uninterrupted run")
+    return True
+
+
+def check_device(device: str) -> None:
+    """Fail now when ``device`` is not a torch device this machine has (before any work)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device={device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}, but torch sees no CUDA device here; use "
+                              "--device cpu or run on a GPU machine")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"device={device!r}, but this machine has {count} CUDA "
+                              f"device(s); use cuda:0 to cuda:{count - 1}")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"device={device!r}; use cpu, cuda or cuda:N")
 
 
 def rounds_to_target(rounds: list[dict[str, Any]], target: float) -> int | None:
@@ -483,8 +678,10 @@ def run_training(
     Args:
         config: The run's settings.
         out: Run folder (created); holds the files listed in the module docstring.
-        resume: Continue from ``out/checkpoint.pt`` when present; without it, a folder that
-            already holds ``rounds.jsonl`` is refused.
+        resume: Continue the run recorded in ``out/run.json`` (from ``out/checkpoint.pt``
+            when present), refusing changed settings (:func:`check_resume`); an empty or
+            missing folder starts fresh. Without it, a folder that already holds a run is
+            refused.
         progress: Called with each round's record.
         data: Train and test split already loaded (suites load them once); else loaded here.
         suite: Result-file suite name (default ``train-<method>``).
@@ -494,17 +691,26 @@ def run_training(
     Returns:
         The result file written to ``out/result.json``.
     """
+    say = log or (lambda line: print(line, file=sys.stderr))
     if (out / "rounds.jsonl").exists() and not resume:
+        raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
+    check_device(config.device)
+    resuming = resume and check_resume(config, out, warn=say)
+    if not resuming and (out / RUN_FILE).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
     train, test = data if data is not None else load_data(config)
     spec = model_spec(config, train)
     fed = federated_data(config, train, test)
     method = make_method(config, fed)
+    model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
+    fresh = method.init_state(model, np.random.default_rng(config.seed))
+    if resuming and (out / CHECKPOINT_NAME).is_file():  # a bad checkpoint fails before work
+        restore_checkpoint(out / CHECKPOINT_NAME, load_checkpoint(out / CHECKPOINT_NAME),
+                           method=method, fresh=fresh, np_rng=np.random.default_rng(),
+                           rounds=config.rounds)
     table = memory_table(spec, config, make_method(config, fed))
     full_bytes = reference_bytes(spec, config)
     fleet = make_fleet(config, full_bytes)
-    model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
-    method.init_state(model, np.random.default_rng(config.seed))
     method.check_fleet(fleet, table)  # fail before training when the method fits no device
     run_config = RunConfig(
         rounds=config.rounds, seed=config.seed, eval_every=config.eval_every,
@@ -513,6 +719,8 @@ def run_training(
         loss_blowup=config.loss_blowup,
     )
     out.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        atomic_write_text(out / RUN_FILE, json.dumps(run_record(config), indent=1) + "\n")
     if log is not None:
         for name, required in table.items():
             share = fleet.participation(required)
@@ -523,7 +731,7 @@ def run_training(
         state = run_federated(
             method, fleet, fed, run_config, model=model, memory_table=table,
             sink=JsonlSink(out / "rounds.jsonl"), backend=config.backend, checkpoint_dir=out,
-            resume=resume, progress=progress,
+            resume=resuming, progress=progress, warn=say,
         )
     except DivergedError as err:  # checkpoint.pt holds the last finite round
         diverged = err

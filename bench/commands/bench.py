@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from bench.backends import add_backend_arguments, backend_session
-from bench.runner import latest_run, new_run_folder, run_suite
+from bench.runner import check_run_folder, latest_run, new_run_folder, run_suite
 from bench.suites import load_suite, suite_names
 
 NAME = "bench"
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         folder = args.out or latest_run(suite.name)
     else:
         folder = args.out or new_run_folder(suite.name)
+    check_run_folder(folder, resume=args.resume)
     with backend_session(args):
         for line in run_suite(suite, folder, resume=args.resume, data_dir=args.data_dir,
                               backend=args.backend):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from bench.memory_suite import MemorySection
-from bench.runner import latest_run, new_run_folder, run_suite
+from bench.runner import check_run_folder, latest_run, new_run_folder, run_suite
 from bench.suites import Suite
 from profl_core.errors import ConfigError
 from profl_core.memory import PROBES
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                             num_classes=args.num_classes)
     suite = Suite(name="memory", path=Path("-"), zoo_models=(), memory=section)
     folder = args.out or (latest_run("memory") if args.resume else new_run_folder("memory"))
+    check_run_folder(folder, resume=args.resume)
     for line in run_suite(suite, folder, resume=args.resume):
         print(line)
     print(f"\nwrote {folder}/result.json, tables/ and figures/")

@@ -17,5 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     print(build_report(args.run_dir))
-    print(f"\nwrote {args.run_dir / 'report.md'}, tables/ and figures/")
+    made = [name + "/" for name in ("tables", "figures") if (args.run_dir / name).is_dir()]
+    print(f"\nwrote {', '.join([str(args.run_dir / 'report.md'), *made])}")
     return 0

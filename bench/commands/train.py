@@ -30,13 +30,17 @@ from bench.config_fields import FieldSpec, add_flag
 from bench.training import (
     METHODS,
     REPO,
+    RUN_FILE,
     TRAINING_FIELDS,
     TrainingConfig,
     all_option_specs,
+    check_device,
+    check_resume,
     option_specs,
     run_training,
 )
 from profl_core.errors import ConfigError
+from profl_core.files import check_writable_dir
 from profl_core.fl import RoundFailedError, RoundRecord
 from profl_core.results import run_dir
 
@@ -103,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
     out = args.out or run_dir(REPO / "results", f"train-{config.label}", repo=REPO)
-    if (out / "rounds.jsonl").exists() and not args.resume:
+    # Everything that can be checked without work is checked before it (DESIGN §6).
+    check_writable_dir(out)
+    check_device(config.device)
+    if args.resume:
+        check_resume(config, out, required=True)
+    elif (out / "rounds.jsonl").exists() or (out / RUN_FILE).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
     print(f"run folder: {out}")
     bars: list[tqdm] = []  # made at the first round, so bad input fails before any output

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ import bench.commands.train
 import bench.runner
 from bench.cli import main
 from bench.suites import AccuracySection
-from bench.training import TrainingConfig
+from bench.training import TrainingConfig, run_record
 from profl_core.results import Record, ResultFile
 
 
@@ -63,8 +64,10 @@ def test_resume_skips_finished_runs_and_counts_them(
 ) -> None:
     section = AccuracySection(base=TrainingConfig(dataset="synthetic", rounds=2),
                               methods=("profl", "fedavg"), partitions=("iid",), workers=2)
-    (tmp_path / "runs" / "profl-iid-s0").mkdir(parents=True)
-    (tmp_path / "runs" / "profl-iid-s0" / "result.json").write_text("{}")
+    finished = tmp_path / "runs" / "profl-iid-s0"
+    finished.mkdir(parents=True)
+    (finished / "run.json").write_text(json.dumps(run_record(section.config("profl", "iid", 0))))
+    (finished / "result.json").write_text("{}")
     seen: list[tuple[str, bool]] = []
 
     def fake(config: TrainingConfig, out: Path, **kwargs: Any) -> ResultFile:
@@ -81,8 +84,8 @@ def test_resume_skips_finished_runs_and_counts_them(
     assert lines[-1].startswith("  fedavg-iid-s0 (2/2): final accuracy")
 
 
-TINY = ["train", "--dataset", "synthetic", "--width", "0.25", "--clients", "4", "--rounds", "3",
-        "--partition", "iid"]
+TINY = ["train", "--dataset", "synthetic", "--width", "0.25", "--clients", "4", "--per-round",
+        "2", "--rounds", "3", "--partition", "iid"]
 
 
 def test_train_prints_a_diverged_run_and_exits_1(
