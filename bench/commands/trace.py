@@ -21,11 +21,15 @@ TOP_CATEGORIES = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name (see `profl models`)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--case", default="full", help="full, grow:T or shrink:T")
+    parser.add_argument("--case", default="full",
+                        help="full, grow:T, shrink:T, depth:K or trunc:K")
     parser.add_argument("--probe", default="predict", help=f"one of {', '.join(PROBES)}")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     parser.add_argument("--optimizer", default="sgd", help="sgd or adam")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the probe's)")
+    parser.add_argument("--foreach", action=argparse.BooleanOptionalAction, default=None,
+                        help="the optimizer's multi-tensor kernels (default: the device's; "
+                             "--foreach models a CUDA step with predict)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -65,7 +69,8 @@ def render(report: MemoryReport) -> str:
 def run(args: argparse.Namespace) -> int:
     check_model_name(args.model)
     spec = replace(native_spec(args.model), width=args.width)
-    case = case_from_text(spec, args.case, batch_size=args.batch_size, optimizer=args.optimizer)
+    case = case_from_text(spec, args.case, batch_size=args.batch_size, optimizer=args.optimizer,
+                          foreach=args.foreach)
     report = measure(case, probe=args.probe, device=args.device)
     print(report.to_json() if args.json else render(report))
     return 0

@@ -34,3 +34,11 @@ def test_trace_bad_input_is_one_error_line(
     code = main(["trace", "--model", "resnet18", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert (code, len(err), err[0].startswith("profl: error:")) == (2, 1, True)
+
+
+def test_trace_foreach_flag_names_the_case(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trace", "--model", "cnn", "--batch-size", "2", "--case", "grow:2", "--foreach",
+                 "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["case_key"] == "cnn/grow:2/bs2/foreach"
