@@ -16,6 +16,7 @@ import pandas as pd
 
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
+from profl_core.files import Fields, read_json, shown
 from profl_core.memory import MemoryReport, TrainingCase, all_cases, measure
 from profl_core.memory.categories import Category
 from profl_core.models import ModelSpec, native_spec
@@ -104,7 +105,7 @@ def measure_section(
     for case in section.cases():
         path = _case_file(folder, case)
         if resume and path.exists():
-            reports[case.key] = MemoryReport.from_json(path.read_text(encoding="utf-8"))
+            reports[case.key] = read_case_report(path, case, section.probe)
         else:
             report = measure(case, probe=section.probe)
             atomic_write_text(path, report.to_json() + "\n")
@@ -112,6 +113,30 @@ def measure_section(
         if progress is not None:
             progress(case.key)
     return reports
+
+
+def read_case_report(path: Path, case: TrainingCase, probe: str) -> MemoryReport:
+    """A case's saved report (``cases/<case>.json``), read through the guarded JSON reader;
+    it must be this case's, measured by ``probe``.
+
+    Raises:
+        ConfigError: A file that is not a report of this case and probe, naming the fix.
+    """
+    fix = "delete it and resume: the case is measured again"
+    data = read_json(path, "memory report", missing=fix, fix=fix)
+    try:
+        report = MemoryReport.from_dict(Fields(data, path, table="object", fix=fix).data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}; {fix}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ConfigError(f"{path}: not a memory report ({type(err).__name__}: "
+                          f"{shown(str(err))}); {fix}") from None
+    if report.case_key != case.key or report.probe != probe:
+        raise ConfigError(f"{path}: a report of {shown(report.case_key)} by the "
+                          f"{shown(report.probe)} probe, not of {case.key} by {probe} (the "
+                          "suite changed?); resume with the suite it was started with, or "
+                          "use a new --out")
+    return report
 
 
 def measure_with_progress(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from bench.training import (
     option_specs,
 )
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
+from profl_core.files import read_toml, shown
 from profl_core.memory import PROBES
 from profl_core.models import MODEL_NAMES, check_model_name
 
@@ -137,7 +137,8 @@ def suite_names() -> list[str]:
 
 def _models(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: use a list of model names, e.g. {list(MODEL_NAMES[:2])}")
+        raise ConfigError(f"{where} = {shown(value)}: use a list of model names, e.g. "
+                          f"{list(MODEL_NAMES[:2])}")
     for name in value:
         check_model_name(name)
     return tuple(value)
@@ -151,12 +152,15 @@ def load_suite(name_or_path: str) -> Suite:
     if not path.is_file():
         raise ConfigError(f"unknown suite {name_or_path!r}; choose one of "
                           f"{', '.join(suite_names())} or give a .toml path")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    data = read_toml(path, "suite file")
     reject_unknown_keys(data, {"name", "description", "zoo", "memory", "accuracy", "speed"},
                     str(path))
+    for key in ("zoo", "memory", "accuracy", "speed"):
+        if key in data and not isinstance(data[key], dict):
+            raise ConfigError(f"{path}: {key} = {shown(data[key])}; write it as a [{key}] table")
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{path}: {key} = {shown(data[key])}; use a string")
     zoo = data.get("zoo", {})
     reject_unknown_keys(zoo, {"models"}, f"{path}: [zoo]")
     memory = None
@@ -165,14 +169,20 @@ def load_suite(name_or_path: str) -> Suite:
         known = field_names(MemorySection)
         reject_unknown_keys(table, known, f"{path}: [memory]")
         probe = table.get("probe", "predict")
-        if probe not in PROBES:
-            raise ConfigError(f"{path}: [memory] probe = {probe!r}; use one of {PROBES}")
+        if not isinstance(probe, str) or probe not in PROBES:
+            raise ConfigError(f"{path}: [memory] probe = {shown(probe)}; use one of {PROBES}")
         batch = table.get("batch_size", 64)
-        if not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"{path}: [memory] batch_size = {batch!r}; use a positive integer")
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 2**20:
+            raise ConfigError(f"{path}: [memory] batch_size = {shown(batch)}; use a whole "
+                              f"number from 1 to {2**20}")
+        classes = table.get("num_classes", 10)
+        if isinstance(classes, bool) or not isinstance(classes, int) \
+                or not 2 <= classes <= 100_000:
+            raise ConfigError(f"{path}: [memory] num_classes = {shown(classes)}; use a whole "
+                              "number from 2 to 100000")
         memory = MemorySection(
             models=_models(table.get("models", list(MODEL_NAMES)), f"{path}: [memory] models"),
-            batch_size=batch, probe=probe, num_classes=int(table.get("num_classes", 10)),
+            batch_size=batch, probe=probe, num_classes=classes,
             methods=_memory_methods(table.get("methods", []), f"{path}: [memory] methods"),
         )
     speed = None
@@ -193,7 +203,8 @@ def _memory_methods(value: Any, where: str) -> tuple[str, ...]:
     """Baseline families whose sub-models the memory section also measures."""
     from bench.memory_suite import BASELINE_METHODS
 
-    if not isinstance(value, list) or any(v not in BASELINE_METHODS for v in value):
+    if not isinstance(value, list) or any(not isinstance(v, str) or v not in BASELINE_METHODS
+                                          for v in value):
         raise ConfigError(f"{where}: use a list of some of {', '.join(BASELINE_METHODS)}")
     return tuple(value)
 
@@ -282,9 +293,9 @@ def _variants(tables: Any, path: Path) -> dict[str, Variant]:
         if not _LABEL.fullmatch(label):
             raise ConfigError(f"{here}: use a label of letters, digits, '_', '.' and '-'")
         method = table.get("method", label)
-        if method not in METHODS:
+        if not isinstance(method, str) or method not in METHODS:
             hint = "" if "method" in table else "; set method = \"<a method name>\""
-            raise ConfigError(f"{here}: method = {method!r}; use one of "
+            raise ConfigError(f"{here}: method = {shown(method)}; use one of "
                               f"{', '.join(METHODS)}{hint}")
         if label in METHODS and method != label:
             raise ConfigError(f"{here}: a variant named like a method sets that method's "

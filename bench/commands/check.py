@@ -23,6 +23,7 @@ from bench.memory_suite import REPO, MemorySection, measure_with_progress, memor
 from bench.suites import load_suite
 from profl_core.compare import Diff, Status, Values, compare, failed
 from profl_core.errors import ConfigError
+from profl_core.files import Fields, check_writable_dir, read_json
 from profl_core.results import SCHEMA_VERSION, atomic_write_text, utc_now
 
 NAME = "check"
@@ -56,19 +57,38 @@ def current_values(section: MemorySection, scratch: Path) -> Values:
     return values
 
 
-def read_baseline(path: Path) -> dict[str, Any]:
-    """The whole baseline file (an empty skeleton when it does not exist yet)."""
+def read_baseline(path: Path, version: str | None = None) -> dict[str, Any]:
+    """The whole baseline file (an empty skeleton when it does not exist yet), read through
+    the guarded JSON reader and checked: ``tolerances`` are numbers, ``torch`` holds one
+    object per version and, for ``version``, ``cases`` maps each case to numbers of bytes.
+
+    Raises:
+        ConfigError: One line naming the file and the field, and the fix.
+    """
     if not path.exists():
         return {"schema_version": SCHEMA_VERSION, "suite": "memory-ci",
                 "tolerances": DEFAULT_TOLERANCES, "torch": {}}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
-                          "restore it from git") from None
-    if data.get("schema_version") != SCHEMA_VERSION or not isinstance(data.get("torch"), dict):
-        raise ConfigError(f"{path}: not a schema-{SCHEMA_VERSION} baseline; restore it from git "
-                          "or rebuild it with `profl check --update`")
+    fix = "restore it from git or rebuild it with `profl check --update`"
+    data = read_json(path, "baseline", missing=fix, fix=fix)
+    top = Fields(data, path, table="object", fix=fix)
+    if top.data.get("schema_version") != SCHEMA_VERSION or not isinstance(
+            top.data.get("torch"), dict):
+        raise ConfigError(f"{path}: not a schema-{SCHEMA_VERSION} baseline; {fix}")
+    if "tolerances" in top.data:
+        tolerances = top.mapping("tolerances")
+        for key in tolerances.data:
+            tolerances.number(key, "use a relative tolerance from 0 to 10", minimum=0,
+                              maximum=10)
+    versions = top.mapping("torch")
+    for name in versions.data:
+        entry = versions.mapping(name)
+        if name != version:
+            continue
+        cases = entry.mapping("cases")
+        for key in cases.data:
+            metrics = cases.mapping(key)
+            for metric in metrics.data:
+                metrics.number(metric, "use a number of bytes >= 0", minimum=0)
     return data
 
 
@@ -90,8 +110,17 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     if suite.memory is None:
         raise ConfigError(f"{suite.path}: no [memory] section to check")
-    baseline = read_baseline(args.baseline)
     version = torch_minor()
+    baseline = read_baseline(args.baseline, version)
+    if args.update:
+        check_writable_dir(args.baseline.parent, "--baseline")
+    elif not args.baseline.exists():
+        raise ConfigError(f"{args.baseline}: no such baseline; run `profl check --update` to "
+                          "create it, or give --baseline PATH")
+    elif version not in baseline["torch"]:  # before the measuring, not after it
+        known = ", ".join(sorted(baseline["torch"])) or "none"
+        raise ConfigError(f"{args.baseline}: no baseline for torch {version} (have: {known}); "
+                          "review the numbers and run `profl check --update`")
     with tempfile.TemporaryDirectory(prefix="profl-check-") as scratch:
         current = current_values(suite.memory, Path(scratch))
     if args.update:

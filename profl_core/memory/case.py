@@ -211,9 +211,14 @@ class TrainingCase:
 
     def __post_init__(self) -> None:
         check_model_name(self.model.name)
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ConfigError(f"case kind={self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.step is not None and (isinstance(self.step, bool)
+                                      or not isinstance(self.step, int)):
+            raise ConfigError(f"case step={self.step!r}; use a whole number")  # bool is not int
         check_step(self.kind, self.step, num_blocks(self.model))
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ConfigError(f"case batch_size={self.batch_size!r}; use a whole number")
         if self.batch_size < 1:
             raise ConfigError(f"case batch_size={self.batch_size}; use 1 or more")
         if self.optimizer not in OPTIMIZERS:
