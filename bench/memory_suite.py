@@ -128,7 +128,7 @@ def read_case_report(path: Path, case: TrainingCase, probe: str) -> MemoryReport
         report = MemoryReport.from_dict(Fields(data, path, table="object", fix=fix).data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}; {fix}") from None
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as err:
         raise ConfigError(f"{path}: not a memory report ({type(err).__name__}: "
                           f"{shown(str(err))}); {fix}") from None
     if report.case_key != case.key or report.probe != probe:

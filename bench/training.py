@@ -390,9 +390,9 @@ def check_round(record: Any, path: Path, line: int) -> dict[str, Any]:
     for key in ("stage", "submodel"):
         row.string(key, empty=True)
     row.integer("step", minimum=0)
-    for key in ("accuracy", "loss"):
-        if row.has(key):
-            row.number(key, finite=False)
+    for key in ("accuracy", "loss"):  # null when the round was not evaluated
+        if row.get(key, "use a number or null") is not None:
+            row.number(key, "use a number or null", finite=False)
     row.number("train_loss", finite=False)
     row.number("eligible_share", minimum=0, maximum=1)
     row.number("wall_s", minimum=0)
@@ -497,8 +497,8 @@ def check_resume(config: TrainingConfig, out: Path, *, required: bool = False,
     saved = read_run_record(out)
     changes = config_changes(saved["config"], config.to_json())
     if changes:
-        fail(out, f"--resume would change {'; '.join(changes)}; resume with the settings "
-                  "the run was started with, or start fresh in a new --out")
+        fail(record, f"--resume would change {'; '.join(changes)}; resume with the "
+                     "settings the run was started with, or start fresh in a new --out")
     code, now = saved["code"], run_record(config)["code"]
     moved = [k for k in ("git_sha", "torch") if code.get(k) != now[k]]
     if moved and warn is not None:
@@ -704,10 +704,14 @@ def run_training(
     method = make_method(config, fed)
     model = build_model(spec, generator=torch.Generator().manual_seed(config.seed))
     fresh = method.init_state(model, np.random.default_rng(config.seed))
-    if resuming and (out / CHECKPOINT_NAME).is_file():  # a bad checkpoint fails before work
-        restore_checkpoint(out / CHECKPOINT_NAME, load_checkpoint(out / CHECKPOINT_NAME),
-                           method=method, fresh=fresh, np_rng=np.random.default_rng(),
-                           rounds=config.rounds)
+    if resuming:  # a bad checkpoint or rounds file fails before any work
+        done = 0
+        if (out / CHECKPOINT_NAME).is_file():
+            payload = load_checkpoint(out / CHECKPOINT_NAME)
+            restore_checkpoint(out / CHECKPOINT_NAME, payload, method=method, fresh=fresh,
+                               np_rng=np.random.default_rng(), rounds=config.rounds)
+            done = int(payload["round"])
+        JsonlSink(out / "rounds.jsonl").kept(done)
     table = memory_table(spec, config, make_method(config, fed))
     full_bytes = reference_bytes(spec, config)
     fleet = make_fleet(config, full_bytes)

@@ -186,23 +186,22 @@ class JsonlSink:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def truncate(self, after_round: int) -> str | None:
-        """Keep only the records of rounds ``1 .. after_round`` (used when resuming).
-
-        A torn last line (a write cut short by a kill or a full disk) is dropped; the returned
-        one-line note says so (None when nothing was torn). Kept lines stay byte-identical.
+    def kept(self, after_round: int) -> tuple[list[str], str | None]:
+        """The lines :meth:`truncate` keeps (rounds ``1 .. after_round``, byte-identical) and
+        its note on a dropped torn last line; reads only, so a resume can check the file
+        before any work.
 
         Raises:
-            ConfigError: A damaged line elsewhere, a record without a whole ``round``, or kept
-                records that are not exactly rounds ``1 .. after_round`` (the file does not
-                belong with the checkpoint).
+            ConfigError: A damaged line but the torn last one, a record without a whole
+                ``round``, or kept records that are not exactly rounds ``1 .. after_round``
+                (the file does not belong with the checkpoint).
         """
         fix = "restore it, or start fresh in a new folder"
         if not self.path.exists():
             if after_round:
                 raise ConfigError(f"{self.path}: missing, but the checkpoint is at round "
                                   f"{after_round}; {fix}")
-            return None
+            return [], None
         read = read_jsonl(self.path, "rounds file", missing=fix, fix=fix)
         keep: list[tuple[int, str]] = []
         for number, record, text in zip(read.lines, read.records, read.texts, strict=True):
@@ -215,8 +214,15 @@ class JsonlSink:
             raise ConfigError(
                 f"{self.path}: its records up to round {after_round} are not rounds 1 to "
                 f"{after_round}, which the checkpoint holds; {fix}")
-        atomic_write_text(self.path, "".join(text + "\n" for _, text in keep))
-        return read.torn
+        return [text for _, text in keep], read.torn
+
+    def truncate(self, after_round: int) -> str | None:
+        """Keep only the records of rounds ``1 .. after_round`` (used when resuming; see
+        :meth:`kept`); returns the note on a dropped torn last line, or None."""
+        lines, torn = self.kept(after_round)
+        if self.path.exists():
+            atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+        return torn
 
 
 def record_to_json(record: RoundRecord) -> dict[str, Any]:
@@ -336,7 +342,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     payload = load_torch(path, "checkpoint", missing="no checkpoint to resume from",
                          fix=CHECKPOINT_FIX)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if type(version) is not int or version != CHECKPOINT_FORMAT:
         fail(path, f"not a checkpoint of format {CHECKPOINT_FORMAT}; {CHECKPOINT_FIX}")
     top = Fields(payload, path, table="dict", fix=CHECKPOINT_FIX)
     top.require(_CHECKPOINT_KEYS)
@@ -386,7 +393,7 @@ def restore_checkpoint(
         np_rng.bit_generator.state = payload["numpy_rng"]
         method.is_finished(state)
         method.position(state)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as err:
         fail(path, f"holds a state {method.name} cannot use ({type(err).__name__}: "
                    f"{shown(str(err))}); {CHECKPOINT_FIX}")
     loop = Fields(payload["loop"], path, "loop", table="dict", fix=CHECKPOINT_FIX)
