@@ -691,7 +691,9 @@ def run_training(
     Returns:
         The result file written to ``out/result.json``.
     """
-    say = log or (lambda line: print(line, file=sys.stderr))
+    def say(line: str) -> None:  # warnings go to stderr, whatever ``log`` is
+        print(f"warning: {line}", file=sys.stderr)
+
     if (out / "rounds.jsonl").exists() and not resume:
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
     check_device(config.device)
