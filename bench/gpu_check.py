@@ -229,7 +229,9 @@ def evaluate(
     is taken off the allocator's peak and segment peaks before they are compared.
     """
     untracked = cuda.baseline_bytes - dispatch.baseline_bytes
-    d_peak, c_peak, p_peak = dispatch.required_bytes, cuda.required_bytes, predict.required_bytes
+    # Tensor figures throughout: the predicted heap is a CPU-allocator figure.
+    d_peak, c_peak = dispatch.tensor_peak_bytes, cuda.tensor_peak_bytes
+    p_peak = predict.tensor_peak_bytes
     reserved = int(cuda.extra.get("reserved_peak_bytes", 0))
     numbers: dict[str, Any] = {
         "dispatch_peak_bytes": d_peak,
@@ -256,9 +258,9 @@ def evaluate(
         if other is None:
             missing.append(f"{name} only in dispatch")
             continue
-        rel = _rel(other.peak_bytes - untracked, seg.peak_bytes)
-        numbers["blocks"].append({"segment": name, "dispatch_peak_bytes": seg.peak_bytes,
-                                  "allocated_peak_bytes": other.peak_bytes, "rel": rel})
+        rel = _rel(other.tensor_peak_bytes - untracked, seg.tensor_peak_bytes)
+        numbers["blocks"].append({"segment": name, "dispatch_peak_bytes": seg.tensor_peak_bytes,
+                                  "allocated_peak_bytes": other.tensor_peak_bytes, "rel": rel})
         if abs(rel) >= abs(worst[0]):
             worst = (rel, name)
     missing += [f"{seg.block}/{seg.phase} only in cuda" for seg in cuda.blocks

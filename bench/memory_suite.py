@@ -167,19 +167,28 @@ def fleets_for(reference_peak_bytes: int, devices_dir: Path = DEVICES_DIR) -> li
 def memory_records(
     section: MemorySection, reports: dict[str, MemoryReport], devices_dir: Path = DEVICES_DIR
 ) -> list[Record]:
-    """Result records: bytes per case, block and category; ProFL's peak; participation."""
+    """Result records: bytes per case, block and category; ProFL's peak; participation.
+
+    ``peak_bytes`` and ``block_peak_bytes:*`` are the tensor peaks (deterministic: what the
+    gate compares); ``heap_peak_bytes`` and ``block_heap_peak_bytes:*`` the heap peaks, when
+    the probe knows them (machine- and thread-dependent, not gated). Participation and the
+    relative fleets use ``required_bytes`` (the heap figure when known), as training does.
+    """
     records: list[Record] = []
     for name in section.models:
         cases = section.model_cases(name)
         full = reports[cases[0].key]
-        fleets = fleets_for(full.peak_bytes, devices_dir)
+        fleets = fleets_for(full.required_bytes, devices_dir)
         for case in cases:
             report = reports[case.key]
             h = case_hash(case.params())
             peak_block, peak_phase = report.peak_at or ("", "")
+            if report.heap_peak_bytes is not None:
+                records.append(Record(key=case.key, metric="heap_peak_bytes",
+                                      value=report.heap_peak_bytes, unit="B", case_hash=h))
             records += [
-                Record(key=case.key, metric="peak_bytes", value=report.peak_bytes, unit="B",
-                       case_hash=h),
+                Record(key=case.key, metric="peak_bytes", value=report.tensor_peak_bytes,
+                       unit="B", case_hash=h),
                 Record(key=case.key, metric="baseline_bytes", value=report.baseline_bytes,
                        unit="B", case_hash=h),
                 Record(key=case.key, metric=f"peak_at:{peak_block}:{peak_phase}", value=1,
@@ -192,8 +201,13 @@ def memory_records(
             ]
             records += [
                 Record(key=case.key, metric=f"block_peak_bytes:{bp.block}:{bp.phase}",
-                       value=bp.peak_bytes, unit="B", case_hash=h)
+                       value=bp.tensor_peak_bytes, unit="B", case_hash=h)
                 for bp in report.blocks
+            ]
+            records += [
+                Record(key=case.key, metric=f"block_heap_peak_bytes:{bp.block}:{bp.phase}",
+                       value=bp.heap_peak_bytes, unit="B", case_hash=h)
+                for bp in report.blocks if bp.heap_peak_bytes is not None
             ]
             records += [
                 Record(key=case.key, metric=f"participation:{fleet.name}",
@@ -201,16 +215,30 @@ def memory_records(
                        case_hash=h)
                 for fleet in fleets
             ]
-        steps = [reports[c.key].peak_bytes for c in cases[1:] if c.kind in ("grow", "shrink")]
-        grow = [reports[c.key].peak_bytes for c in cases if c.kind == "grow"]
+        steps = [reports[c.key] for c in cases[1:] if c.kind in ("grow", "shrink")]
+        grow = [reports[c.key] for c in cases if c.kind == "grow"]
         model_key = f"{name}/profl/bs{section.batch_size}"
+        profl_peak = max(r.tensor_peak_bytes for r in steps)
         records += [
-            Record(key=model_key, metric="full_peak_bytes", value=full.peak_bytes, unit="B"),
-            Record(key=model_key, metric="profl_peak_bytes", value=max(steps), unit="B"),
-            Record(key=model_key, metric="grow_peak_bytes", value=max(grow), unit="B"),
-            Record(key=model_key, metric="reduction", value=1 - max(steps) / full.peak_bytes,
-                   unit="ratio"),
+            Record(key=model_key, metric="full_peak_bytes", value=full.tensor_peak_bytes,
+                   unit="B"),
+            Record(key=model_key, metric="profl_peak_bytes", value=profl_peak, unit="B"),
+            Record(key=model_key, metric="grow_peak_bytes",
+                   value=max(r.tensor_peak_bytes for r in grow), unit="B"),
+            Record(key=model_key, metric="reduction",
+                   value=1 - profl_peak / full.tensor_peak_bytes, unit="ratio"),
         ]
+        heaps = [r.heap_peak_bytes for r in steps]
+        if full.heap_peak_bytes is not None and all(h is not None for h in heaps):
+            profl_heap = max(h for h in heaps if h is not None)
+            records += [
+                Record(key=model_key, metric="full_heap_peak_bytes", value=full.heap_peak_bytes,
+                       unit="B"),
+                Record(key=model_key, metric="profl_heap_peak_bytes", value=profl_heap,
+                       unit="B"),
+                Record(key=model_key, metric="heap_reduction",
+                       value=1 - profl_heap / full.heap_peak_bytes, unit="ratio"),
+            ]
     return records
 
 
@@ -226,7 +254,7 @@ def case_frame(result: ResultFile) -> pd.DataFrame:
     """One row per case: model, case, peak, baseline and where the peak happened (MiB)."""
     rows: dict[str, dict[str, object]] = {}
     for r in result.records:
-        if r.unit == "B" and r.metric in ("peak_bytes", "baseline_bytes"):
+        if r.unit == "B" and r.metric in ("peak_bytes", "heap_peak_bytes", "baseline_bytes"):
             model, case = _split_key(r.key)
             row = rows.setdefault(r.key, {"model": model, "case": case})
             row[r.metric.replace("_bytes", "_mib")] = r.value / MIB
@@ -237,7 +265,8 @@ def case_frame(result: ResultFile) -> pd.DataFrame:
 
 
 def summary_frame(result: ResultFile) -> pd.DataFrame:
-    """One row per model: full-model peak, ProFL peak and the reduction."""
+    """One row per model: full-model peak, ProFL peak and the reduction (tensor, and heap
+    when the probe knows it)."""
     rows: dict[str, dict[str, object]] = {}
     for r in result.records:
         if r.key.count("/") == 2 and "/profl/" in r.key:
@@ -245,7 +274,7 @@ def summary_frame(result: ResultFile) -> pd.DataFrame:
             if r.unit == "B":
                 row[r.metric.replace("_bytes", "_mib")] = r.value / MIB
             else:
-                row["reduction_%"] = 100 * r.value
+                row[r.metric + "_%"] = 100 * r.value
     return pd.DataFrame(list(rows.values()))
 
 

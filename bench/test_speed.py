@@ -39,7 +39,7 @@ def _traced(prepared: Any) -> Callable[[], int]:
     def run() -> int:
         tracker = StorageTracker()
         tracker.track_step(prepared)
-        return tracker.report(probe="dispatch", device="cpu", case_key="bench").peak_bytes
+        return tracker.report(probe="dispatch", device="cpu", case_key="bench").tensor_peak_bytes
 
     return run
 
@@ -61,7 +61,7 @@ def test_predict_whole_memory_table(benchmark: Any) -> None:
     cases = [c for name in MODEL_NAMES for c in profl_cases(native_spec(name), BATCH)]
 
     def predict_all() -> int:
-        return sum(measure(case, probe="predict").peak_bytes for case in cases)
+        return sum(measure(case, probe="predict").tensor_peak_bytes for case in cases)
 
     total = benchmark.pedantic(predict_all, rounds=1, warmup_rounds=0)
     benchmark.extra_info["cases"] = len(cases)

@@ -42,19 +42,30 @@ def _top(breakdown: Mapping[Category, int]) -> str:
     return ", ".join(f"{cat} {_mib(n)}" for cat, n in items[:TOP_CATEGORIES])
 
 
+def _at(at: tuple[str, str] | None) -> str:
+    return f" at {at[0]} ({at[1]})" if at else ""
+
+
 def render(report: MemoryReport) -> str:
-    """The per-block table, the peak and the breakdown at the peak as text."""
-    rows = [
-        {"block": b.block, "phase": b.phase, "peak MiB": _mib(b.peak_bytes),
-         "top categories": _top(b.breakdown)}
-        for b in report.blocks
-    ]
-    lines = [f"{report.case_key}  probe={report.probe}  device={report.device}", ""]
+    """The per-block table, the peaks and the breakdown at the tensor peak as text."""
+    heap = report.heap_peak_bytes is not None
+    rows: list[dict[str, str]] = []
+    for b in report.blocks:
+        row = {"block": b.block, "phase": b.phase, "tensor peak MiB": _mib(b.tensor_peak_bytes)}
+        if heap:
+            row["heap peak MiB"] = "" if b.heap_peak_bytes is None else _mib(b.heap_peak_bytes)
+        row["top categories"] = _top(b.breakdown)
+        rows.append(row)
+    threads = f"  threads={report.threads}" if report.threads is not None else ""
+    lines = [f"{report.case_key}  probe={report.probe}  device={report.device}{threads}", ""]
     if rows:
         lines += [tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
-    where = f" at {report.peak_at[0]} ({report.peak_at[1]})" if report.peak_at else ""
-    lines.append(f"peak {_mib(report.peak_bytes)} MiB{where}; "
+    lines.append(f"tensor peak {_mib(report.tensor_peak_bytes)} MiB{_at(report.peak_at)}; "
                  f"baseline {_mib(report.baseline_bytes)} MiB")
+    if report.heap_peak_bytes is not None:
+        lines.append(f"heap peak {_mib(report.heap_peak_bytes)} MiB{_at(report.heap_peak_at)} "
+                     "(kernel scratch included)")
+    lines.append(f"required {_mib(report.required_bytes)} MiB")
     if report.peak_breakdown:
         breakdown = [{"category": str(c), "MiB": _mib(n)}
                      for c, n in sorted(report.peak_breakdown.items(), key=lambda kv: -kv[1])]

@@ -14,9 +14,11 @@ ended and calls ``torch.cuda.reset_peak_memory_stats``; the step's peak is the l
 peak. Allocator counters are host-side bookkeeping, so no synchronisation is needed to read
 them. There is no per-category breakdown.
 
-What the numbers count. *Allocated* (``peak_bytes``, ``extra["allocated_peak_bytes"]``, the
-block peaks): every block the caching allocator handed out, so tensor storages rounded up to
-512 B (a large block also keeps a remainder under 1 MiB that was not worth splitting off), plus
+What the numbers count. *Allocated* (the report's ``tensor_peak_bytes``, which on CUDA cannot
+tell storages from workspaces, ``extra["allocated_peak_bytes"]``, the block peaks; the
+report's ``heap_peak_bytes``, a CPU-allocator figure, stays ``None``): every block the caching
+allocator handed out, so tensor storages rounded up to 512 B (a large block also keeps a
+remainder under 1 MiB that was not worth splitting off), plus
 cuDNN convolution workspaces and cuBLAS workspaces (allocated through the caching
 allocator; the cuBLAS one is created in the warm-up step and stays, so it is part of
 ``baseline_bytes``). *Requested* (``extra["requested_peak_bytes"]``): the bytes the
@@ -67,7 +69,7 @@ class _AllocatorObserver(SegmentObserver):
         self.device = device
         self.current: tuple[str, Phase] | None = None
         self.segments: dict[tuple[str, Phase], int] = {}
-        self.peak_bytes = 0
+        self.allocated_peak_bytes = 0
         self.reserved_peak_bytes = 0
         self.requested_peak_bytes = 0
         self.peak_at: tuple[str, str] | None = None
@@ -81,8 +83,8 @@ class _AllocatorObserver(SegmentObserver):
         self.requested_peak_bytes = max(self.requested_peak_bytes, int(requested))
         if self.current is not None:
             self.segments[self.current] = max(self.segments.get(self.current, 0), allocated)
-            if allocated > self.peak_bytes:
-                self.peak_bytes = allocated
+            if allocated > self.allocated_peak_bytes:
+                self.allocated_peak_bytes = allocated
                 self.peak_at = self.current
         torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -105,7 +107,7 @@ def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryRepor
     reserved_baseline = torch.cuda.memory_reserved(device)
     torch.cuda.reset_peak_memory_stats(device)
     observer = _AllocatorObserver(device)
-    observer.peak_bytes = baseline
+    observer.allocated_peak_bytes = baseline
     prepared.run(observer)
     torch.cuda.synchronize(device)
     return MemoryReport(
@@ -113,17 +115,17 @@ def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryRepor
         device=str(device),
         case_key=prepared.key,
         baseline_bytes=baseline,
-        peak_bytes=observer.peak_bytes,
+        tensor_peak_bytes=observer.allocated_peak_bytes,
         peak_breakdown={},
         peak_at=observer.peak_at,
         blocks=tuple(
-            BlockPeak(block=block, phase=phase, peak_bytes=nbytes)
+            BlockPeak(block=block, phase=phase, tensor_peak_bytes=nbytes)
             for (block, phase), nbytes in observer.segments.items()
         ),
         extra={
             "reserved_peak_bytes": observer.reserved_peak_bytes,
             "reserved_baseline_bytes": reserved_baseline,
-            "allocated_peak_bytes": observer.peak_bytes,
+            "allocated_peak_bytes": observer.allocated_peak_bytes,
             "requested_peak_bytes": observer.requested_peak_bytes,
         },
     )

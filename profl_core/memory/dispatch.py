@@ -21,16 +21,21 @@ fails on frozen prefixes). Ops outside any block are attributed to the ``loss`` 
 
 On CUDA each storage is rounded up to 512 B like the caching allocator; CPU bytes are exact.
 
-Known limitations: allocations made inside a kernel (oneDNN scratch, im2col buffers, cuDNN
-workspaces) and tensors created under ``no_dispatch`` are not seen; a storage resized outside
-an op output (``UntypedStorage.resize_``) is updated only the next time an op returns it.
+What it counts is the *tensor* peak (``tensor_peak_bytes``). Allocations made inside a kernel
+and freed before it returns (oneDNN convolution scratch, batch-norm backward buffers, cuDNN
+workspaces) are not storages and are not seen; the ``heap`` probe measures them and
+``predict`` models them (:mod:`profl_core.memory.scratch`) through the per-op hook
+:meth:`StorageTracker.op_scratch_bytes`, so a dispatch report has ``heap_peak_bytes=None``.
+Tensors created under ``no_dispatch`` are not seen either; a storage resized outside an op
+output (``UntypedStorage.resize_``) is updated only the next time an op returns it.
 """
 
 from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -69,8 +74,24 @@ class _Entry:
 class _SegmentPeak:
     block: str
     phase: Phase
-    peak_bytes: int
+    tensor_peak_bytes: int
+    heap_peak_bytes: int
     breakdown: dict[Category, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeapPeaks:
+    """CPU-allocator peaks of one step, absolute bytes (the tensor baseline included).
+
+    Attributes:
+        heap_peak_bytes: the step's heap peak.
+        peak_at: the ``(block, phase)`` segment it happened in (``None``: outside any segment).
+        segments: the heap peak of every ``(block, phase)`` segment that ran.
+    """
+
+    heap_peak_bytes: int
+    peak_at: tuple[str, str] | None
+    segments: Mapping[tuple[str, str], int]
 
 
 class StorageTracker(TorchDispatchMode):
@@ -80,15 +101,24 @@ class StorageTracker(TorchDispatchMode):
 
         tracker = StorageTracker()
         tracker.track_step(prepared)      # runs prepared.run() once under the mode
-        report = tracker.report(probe="dispatch", device="cpu")
+        report = tracker.report(probe="dispatch", device="cpu", case_key=key)
+
+    Alongside the tensor peak it keeps a *modelled* heap peak: after every op the live bytes
+    plus :meth:`op_scratch_bytes` of that op (what its kernel held on top of its outputs while
+    it ran). The base class models no scratch (:attr:`models_heap` is False and reports carry
+    no heap figure); ``predict`` overrides both.
     """
+
+    models_heap = False
 
     def __init__(self) -> None:
         super().__init__()
         self._entries: dict[int, _Entry] = {}
         self._by_category: dict[Category, int] = dict.fromkeys(Category, 0)
         self.live_bytes = 0
-        self.peak_bytes = 0
+        self.tensor_peak_bytes = 0
+        self.heap_peak_bytes = 0
+        self.heap_peak_at: tuple[str, str] | None = None
         self.peak_breakdown: dict[Category, int] = {}
         self.peak_at: tuple[str, str] | None = None
         self.baseline_bytes = 0
@@ -150,17 +180,22 @@ class StorageTracker(TorchDispatchMode):
         self._by_category[category] += nbytes
         self.live_bytes += nbytes
 
-    def _update_peaks(self) -> None:
+    def _update_peaks(self, scratch_bytes: int = 0) -> None:
         live = self.live_bytes
-        if live > self.peak_bytes:
-            self.peak_bytes = live
+        heap = live + scratch_bytes
+        if live > self.tensor_peak_bytes:
+            self.tensor_peak_bytes = live
             self.peak_breakdown = {c: n for c, n in self._by_category.items() if n}
             self.peak_at = self._current
+        if heap > self.heap_peak_bytes:
+            self.heap_peak_bytes = heap
+            self.heap_peak_at = self._current
         if self._current is not None:
             segment = self._segments[self._current]
-            if live > segment.peak_bytes:
-                segment.peak_bytes = live
+            if live > segment.tensor_peak_bytes:
+                segment.tensor_peak_bytes = live
                 segment.breakdown = {c: n for c, n in self._by_category.items() if n}
+            segment.heap_peak_bytes = max(segment.heap_peak_bytes, heap)
 
     def breakdown(self) -> dict[Category, int]:
         """Live bytes per category now (zero categories omitted)."""
@@ -177,8 +212,18 @@ class StorageTracker(TorchDispatchMode):
         out = func(*args, **kwargs)
         self.ops += 1
         self.track_outputs(func, args, kwargs, out)
-        self._update_peaks()
+        self._update_peaks(self.op_scratch_bytes(func, args, kwargs, out))
         return out
+
+    def op_scratch_bytes(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> int:
+        """Bytes the op's kernel held on top of its outputs while it ran (0: none modelled).
+
+        Called after the op returned and its outputs were counted, so the modelled heap
+        during the op is :attr:`live_bytes` plus this.
+        """
+        return 0
 
     def track_outputs(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
@@ -196,7 +241,9 @@ class StorageTracker(TorchDispatchMode):
         self._current = (block, phase)
         self.default_category = Category.ACTIVATION if phase == "forward" else Category.TEMPORARY
         if self._current not in self._segments:
-            self._segments[self._current] = _SegmentPeak(block, phase, self.live_bytes)
+            self._segments[self._current] = _SegmentPeak(
+                block, phase, self.live_bytes, self.live_bytes
+            )
         self._update_peaks()
 
     def checkpoint(self, name: str) -> None:
@@ -221,23 +268,37 @@ class StorageTracker(TorchDispatchMode):
         if prepared.labels is not None:
             self.track(prepared.labels, Category.INPUT)
 
-    def track_step(self, prepared: PreparedStep) -> None:
-        """Run ``prepared`` once under the tracker (cyclic GC paused for determinism)."""
+    def track_step(
+        self,
+        prepared: PreparedStep,
+        *,
+        listener: SegmentObserver | None = None,
+        around: AbstractContextManager[Any] | None = None,
+    ) -> None:
+        """Run ``prepared`` once under the tracker (cyclic GC paused for determinism).
+
+        Args:
+            prepared: the step to run.
+            listener: also told every ``enter_segment`` and ``checkpoint`` (after the tracker).
+            around: entered just around the run, after what is live before the step has been
+                registered (the ``heap`` probe records allocator events in it).
+        """
         gc.collect()
         self.register_step(prepared)
         self.baseline_bytes = self.live_bytes
-        self.peak_bytes = self.live_bytes
+        self.tensor_peak_bytes = self.live_bytes
+        self.heap_peak_bytes = self.live_bytes
         self.peak_breakdown = self.breakdown()
         self.checkpoint("before_step")
         hooks = [
             p.register_post_accumulate_grad_hook(self._grad_hook)
             for p in prepared.trainable_parameters()
         ]
-        observer = _TrackerObserver(self, prepared)
+        observer = _TrackerObserver(self, prepared, listener)
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            with self:
+            with around if around is not None else nullcontext(), self:
                 prepared.run(observer)
         finally:
             if was_enabled:
@@ -251,27 +312,61 @@ class StorageTracker(TorchDispatchMode):
             self.track(param.grad, Category.GRADIENT, retag=True)
             self._update_peaks()
 
-    def report(self, *, probe: str, device: str, case_key: str) -> MemoryReport:
-        """The :class:`MemoryReport` of the tracked step."""
+    def modelled_heap(self) -> HeapPeaks | None:
+        """The modelled heap peaks (live bytes plus per-op scratch); ``None`` without a model."""
+        if not self.models_heap:
+            return None
+        return HeapPeaks(
+            heap_peak_bytes=self.heap_peak_bytes,
+            peak_at=self.heap_peak_at,
+            segments={key: s.heap_peak_bytes for key, s in self._segments.items()},
+        )
+
+    def report(
+        self,
+        *,
+        probe: str,
+        device: str,
+        case_key: str,
+        heap: HeapPeaks | None = None,
+        threads: int | None = None,
+    ) -> MemoryReport:
+        """The :class:`MemoryReport` of the tracked step.
+
+        Args:
+            probe: the probe name written into the report.
+            device: the device name written into the report.
+            case_key: the measured case's key.
+            heap: heap peaks measured elsewhere (the ``heap`` probe); ``None`` uses
+                :meth:`modelled_heap` (no heap figure for the base tracker).
+            threads: the thread count the heap figures hold for.
+        """
         extra: dict[str, int] = {}
         for name, snapshot in self.checkpoints.items():
             extra[f"{name}.total"] = sum(snapshot.values())
             for cat, nbytes in snapshot.items():
                 extra[f"{name}.{cat}"] = nbytes
+        heap = heap if heap is not None else self.modelled_heap()
         return MemoryReport(
             probe=probe,
             device=device,
             case_key=case_key,
             baseline_bytes=self.baseline_bytes,
-            peak_bytes=self.peak_bytes,
+            tensor_peak_bytes=self.tensor_peak_bytes,
             peak_breakdown=dict(self.peak_breakdown),
             peak_at=self.peak_at,
             blocks=tuple(
-                BlockPeak(block=s.block, phase=s.phase, peak_bytes=s.peak_bytes,
-                          breakdown=dict(s.breakdown))
-                for s in self._segments.values()
+                BlockPeak(
+                    block=s.block, phase=s.phase, tensor_peak_bytes=s.tensor_peak_bytes,
+                    breakdown=dict(s.breakdown),
+                    heap_peak_bytes=None if heap is None else heap.segments.get(key),
+                )
+                for key, s in self._segments.items()
             ),
             extra=extra,
+            heap_peak_bytes=None if heap is None else heap.heap_peak_bytes,
+            heap_peak_at=None if heap is None else heap.peak_at,
+            threads=threads if heap is not None else None,
         )
 
 
@@ -283,20 +378,30 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[Tensor]:
 
 
 class _TrackerObserver(SegmentObserver):
-    """Moves the tracker between segments as the step runs."""
+    """Moves the tracker (and an optional listener) between segments as the step runs."""
 
-    def __init__(self, tracker: StorageTracker, prepared: PreparedStep) -> None:
+    def __init__(
+        self,
+        tracker: StorageTracker,
+        prepared: PreparedStep,
+        listener: SegmentObserver | None = None,
+    ) -> None:
         self.tracker = tracker
         self.prepared = prepared
+        self.listener = listener
 
     def enter_segment(self, block: str, phase: str) -> None:
         self.tracker.enter_segment(block, cast(Phase, phase))
+        if self.listener is not None:
+            self.listener.enter_segment(block, phase)
 
     def checkpoint(self, name: str) -> None:
         if name == "after_optimizer":
             for tensor in _state_tensors(self.prepared.optimizer):
                 self.tracker.track(tensor, Category.OPTIMIZER_STATE, retag=True)
         self.tracker.checkpoint(name)
+        if self.listener is not None:
+            self.listener.checkpoint(name)
 
 
 def measure_step(

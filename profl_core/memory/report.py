@@ -1,5 +1,20 @@
 """What a memory probe returns: :class:`MemoryReport` and its per-block :class:`BlockPeak`.
 
+Two peaks, named for what they count:
+
+* ``tensor_peak_bytes``: the most bytes of live tensor storages (each storage once),
+  parameters, buffers, optimizer state and the input batch included. Portable and
+  deterministic: the same on every machine and thread count for a CPU step.
+* ``heap_peak_bytes``: the most bytes the CPU allocator (c10's) held during the step, on this
+  machine at this thread count: the tensor storages *plus* what kernels allocate for
+  themselves and free before they return (oneDNN convolution scratch and reorders,
+  batch/layer-norm backward buffers, attention workspaces). ``None`` when the probe cannot know
+  it. Allocations made before the step (allocator caches, oneDNN primitive caches) beyond the
+  step's own tensors are not counted; neither are Python objects or library code.
+
+Sizes are requested bytes (what ``posix_memalign`` is asked for; memray counts the same):
+c10's 64-byte alignment and malloc's own headers are not added.
+
 All sizes are ``int`` bytes; convert to MiB only when rendering. Reports round-trip through
 JSON (:meth:`MemoryReport.to_json` / :meth:`MemoryReport.from_json`) so they can cross process
 boundaries and live in result files.
@@ -44,42 +59,66 @@ def _check_keys(data: Mapping[str, Any], known: set[str], where: str) -> None:
         raise ConfigError(f"{where}: missing key {missing[0]!r}; write the report with to_json()")
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _at_to_json(at: tuple[str, str] | None) -> list[str] | None:
+    return list(at) if at is not None else None
+
+
+def _at_from_json(data: Any) -> tuple[str, str] | None:
+    return (str(data[0]), str(data[1])) if data is not None else None
+
+
 @dataclass(frozen=True)
 class BlockPeak:
-    """The highest live bytes while one block ran in one phase.
+    """The highest bytes while one block ran in one phase.
 
     Attributes:
         block: block name (``block1`` .. ``blockT``, ``output``, ``teacher_output``,
             ``basic<t>``) or a step segment (``loss``, ``optimizer``).
         phase: ``forward``, ``backward`` or ``optimizer``.
-        peak_bytes: absolute live bytes at the segment's peak (baseline included).
-        breakdown: bytes per category at that moment (empty for probes without categories).
+        tensor_peak_bytes: absolute live tensor-storage bytes at the segment's peak (baseline
+            included; see the module doc).
+        breakdown: bytes per category at the tensor peak (empty for probes without categories).
+        heap_peak_bytes: absolute CPU-allocator bytes at the segment's heap peak, kernel
+            scratch included (baseline included); ``None`` when the probe cannot know it.
     """
 
     block: str
     phase: Phase
-    peak_bytes: int
+    tensor_peak_bytes: int
     breakdown: Mapping[Category, int] = field(default_factory=dict)
+    heap_peak_bytes: int | None = None
+
+    @property
+    def required_bytes(self) -> int:
+        """:attr:`heap_peak_bytes` when known, else :attr:`tensor_peak_bytes`."""
+        return self.tensor_peak_bytes if self.heap_peak_bytes is None else self.heap_peak_bytes
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
         return {
             "block": self.block,
             "phase": self.phase,
-            "peak_bytes": int(self.peak_bytes),
+            "tensor_peak_bytes": int(self.tensor_peak_bytes),
+            "heap_peak_bytes": _optional_int(self.heap_peak_bytes),
             "breakdown": _breakdown_to_json(self.breakdown),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BlockPeak:
         """Inverse of :meth:`to_dict`."""
-        _check_keys(data, {"block", "phase", "peak_bytes", "breakdown"}, "block peak")
+        known = {"block", "phase", "tensor_peak_bytes", "heap_peak_bytes", "breakdown"}
+        _check_keys(data, known, "block peak")
         if data["phase"] not in PHASES:
             raise ConfigError(f"block peak: phase={data['phase']!r}; use one of {PHASES}")
         return cls(
             block=str(data["block"]),
             phase=cast(Phase, data["phase"]),
-            peak_bytes=int(data["peak_bytes"]),
+            tensor_peak_bytes=int(data["tensor_peak_bytes"]),
+            heap_peak_bytes=_optional_int(data["heap_peak_bytes"]),
             breakdown=_breakdown_from_json(data["breakdown"], "block peak breakdown"),
         )
 
@@ -89,43 +128,64 @@ class MemoryReport:
     """The memory of one measured training step (the second one, after a warm-up step).
 
     Attributes:
-        probe: the probe that measured it (``dispatch``, ``predict``, ``cuda``, ``rss``).
+        probe: the probe that measured it (``dispatch``, ``predict``, ``heap``, ``cuda``,
+            ``rss``).
         device: the device the step ran on (``cpu``, ``cuda:0``).
         case_key: :attr:`profl_core.memory.case.TrainingCase.key` of the measured case.
-        baseline_bytes: live bytes before the measured step: parameters, buffers, optimizer
-            state and the input batch (0 for ``rss``, whose peak is already a delta).
-        peak_bytes: the highest live bytes during the step, baseline included.
-        peak_breakdown: bytes per category at the peak (empty for ``cuda`` and ``rss``).
-        peak_at: ``(block, phase)`` where the peak happened; ``None`` when unknown (``rss``).
+        baseline_bytes: live tensor bytes before the measured step: parameters, buffers,
+            optimizer state and the input batch (0 for ``rss``, whose peak is already a delta).
+        tensor_peak_bytes: the most live tensor-storage bytes during the step, baseline
+            included (``dispatch``, ``predict``, ``heap``). ``cuda`` puts the allocator's
+            ``max_memory_allocated`` here (512 B rounding and cuDNN workspaces included) and
+            ``rss`` the process RSS delta: neither can see storages.
+        peak_breakdown: bytes per category at the tensor peak (empty for ``cuda`` and ``rss``).
+        peak_at: ``(block, phase)`` of the tensor peak; ``None`` when unknown (``rss``).
         blocks: one :class:`BlockPeak` per (block, phase) segment, in execution order.
         extra: probe-specific integers (reserved bytes, snapshots at phase ends, timings).
+        heap_peak_bytes: the most bytes the CPU allocator held during the step, baseline and
+            kernel scratch included, on this machine at :attr:`threads` threads (``heap``
+            measures it, ``predict`` models it); ``None`` when the probe cannot know it.
+        heap_peak_at: ``(block, phase)`` of the heap peak; ``None`` with no heap figure.
+        threads: ``torch.get_num_threads()`` the step ran (or was modelled) with; ``None``
+            when the probe does not depend on it.
     """
 
     probe: str
     device: str
     case_key: str
     baseline_bytes: int
-    peak_bytes: int
+    tensor_peak_bytes: int
     peak_breakdown: Mapping[Category, int] = field(default_factory=dict)
     peak_at: tuple[str, str] | None = None
     blocks: tuple[BlockPeak, ...] = ()
     extra: Mapping[str, int] = field(default_factory=dict)
+    heap_peak_bytes: int | None = None
+    heap_peak_at: tuple[str, str] | None = None
+    threads: int | None = None
 
     @property
     def required_bytes(self) -> int:
-        """The bytes a device needs to train this case: :attr:`peak_bytes`.
+        """The bytes a device needs to train this case: what selection compares with budgets.
 
-        For the tensor probes (``dispatch``, ``predict``) and ``cuda`` this is the absolute
-        live peak including parameters, buffers, optimizer state and the input batch. For
-        ``rss`` it is the process RSS delta over a process holding the built model (see
-        :mod:`profl_core.memory.rss`), which is what an operating system would have to grant.
+        :attr:`heap_peak_bytes` when the probe knows it (``heap``, ``predict``): what the
+        allocator must grant, kernel scratch included. Otherwise :attr:`tensor_peak_bytes`:
+        for ``dispatch`` the live-tensor peak (a lower bound on the heap: it misses kernel
+        scratch), for ``cuda`` the allocator's allocated peak, for ``rss`` the process RSS
+        delta over a process holding the built model (see :mod:`profl_core.memory.rss`).
         """
-        return self.peak_bytes
+        return self.tensor_peak_bytes if self.heap_peak_bytes is None else self.heap_peak_bytes
 
     @property
     def step_bytes(self) -> int:
-        """Bytes the step adds on top of what was live before it."""
-        return self.peak_bytes - self.baseline_bytes
+        """Tensor bytes the step adds on top of what was live before it."""
+        return self.tensor_peak_bytes - self.baseline_bytes
+
+    @property
+    def heap_step_bytes(self) -> int | None:
+        """Heap bytes the step adds on top of what was live before it (``None`` if unknown)."""
+        if self.heap_peak_bytes is None:
+            return None
+        return self.heap_peak_bytes - self.baseline_bytes
 
     def block_peak(self, block: str, phase: str) -> BlockPeak | None:
         """The segment of ``block`` in ``phase``, or ``None`` if it did not run."""
@@ -141,9 +201,12 @@ class MemoryReport:
             "device": self.device,
             "case_key": self.case_key,
             "baseline_bytes": int(self.baseline_bytes),
-            "peak_bytes": int(self.peak_bytes),
+            "tensor_peak_bytes": int(self.tensor_peak_bytes),
+            "heap_peak_bytes": _optional_int(self.heap_peak_bytes),
             "peak_breakdown": _breakdown_to_json(self.peak_breakdown),
-            "peak_at": list(self.peak_at) if self.peak_at is not None else None,
+            "peak_at": _at_to_json(self.peak_at),
+            "heap_peak_at": _at_to_json(self.heap_peak_at),
+            "threads": _optional_int(self.threads),
             "blocks": [b.to_dict() for b in self.blocks],
             "extra": {str(k): int(v) for k, v in self.extra.items()},
         }
@@ -152,19 +215,22 @@ class MemoryReport:
     def from_dict(cls, data: Mapping[str, Any]) -> MemoryReport:
         """Inverse of :meth:`to_dict`; raises ConfigError on unknown or missing keys."""
         known = {
-            "probe", "device", "case_key", "baseline_bytes", "peak_bytes", "peak_breakdown",
-            "peak_at", "blocks", "extra",
+            "probe", "device", "case_key", "baseline_bytes", "tensor_peak_bytes",
+            "heap_peak_bytes", "peak_breakdown", "peak_at", "heap_peak_at", "threads", "blocks",
+            "extra",
         }
         _check_keys(data, known, "memory report")
-        peak_at = data["peak_at"]
         return cls(
             probe=str(data["probe"]),
             device=str(data["device"]),
             case_key=str(data["case_key"]),
             baseline_bytes=int(data["baseline_bytes"]),
-            peak_bytes=int(data["peak_bytes"]),
+            tensor_peak_bytes=int(data["tensor_peak_bytes"]),
+            heap_peak_bytes=_optional_int(data["heap_peak_bytes"]),
             peak_breakdown=_breakdown_from_json(data["peak_breakdown"], "memory report"),
-            peak_at=(str(peak_at[0]), str(peak_at[1])) if peak_at is not None else None,
+            peak_at=_at_from_json(data["peak_at"]),
+            heap_peak_at=_at_from_json(data["heap_peak_at"]),
+            threads=_optional_int(data["threads"]),
             blocks=tuple(BlockPeak.from_dict(b) for b in data["blocks"]),
             extra={str(k): int(v) for k, v in data["extra"].items()},
         )

@@ -8,8 +8,10 @@ this interpreter, the case in as JSON on stdin, the result back as JSON on stdou
   reports the highest sample;
 * *built*: builds the same model, optimizer and batch without training and reports its RSS.
 
-The report's ``peak_bytes`` is the difference (train peak minus built), i.e. what training adds
-over holding the model; ``baseline_bytes`` is 0, both raw values are in ``extra``.
+The report's ``tensor_peak_bytes`` is the difference (train peak minus built), i.e. what
+training adds over holding the model (the field's name is shared with the tensor probes; RSS
+cannot tell storages from anything else); ``heap_peak_bytes`` is ``None``, ``baseline_bytes``
+is 0, both raw values are in ``extra``.
 
 Known limitations: RSS is sampled, so short peaks can be missed; allocators reuse pages freed
 after the warm-up step, and pages of library code and allocator caches differ between the two
@@ -73,7 +75,7 @@ def measure(case: TrainingCase, *, threads: int = 1, timeout_s: float = 600.0) -
         device="cpu",
         case_key=case.key,
         baseline_bytes=0,
-        peak_bytes=max(0, trained - built),
+        tensor_peak_bytes=max(0, trained - built),
         peak_breakdown={},
         peak_at=None,
         blocks=(),

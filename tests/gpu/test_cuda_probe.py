@@ -26,7 +26,7 @@ def test_cuda_probe_without_cuda_is_a_config_error() -> None:
 @needs_cuda
 def test_cuda_probe_peak_is_its_largest_segment_peak() -> None:
     report = measure(case_from_text("resnet18", "grow:2", batch_size=16), probe="cuda")
-    assert max(b.peak_bytes for b in report.blocks) == report.required_bytes
+    assert max(b.tensor_peak_bytes for b in report.blocks) == report.required_bytes
 
 
 @pytest.mark.gpu

@@ -21,11 +21,13 @@ MIB = 1 << 20
 def _report(peak: int, baseline: int, blocks: dict[str, int], *, probe: str = "dispatch",
             **extra: int) -> MemoryReport:
     segments = tuple(
-        BlockPeak(block=name.split("/")[0], phase=name.split("/")[1], peak_bytes=n)  # type: ignore[arg-type]
+        BlockPeak(block=name.split("/")[0], phase=name.split("/")[1],
+                  tensor_peak_bytes=n)  # type: ignore[arg-type]
         for name, n in blocks.items()
     )
     return MemoryReport(probe=probe, device="cuda:0", case_key="cnn/full/bs64",
-                        baseline_bytes=baseline, peak_bytes=peak, blocks=segments, extra=extra)
+                        baseline_bytes=baseline, tensor_peak_bytes=peak, blocks=segments,
+                        extra=extra)
 
 
 BLOCKS = {"block1/forward": 60 * MIB, "block1/backward": 100 * MIB}
@@ -183,9 +185,10 @@ def _stand_ins(cuda_extra_bytes: int = 0) -> Probes:
         shift = cuda_extra_bytes
         return replace(
             report, probe="cuda", baseline_bytes=report.baseline_bytes + shift,
-            peak_bytes=report.peak_bytes + shift,
-            blocks=tuple(replace(b, peak_bytes=b.peak_bytes + shift) for b in report.blocks),
-            extra={"reserved_peak_bytes": report.peak_bytes + shift},
+            tensor_peak_bytes=report.tensor_peak_bytes + shift,
+            blocks=tuple(replace(b, tensor_peak_bytes=b.tensor_peak_bytes + shift)
+                         for b in report.blocks),
+            extra={"reserved_peak_bytes": report.tensor_peak_bytes + shift},
         )
 
     def predict(case: TrainingCase) -> MemoryReport:

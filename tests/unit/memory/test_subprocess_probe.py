@@ -79,7 +79,7 @@ if state is not None:
     gen.set_state(torch.tensor(state, dtype=torch.uint8))
     seed = int(torch.randint(0, 1000, (1,), generator=gen))
 print(MemoryReport(probe="cuda", device=request["device"], case_key=case.key,
-                   baseline_bytes=seed, peak_bytes=2048).to_json())
+                   baseline_bytes=seed, tensor_peak_bytes=2048).to_json())
 """
 
 

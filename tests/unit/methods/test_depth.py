@@ -110,7 +110,7 @@ def test_depthfl_client_loss_is_the_formula_on_its_exits() -> None:
 
 def test_depth_memory_cases_grow_with_depth_and_exits_cost_memory() -> None:
     """depth:k peaks rise with k; depth:k >= trunc:k (more exits); trunc:T is the full model."""
-    peaks = {t: measure(case_from_text("cnn", t, batch_size=8)).peak_bytes
+    peaks = {t: measure(case_from_text("cnn", t, batch_size=8)).tensor_peak_bytes
              for t in ("full", "depth:1", "depth:2", "depth:4", "trunc:1", "trunc:2", "trunc:4")}
     assert peaks["depth:1"] < peaks["depth:2"] < peaks["depth:4"]
     assert peaks["depth:2"] > peaks["trunc:2"]
