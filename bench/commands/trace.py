@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foreach", action=argparse.BooleanOptionalAction, default=None,
                         help="the optimizer's multi-tensor kernels (default: the device's; "
                              "--foreach models a CUDA step with predict)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads while measuring (heap figures depend on it)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -82,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
     spec = replace(native_spec(args.model), width=args.width)
     case = case_from_text(spec, args.case, batch_size=args.batch_size, optimizer=args.optimizer,
                           foreach=args.foreach)
-    report = measure(case, probe=args.probe, device=args.device)
+    report = measure(case, probe=args.probe, device=args.device, threads=args.threads)
     print(report.to_json() if args.json else render(report))
     return 0

@@ -1,13 +1,18 @@
-"""The dispatch peak against memray's heap high-water mark in a fresh process.
+"""The tensor and heap probes against memray's heap high-water mark in a fresh process.
 
-Both measure the same thing: bytes allocated during the measured (second) step that are live
-at its peak. memray counts every malloc made inside its ``Tracker`` block (tensor storages
-included, since the CPU allocator is malloc-based); the dispatch probe's ``step_bytes`` is the
-peak minus the bytes live before the step. memray additionally sees kernel-internal scratch
-(oneDNN reorders of weight gradients and grad outputs, Python objects), so it may read higher,
-never lower. For ResNet18 and the ViT that scratch is under 3 % of the step; for the small
-``cnn`` (28x28, few channels) oneDNN's convolution-backward scratch is a larger share (~5-15 %),
-so there the check is the one-sided bound.
+memray counts every malloc made inside its ``Tracker`` block around the measured (second)
+step: tensor storages (the CPU allocator is malloc-based) *and* what kernels allocate for
+themselves (oneDNN convolution scratch and reorders, batch-norm backward buffers), plus Python
+objects. So memray's peak is a *heap* figure:
+
+* the ``heap`` probe's ``heap_step_bytes`` (c10 allocator events, heap peak minus the bytes
+  live before the step) is the same quantity and must agree within 3 %, also at the
+  conv-heavy batch-64 peaks where scratch is 5-40 % of the step;
+* the ``dispatch`` probe's ``step_bytes`` is the *tensor* peak over the same baseline: it
+  misses the scratch, so memray may read higher, never lower. At batch 4 the scratch of
+  ResNet18 and the ViT is under 3 % of the step (checked within 3 %); for the small ``cnn``
+  (28x28, few channels) oneDNN's scratch is a larger share (~5-15 %), so there the check is
+  the one-sided bound.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pytest
 
 pytest.importorskip("memray")
 
-from profl_core.memory import case_from_text
+from profl_core.memory import case_from_text, heap
 from profl_core.memory.dispatch import measure
 from profl_core.models import native_spec
 
@@ -48,7 +53,10 @@ CASES = {
     "resnet18/grow:3": ("resnet18", "grow:3", 4),
     "vit/grow:2": ("vit", "grow:2", 4),
     "cnn/full": ("cnn", "full", 8),
+    "resnet18/grow:2/bs64": ("resnet18", "grow:2", 64),
+    "vgg11/grow:2/bs32": ("vgg11", "grow:2", 32),
 }
+HEAP_CASES = ["resnet18/grow:2/bs64", "vgg11/grow:2/bs32"]
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +90,12 @@ def test_dispatch_step_peak_agrees_with_memray_within_3_percent(
 def test_memray_never_reads_below_dispatch_on_cnn(memray_peaks: dict[str, int]) -> None:
     tracked = step_bytes("cnn/full")
     assert tracked <= memray_peaks["cnn/full"] <= 1.15 * tracked
+
+
+@pytest.mark.parametrize("key", HEAP_CASES)
+def test_heap_probe_step_peak_agrees_with_memray_within_3_percent(
+    key: str, memray_peaks: dict[str, int]
+) -> None:
+    model, text, batch = CASES[key]
+    report = heap.measure(case_from_text(native_spec(model), text, batch_size=batch), threads=1)
+    assert report.heap_step_bytes == pytest.approx(memray_peaks[key], rel=0.03)
