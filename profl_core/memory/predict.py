@@ -12,10 +12,17 @@ A real CPU kernel occasionally returns a storage larger than its fake kernel say
 result of ``mse_loss`` keeps an input-sized buffer); :data:`REAL_STORAGE_BYTES` corrects those
 ops so the two probes agree byte for byte.
 
-What it cannot see: kernel-internal scratch, allocator rounding and caching, the CUDA context.
-The predicted step is the CPU step (single-tensor optimizer loops); a CUDA step uses the
-``foreach`` optimizer kernels, whose temporaries are larger; measure those with ``dispatch``
-or ``cuda`` on a GPU.
+The heap (``heap_peak_bytes``, what the CPU allocator holds) is modelled too, without running
+the step: after each op the tracker adds that op's kernel scratch, measured once per op
+signature and thread count on real tensors by a :class:`~profl_core.memory.scratch.ScratchModel`
+and cached; the heap during an op is the live bytes before it plus its outputs plus its
+scratch, and the heap peak is the largest such value (equal to the ``heap`` probe's when every
+scratch-allocating op is in the model and scratch does not depend on values). Pass
+``heap=False`` for the tensor figures only (nothing real runs at all).
+
+What it cannot see: allocator caching, the CUDA context. The predicted step is the CPU step
+(single-tensor optimizer loops); a CUDA step uses the ``foreach`` optimizer kernels, whose
+temporaries are larger; measure those with ``dispatch`` or ``cuda`` on a GPU.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from profl_core.memory.case import PreparedStep, TrainingCase, build_fake_step
 from profl_core.memory.dispatch import StorageTracker
+from profl_core.memory.heap import intra_op_threads
 from profl_core.memory.report import MemoryReport
+from profl_core.memory.scratch import ScratchModel
 
 aten = torch.ops.aten
 
@@ -51,7 +60,27 @@ REAL_STORAGE_BYTES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], int | 
 
 
 class FakeStorageTracker(StorageTracker):
-    """The storage tracker with the real CPU storage size of a few ops (see module doc)."""
+    """The storage tracker with the real CPU storage size of a few ops and, given a scratch
+    model, the heap modelled as live bytes plus each op's kernel scratch (see module doc).
+
+    Args:
+        scratch: gives each op's scratch bytes; ``None`` models no heap.
+        threads: the intra-op thread count the scratch is measured for.
+    """
+
+    def __init__(self, scratch: ScratchModel | None = None, *, threads: int = 1) -> None:
+        super().__init__()
+        self.scratch = scratch
+        self.threads = threads
+        self.models_heap = scratch is not None
+
+    def op_scratch_bytes(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> int:
+        """The scratch model's bytes for this call (0 without a model)."""
+        if self.scratch is None:
+            return 0
+        return self.scratch.scratch_bytes(func, args, kwargs, threads=self.threads)
 
     def track_outputs(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
@@ -65,19 +94,52 @@ class FakeStorageTracker(StorageTracker):
         self.track(out, self.default_category, nbytes=nbytes)
 
 
-def measure_fake(make: Callable[[], PreparedStep]) -> MemoryReport:
+_SHARED_SCRATCH = ScratchModel()  # the in-process cache used when no model is given
+
+
+def measure_fake(
+    make: Callable[[], PreparedStep],
+    *,
+    heap: bool = True,
+    threads: int | None = None,
+    scratch: ScratchModel | None = None,
+) -> MemoryReport:
     """Predict the second run of the step ``make()`` builds inside ``FakeTensorMode`` on the CPU
     (``make`` builds with ``fake=True``, e.g. :func:`~profl_core.memory.case.build_fake_step`
-    or :func:`~profl_core.memory.case.method_step`)."""
+    or :func:`~profl_core.memory.case.method_step`).
+
+    Args:
+        make: builds the step (called inside the fake mode).
+        heap: also model ``heap_peak_bytes`` (runs each new scratch-op signature once on
+            real tensors); False: tensor figures only, nothing real runs.
+        threads: the intra-op thread count the heap is modelled for; ``None``: the current
+            ``torch.get_num_threads()``.
+        scratch: the scratch model and its cache; ``None`` uses one shared in-process model.
+            A model with a ``cache_path`` is saved when it measured something new.
+    """
+    model = (scratch if scratch is not None else _SHARED_SCRATCH) if heap else None
     # Real CPU constants of a method (HeteroFL's label mask) become fake when used.
-    with FakeTensorMode(allow_non_fake_inputs=True), torch.device("cpu"):
+    with intra_op_threads(threads) as used, FakeTensorMode(allow_non_fake_inputs=True), \
+            torch.device("cpu"):
         prepared = make()
         prepared.run()  # warm-up
-        tracker = FakeStorageTracker()
+        tracker = FakeStorageTracker(model, threads=used)
         tracker.track_step(prepared)
-        return tracker.report(probe="predict", device="cpu", case_key=prepared.key)
+        report = tracker.report(probe="predict", device="cpu", case_key=prepared.key,
+                                threads=used)
+    if model is not None and model.dirty:
+        model.save()
+    return report
 
 
-def measure(case: TrainingCase) -> MemoryReport:
-    """Predict the second training step of ``case`` on the CPU without allocating."""
-    return measure_fake(lambda: build_fake_step(case))
+def measure(
+    case: TrainingCase,
+    *,
+    heap: bool = True,
+    threads: int | None = None,
+    scratch: ScratchModel | None = None,
+) -> MemoryReport:
+    """Predict the second training step of ``case`` on the CPU without running it (arguments
+    as in :func:`measure_fake`)."""
+    return measure_fake(lambda: build_fake_step(case), heap=heap, threads=threads,
+                        scratch=scratch)
