@@ -231,14 +231,17 @@ def model_spec(config: TrainingConfig, train: ArrayDataset) -> ModelSpec:
 
 
 def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dict[str, int]:
-    """Required bytes of every sub-model ``method`` hands out (its memory plan), measured by
-    the predict probe on the client steps its clients run.
+    """Required bytes of every sub-model ``method`` hands out (its memory plan), predicted on
+    the client steps its clients run: the heap peak (live tensors plus kernel scratch) at this
+    process's torch thread count, the count the clients train with.
 
     ``method`` must be a fresh instance (its ``init_state`` is called); the table is computed
-    once per process for each method, settings, model and batch size (suite workers share it).
+    once per process for each method, settings, model, batch size and thread count (suite
+    workers share it).
     """
     frozen_bn = config.frozen_bn
-    key = (method.name, method.config, spec, config.batch_size, frozen_bn)  # type: ignore[attr-defined]
+    key = (method.name, method.config, spec, config.batch_size, frozen_bn,  # type: ignore[attr-defined]
+           torch.get_num_threads())
     if key not in _TABLES:
         reports = method_table(method, spec, batch_size=config.batch_size, frozen_bn=frozen_bn)
         _TABLES[key] = {name: r.required_bytes for name, r in reports.items()}
@@ -253,13 +256,14 @@ def reference_bytes(spec: ModelSpec, config: TrainingConfig) -> int:
     to, the same for every method of a comparison."""
     case = TrainingCase(model=spec, kind="full", batch_size=config.batch_size,
                         frozen_bn_eval=config.frozen_bn == "eval")
-    return _predicted_bytes(case)
+    return _predicted_bytes(case, torch.get_num_threads())
 
 
 @functools.lru_cache(maxsize=512)
-def _predicted_bytes(case: TrainingCase) -> int:
-    """``required_bytes`` of one case by the predict probe (deterministic, so the runs of one
-    process share it)."""
+def _predicted_bytes(case: TrainingCase, threads: int) -> int:
+    """``required_bytes`` of one case by the predict probe: the predicted heap peak, kernel
+    scratch included, deterministic for one machine and thread count, so the runs of one
+    process share it."""
     return required_bytes_table([case], probe="predict")[case.key]
 
 
