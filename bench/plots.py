@@ -60,10 +60,9 @@ def breakdown_bars(frame: pd.DataFrame, path: Path, *, category_order: list[str]
 
 def block_peak_bars(frame: pd.DataFrame, model: str, path: Path) -> Path:
     """Per-block forward/backward peaks of every case of one model."""
-    part = frame[frame["model"] == model].copy()
-    part["segment"] = part["block"].str.replace("teacher_output", "teacher")
+    part = frame[frame["model"] == model]
     grid = sns.catplot(
-        data=part, kind="bar", x="segment", y="mib", hue="phase", col="case", col_wrap=4,
+        data=part, kind="bar", x="block", y="mib", hue="phase", col="case", col_wrap=4,
         height=2.8, aspect=1.25, sharex=False, palette="Set2",
     )
     grid.set_axis_labels("", "peak MiB")

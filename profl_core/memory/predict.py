@@ -1,7 +1,8 @@
 """The ``predict`` probe: the dispatch tracker on fake tensors.
 
-The model is constructed on the ``meta`` device (no weights, no initialisation maths), then its
-parameters and buffers are replaced by empty ``FakeTensorMode`` tensors on device ``cpu``
+The model, the method's state and the client's sub-model are constructed on the ``meta``
+device (no weights, no initialisation maths; :func:`~profl_core.memory.case.method_step`), then
+the sub-model's parameters and buffers are replaced by empty ``FakeTensorMode`` tensors on ``cpu``
 (``Module.to``/``to_empty`` fail on fake tensors, and some initialisers such as
 ``trunc_normal_`` make data-dependent calls that fake tensors refuse). The optimizer, batch,
 warm-up step and measured step then all run on fake tensors, and
@@ -21,8 +22,8 @@ scratch-allocating op is in the model and scratch does not depend on values). Pa
 ``heap=False`` for the tensor figures only (nothing real runs at all).
 
 What it cannot see: allocator caching, the CUDA context. The predicted step is the CPU step
-(single-tensor optimizer loops); a CUDA step uses the ``foreach`` optimizer kernels, whose
-temporaries are larger; measure those with ``dispatch`` or ``cuda`` on a GPU.
+(single-tensor optimizer loops) unless the case sets ``foreach=True``: then the optimizer runs
+PyTorch's multi-tensor kernels, whose temporaries CUDA's default optimizer holds.
 """
 
 from __future__ import annotations

@@ -76,8 +76,9 @@ class BlockPeak:
     """The highest bytes while one block ran in one phase.
 
     Attributes:
-        block: block name (``block1`` .. ``blockT``, ``output``, ``teacher_output``,
-            ``basic<t>``) or a step segment (``loss``, ``optimizer``).
+        block: a module of the client's sub-model, named as in the server's state dict
+            (``block2``, ``om2.basic3``, ``om2.head``, ``exit1``, ``head``) or a step segment
+            (``loss``, ``optimizer``).
         phase: ``forward``, ``backward`` or ``optimizer``.
         tensor_peak_bytes: absolute live tensor-storage bytes at the segment's peak (baseline
             included; see the module doc).
