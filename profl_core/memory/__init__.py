@@ -74,6 +74,10 @@ def measure(
         return heap.measure(case, threads=threads)
     if probe == "rss":
         return rss.measure(case, threads=1 if threads is None else threads)
+    if probe == "dispatch" and target is not None and target.type == "cuda":
+        if not torch.cuda.is_available():  # one line before any work, not a driver traceback
+            raise ConfigError(f"device {device}: no CUDA device on this machine; use cpu")
+        target = cuda.cuda_device(target)
     with heap.intra_op_threads(threads):
         if probe == "cuda":
             return cuda.measure(case, device=target if target is not None else "cuda")

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from bench.cli import main
 
@@ -42,3 +43,14 @@ def test_trace_foreach_flag_names_the_case(capsys: pytest.CaptureFixture[str]) -
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     assert data["case_key"] == "cnn/grow:2/bs2/foreach"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_trace_on_cuda_without_a_gpu_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["trace", "--model", "cnn", "--probe", "dispatch", "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "no CUDA device" in err
