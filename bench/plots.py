@@ -70,7 +70,7 @@ def block_peak_bars(frame: pd.DataFrame, model: str, path: Path) -> Path:
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     grid.figure.subplots_adjust(hspace=0.55)
-    grid.figure.suptitle(f"{model}: live memory peak while each block ran", y=1.03)
+    grid.figure.suptitle(f"{model}: live tensor peak while each block ran", y=1.03)
     return _save(grid.figure, path)
 
 
