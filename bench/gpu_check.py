@@ -42,16 +42,16 @@ from typing import Any, NamedTuple, NoReturn
 import torch
 from tabulate import tabulate
 
+from bench.paths import CHECKOUT, RESULTS_DIR
 from profl_core.errors import ConfigError
 from profl_core.memory import MemoryReport, TrainingCase, case_from_text, measure
 from profl_core.memory.case import num_blocks
 from profl_core.results import atomic_write_text, provenance, utc_now
 
-REPO = Path(__file__).resolve().parents[1]
 PROG = "gpu-check"
 SCHEMA = 1
 MIB = float(1 << 20)
-DEFAULT_OUT = Path("results/runs/gpu-check.json")
+DEFAULT_OUT = RESULTS_DIR / "runs" / "gpu-check.json"
 DEFAULT_MODELS: tuple[str, ...] = ("cnn", "resnet18", "resnet34")
 EXTRA_CASES: tuple[str, ...] = ("vgg16:grow:5",)
 DEFAULT_BATCH_SIZE = 64
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None, *, probes: Probes = PROBES) -> int:
     wall_s = time.perf_counter() - start
     payload = build_payload(results, device=str(device), gpu=gpu, batch_size=args.batch_size,
                             tol=tol, budget_s=args.budget_s, wall_s=wall_s,
-                            provenance_info=provenance(REPO))
+                            provenance_info=provenance(CHECKOUT))
     write_json(args.out, payload)
     print(render_table(results))
     print(summary_line(results, args.out))

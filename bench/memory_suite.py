@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.paths import fleets_dir, profiles_dir
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.files import Fields, read_json, shown
@@ -23,8 +24,6 @@ from profl_core.models import ModelSpec, native_spec
 from profl_core.results import Record, ResultFile, atomic_write_text, case_hash
 
 MIB = 1 << 20
-REPO = Path(__file__).resolve().parents[1]
-DEVICES_DIR = REPO / "devices"
 
 
 def profl_cases(spec: ModelSpec, batch_size: int) -> list[TrainingCase]:
@@ -155,30 +154,33 @@ def measure_with_progress(
         return measure_section(section, folder, resume=resume, progress=advance)
 
 
-def fleets_for(reference_peak_bytes: int, devices_dir: Path = DEVICES_DIR) -> list[Fleet]:
-    """Every shipped fleet; relative fleets are scaled to ``reference_peak_bytes``."""
-    profiles = load_profiles(devices_dir / "profiles")
+def fleets_for(reference_peak_bytes: int, devices: Path | None = None) -> list[Fleet]:
+    """Every fleet of the devices folder ``devices`` (default: the shipped one); relative
+    fleets are scaled to ``reference_peak_bytes``."""
+    profiles = load_profiles(profiles_dir(devices))
+    folder = fleets_dir(devices)
     return [
         load_fleet(path, profiles, reference_peak_bytes=reference_peak_bytes)
-        for path in sorted((devices_dir / "fleets").glob("*.toml"))
+        for path in (sorted(folder.glob("*.toml")) if folder.is_dir() else [])
     ]
 
 
 def memory_records(
-    section: MemorySection, reports: dict[str, MemoryReport], devices_dir: Path = DEVICES_DIR
+    section: MemorySection, reports: dict[str, MemoryReport], devices: Path | None = None
 ) -> list[Record]:
     """Result records: bytes per case, block and category; ProFL's peak; participation.
 
     ``peak_bytes`` and ``block_peak_bytes:*`` are the tensor peaks (deterministic: what the
     gate compares); ``heap_peak_bytes`` and ``block_heap_peak_bytes:*`` the heap peaks, when
     the probe knows them (machine- and thread-dependent, not gated). Participation and the
-    relative fleets use ``required_bytes`` (the heap figure when known), as training does.
+    relative fleets use ``required_bytes`` (the heap figure when known), as training does;
+    the fleets are those of the devices folder ``devices`` (default: the shipped one).
     """
     records: list[Record] = []
     for name in section.models:
         cases = section.model_cases(name)
         full = reports[cases[0].key]
-        fleets = fleets_for(full.required_bytes, devices_dir)
+        fleets = fleets_for(full.required_bytes, devices)
         for case in cases:
             report = reports[case.key]
             h = case_hash(case.params())

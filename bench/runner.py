@@ -24,11 +24,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.memory_suite import (
-    REPO,
-    measure_with_progress,
-    memory_records,
-)
+from bench.memory_suite import measure_with_progress, memory_records
+from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.report import build_report, run_folders
 from bench.suites import AccuracySection, Suite, run_name
 from bench.training import (
@@ -54,8 +51,6 @@ from profl_core.results import (
     write_result,
 )
 
-RESULTS_DIR = REPO / "results"
-
 
 def latest_run(suite: str, results_dir: Path = RESULTS_DIR) -> Path:
     """The newest run folder of ``suite`` on this machine (for ``--resume`` without a path)."""
@@ -80,7 +75,7 @@ def check_run_folder(folder: Path, *, resume: bool) -> None:
 
 def new_run_folder(suite: str, results_dir: Path = RESULTS_DIR) -> Path:
     """A fresh run folder path for ``suite``."""
-    return run_dir(results_dir, suite, repo=REPO)
+    return run_dir(results_dir, suite, repo=CHECKOUT)
 
 
 @dataclass(frozen=True)
@@ -380,7 +375,7 @@ def run_suite(
         run_speed(folder, suite.speed.select or None)
     if records:
         extra["suite_wall_s"] = time.perf_counter() - start
-        write_result(folder / "result.json", new_result(suite.name, records, repo=REPO,
+        write_result(folder / "result.json", new_result(suite.name, records, repo=CHECKOUT,
                                                         extra=extra))
     out += [build_report(folder)]
     out += ["", f"suite wall time {time.perf_counter() - start:.0f} s"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.config_fields import FieldSpec, check_value, field_specs
 from bench.memory_suite import MemorySection
+from bench.paths import SUITES_DIR
 from bench.training import (
     METHODS,
     TRAINING_FIELDS,
@@ -21,9 +22,6 @@ from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.files import read_toml, shown
 from profl_core.memory import PROBES
 from profl_core.models import MODEL_NAMES, check_model_name
-
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
-
 
 #: TrainingConfig fields an ``[accuracy]`` table does not share, and where they go instead.
 PER_RUN: dict[str, str] = {

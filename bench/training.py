@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
+from bench.paths import CHECKOUT, fleet_path, profiles_dir
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
@@ -60,8 +61,6 @@ from profl_core.results import (
     write_result,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DEVICES_DIR = REPO / "devices"
 MIB = 2**20
 
 
@@ -81,7 +80,7 @@ class TrainingConfig:
         width: Model width multiplier in (0, 1].
         dataset: Dataset: fashion-mnist, cifar10, cifar100 or synthetic.
         data_dir: Folder holding the dataset (default: $PROFL_DATA_DIR, then the system's).
-        fleet: Fleet name in devices/fleets or a path to a fleet TOML.
+        fleet: Fleet name (a shipped one: profl devices) or the path of a fleet TOML.
         clients: Number of clients: that many devices spread evenly over the fleet.
         per_round: Clients selected per round.
         rounds: Total round budget.
@@ -267,17 +266,9 @@ def _predicted_bytes(case: TrainingCase, threads: int) -> int:
     return required_bytes_table([case], probe="predict")[case.key]
 
 
-def fleet_path(name: str) -> Path:
-    """A fleet name in devices/fleets, or a path."""
-    path = Path(name)
-    if path.suffix == ".toml" or path.exists():
-        return path
-    return DEVICES_DIR / "fleets" / f"{name}.toml"
-
-
 def make_fleet(config: TrainingConfig, full_bytes: int) -> Fleet:
     """``clients`` evenly spread devices of the fleet (relative fleets scale to the full peak)."""
-    profiles = load_profiles(DEVICES_DIR / "profiles")
+    profiles = load_profiles(profiles_dir())
     fleet = load_fleet(fleet_path(config.fleet), profiles, reference_peak_bytes=full_bytes)
     return fleet.spread(config.clients)
 
@@ -446,7 +437,7 @@ def read_run_result(run: Path) -> ResultFile:
 
 def run_record(config: TrainingConfig) -> dict[str, Any]:
     """What ``run.json`` holds: the full resolved configuration and the code version."""
-    git = git_state(REPO)
+    git = git_state(CHECKOUT)
     return {"format": RUN_FORMAT, "config": config.to_json(), "code": {
         "git_sha": git["sha"], "git_dirty": git["dirty"], "torch": torch.__version__}}
 
@@ -765,7 +756,7 @@ def run_training(
         suite or f"train-{config.method}",
         summary_records(rounds, key, full_bytes=full_bytes, target_accuracy=target_accuracy,
                         completed=diverged is None),
-        repo=REPO, extra=extra,
+        repo=CHECKOUT, extra=extra,
     )
     title = f"{config.method} {spec.name} on {config.dataset}, fleet {fleet.name}"
     plot_curve(rounds, out / "learning_curve.png",

@@ -346,7 +346,8 @@ def _profile_of(item: _Table, profiles: Mapping[str, DeviceProfile]) -> DevicePr
     name = item.string("profile", "give a profile name")
     if name not in profiles:
         known = ", ".join(sorted(profiles)) or "none loaded"
-        item.fail("profile", f"use a known profile ({known}) or add devices/profiles/{name}.toml")
+        item.fail("profile", f"use a known profile ({known}) or add {name}.toml to the "
+                  "profiles folder")
     return profiles[name]
 
 

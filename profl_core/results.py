@@ -72,8 +72,11 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def git_state(repo: Path) -> dict[str, Any]:
-    """The commit sha and dirty flag of the checkout at ``repo`` ("unknown" outside git)."""
+def git_state(repo: Path | None) -> dict[str, Any]:
+    """The commit sha and dirty flag of the checkout at ``repo`` ("unknown" outside git, or
+    when ``repo`` is None: code installed as a package)."""
+    if repo is None:
+        return {"sha": "unknown", "dirty": False}
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
@@ -87,8 +90,8 @@ def git_state(repo: Path) -> dict[str, Any]:
         return {"sha": "unknown", "dirty": False}
 
 
-def provenance(repo: Path) -> dict[str, Any]:
-    """Machine, software and commit of this run."""
+def provenance(repo: Path | None) -> dict[str, Any]:
+    """Machine, software and commit of this run (``repo``: the code's checkout, if any)."""
     cuda = torch.version.cuda if torch.cuda.is_available() else None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -150,7 +153,11 @@ def read_result(path: Path) -> ResultFile:
 
 
 def new_result(
-    suite: str, records: Iterable[Record], *, repo: Path, extra: Mapping[str, Any] | None = None
+    suite: str,
+    records: Iterable[Record],
+    *,
+    repo: Path | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> ResultFile:
     """A result file stamped with the current time and this machine's provenance."""
     return ResultFile(
@@ -159,8 +166,9 @@ def new_result(
     )
 
 
-def run_dir(root: Path, suite: str, *, repo: Path) -> Path:
-    """``root/runs/<machine>/<utc>_<sha8>[-dirty]_<suite>/`` (not created)."""
+def run_dir(root: Path, suite: str, *, repo: Path | None) -> Path:
+    """``root/runs/<machine>/<utc>_<sha8>[-dirty]_<suite>/`` (not created; ``repo``: the code's
+    checkout, if any, whose commit is in the name)."""
     git = git_state(repo)
     sha = str(git["sha"])[:8] + ("-dirty" if git["dirty"] else "")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

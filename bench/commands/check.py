@@ -1,7 +1,8 @@
 """``profl check``: the CI memory gate (DESIGN §5).
 
 Measures the ``memory-ci`` suite and compares each case's tensor and heap peak bytes and
-per-block peaks with ``results/baselines/memory-ci.json`` for this torch minor version. Tensor
+per-block peaks with a baseline file (``--baseline``; in a source checkout by default its
+committed ``results/baselines/memory-ci.json``) for this torch minor version. Tensor
 peaks are portable; heap peaks (kernel scratch included, predicted at one thread) are compared
 only on a machine with the baseline's CPU kernel family (``heap_machine``). Exit codes: 0 when
 nothing regressed, 1 on a regression (the table names each case), 2 on unusable input (no
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from bench.memory_suite import REPO, MemorySection, measure_with_progress, memory_records
+from bench.memory_suite import MemorySection, measure_with_progress, memory_records
+from bench.paths import CHECKOUT_BASELINE
 from bench.suites import load_suite
 from profl_core.compare import Diff, Status, Values, compare, failed
 from profl_core.errors import ConfigError
@@ -31,7 +33,8 @@ from profl_core.results import SCHEMA_VERSION, atomic_write_text, utc_now
 
 NAME = "check"
 HELP = "compare per-case and per-block tensor and heap peaks with the baseline (the CI gate)"
-DEFAULT_BASELINE = REPO / "results" / "baselines" / "memory-ci.json"
+#: The committed baseline of a source checkout; an installed package has none (--baseline).
+DEFAULT_BASELINE: Path | None = CHECKOUT_BASELINE
 GATED_PREFIXES = ("peak_bytes", "block_peak_bytes:", "heap_peak_bytes", "block_heap_peak_bytes:")
 HEAP_PREFIXES = ("heap_peak_bytes", "block_heap_peak_bytes:")
 DEFAULT_TOLERANCES = {"peak_bytes": 0.005, "block_peak_bytes": 0.005,
@@ -54,7 +57,9 @@ def without_heap(values: Values) -> dict[str, dict[str, float]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="memory-ci", help="suite whose memory section is gated")
-    parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
+    parser.add_argument("--baseline", type=Path,
+                        help="baseline JSON file (default in a source checkout: its committed "
+                             "results/baselines/memory-ci.json; an installed profl needs it)")
     parser.add_argument("--update", action="store_true",
                         help="rewrite this torch version's baseline with the current numbers")
     parser.add_argument("--all", action="store_true", help="show every row, not only changes")
@@ -127,20 +132,35 @@ def render(diffs: list[Diff], *, show_all: bool) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
+def baseline_path(given: Path | None) -> Path:
+    """``--baseline`` if given, else the checkout's committed baseline.
+
+    Raises:
+        ConfigError: Neither (an installed package has no default baseline).
+    """
+    if given is not None:
+        return given
+    if DEFAULT_BASELINE is None:
+        raise ConfigError("no --baseline: an installed profl has no default baseline; give "
+                          "--baseline PATH (`profl check --update --baseline PATH` creates it)")
+    return DEFAULT_BASELINE
+
+
 def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     if suite.memory is None:
         raise ConfigError(f"{suite.path}: no [memory] section to check")
+    path = baseline_path(args.baseline)
     version = torch_minor()
-    baseline = read_baseline(args.baseline, version)
+    baseline = read_baseline(path, version)
     if args.update:
-        check_writable_dir(args.baseline.parent, "--baseline")
-    elif not args.baseline.exists():
-        raise ConfigError(f"{args.baseline}: no such baseline; run `profl check --update` to "
+        check_writable_dir(path.parent, "--baseline")
+    elif not path.exists():
+        raise ConfigError(f"{path}: no such baseline; run `profl check --update` to "
                           "create it, or give --baseline PATH")
     elif version not in baseline["torch"]:  # before the measuring, not after it
         known = ", ".join(sorted(baseline["torch"])) or "none"
-        raise ConfigError(f"{args.baseline}: no baseline for torch {version} (have: {known}); "
+        raise ConfigError(f"{path}: no baseline for torch {version} (have: {known}); "
                           "review the numbers and run `profl check --update`")
     with tempfile.TemporaryDirectory(prefix="profl-check-") as scratch:
         current = current_values(suite.memory, Path(scratch))
@@ -150,13 +170,13 @@ def run(args: argparse.Namespace) -> int:
             "batch_size": suite.memory.batch_size, "heap_machine": heap_machine(),
             "cases": current,
         }
-        atomic_write_text(args.baseline, json.dumps(baseline, indent=1, sort_keys=True) + "\n")
-        print(f"updated {args.baseline} for torch {version}: {len(current)} cases")
+        atomic_write_text(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+        print(f"updated {path} for torch {version}: {len(current)} cases")
         return 0
     entry = baseline["torch"].get(version)
     if entry is None:
         known = ", ".join(sorted(baseline["torch"])) or "none"
-        raise ConfigError(f"{args.baseline}: no baseline for torch {version} (have: {known}); "
+        raise ConfigError(f"{path}: no baseline for torch {version} (have: {known}); "
                           "review the numbers and run `profl check --update`")
     tolerances: Mapping[str, float] = baseline.get("tolerances", DEFAULT_TOLERANCES)
     expected = entry["cases"]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from bench.paths import DEVICES_DIR, fleets_dir, profiles_dir
 from profl_core.devices import (
     MIB,
     DeviceProfile,
@@ -22,15 +23,16 @@ from profl_core.errors import ConfigError
 NAME = "devices"
 HELP = "print the device profiles (RAM, usable share, budget) and the fleets' budget spread"
 
-DEVICES_DIR = Path(__file__).resolve().parents[2] / "devices"
-"""The repository's ``devices/`` folder."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profiles", type=Path, default=DEVICES_DIR / "profiles",
-                        help="folder of profile files (default: the repo's devices/profiles)")
-    parser.add_argument("--fleets", type=Path, default=DEVICES_DIR / "fleets",
-                        help="folder of fleet files (default: the repo's devices/fleets)")
+    parser.add_argument("--devices", type=Path,
+                        help="devices folder holding profiles/*.toml and fleets/*.toml "
+                             f"(default: the shipped one, {DEVICES_DIR})")
+    parser.add_argument("--profiles", type=Path,
+                        help="folder of profile files (default: the devices folder's profiles/)")
+    parser.add_argument("--fleets", type=Path,
+                        help="folder of fleet files (default: the devices folder's fleets/)")
     parser.add_argument("--reference-peak-mib", type=float,
                         help="full-model peak in MiB; relative fleets then show MiB budgets")
 
@@ -89,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
                 f"--reference-peak-mib = {args.reference_peak_mib}; use a positive number of MiB"
             )
         peak_bytes = round(args.reference_peak_mib * MIB)
-    profiles = load_profiles(args.profiles)
-    fleets = fleets_table(args.fleets, profiles, peak_bytes)
-    print("Device profiles (budget = ram * usable_fraction - overhead)\n")
+    profile_folder = args.profiles or profiles_dir(args.devices)
+    profiles = load_profiles(profile_folder)
+    fleets = fleets_table(args.fleets or fleets_dir(args.devices), profiles, peak_bytes)
+    print(f"Device profiles in {profile_folder} (budget = ram * usable_fraction - overhead)\n")
     print(tabulate(profiles_table(profiles), headers="keys", tablefmt="github",
                    showindex=False, floatfmt=".2f"))
-    print("\nFleets\n")
+    print(f"\nFleets in {args.fleets or fleets_dir(args.devices)}\n")
     print(tabulate(fleets, headers="keys", tablefmt="github", showindex=False, floatfmt=".2f"))
     return 0

@@ -10,14 +10,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.memory_suite import REPO
+from bench.paths import CHECKOUT, SPEED_TESTS
 from bench.runner import new_run_folder
 from profl_core.errors import ConfigError
 from profl_core.results import atomic_write_text
 
 NAME = "speed"
 HELP = "run the speed benchmarks (pytest-benchmark) and report the target ratios"
-SPEED_TESTS = [REPO / "bench" / "test_speed.py", REPO / "bench" / "test_speed_fl.py"]
 # (name, numerator test, denominator test or None for seconds, target, direction)
 TARGETS = [
     ("dispatch probe overhead (resnet18, bs 64)", "test_dispatch_traced_step_resnet18",
@@ -67,7 +66,7 @@ def run_speed(folder: Path, select: str | None = None) -> str:
            f"--benchmark-json={dump}", "--benchmark-columns=mean,stddev,rounds"]
     if select:
         cmd += ["-k", select]
-    code = subprocess.run(cmd, cwd=REPO, check=False).returncode
+    code = subprocess.run(cmd, cwd=CHECKOUT, check=False).returncode  # None: here
     if code != 0 or not dump.exists():
         raise ConfigError(f"speed benchmarks failed (pytest exit {code}); see the output above")
     table = tabulate(ratios(json.loads(dump.read_text())),

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from bench.backends import add_backend_arguments, backend_session
 from bench.config_fields import FieldSpec, add_flag
+from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.training import (
     METHODS,
-    REPO,
     RUN_FILE,
     TRAINING_FIELDS,
     TrainingConfig,
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
-    out = args.out or run_dir(REPO / "results", f"train-{config.label}", repo=REPO)
+    out = args.out or run_dir(RESULTS_DIR, f"train-{config.label}", repo=CHECKOUT)
     # Everything that can be checked without work is checked before it (DESIGN §6).
     check_writable_dir(out)
     check_device(config.device)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.paths import DEVICES_DIR
 from profl_core.devices import (
     MIB,
     Device,
@@ -21,9 +22,8 @@ from profl_core.devices import (
 )
 from profl_core.errors import ConfigError
 
-DEVICES = Path(__file__).resolve().parents[2] / "devices"
-PROFILES = DEVICES / "profiles"
-FLEETS = DEVICES / "fleets"
+PROFILES = DEVICES_DIR / "profiles"
+FLEETS = DEVICES_DIR / "fleets"
 
 # profl-paper.md §4.2: the authors' seed-42 list (first 10) and pool sizes, in their "MB" (= MiB).
 PAPER_FIRST_10 = [754, 214, 125, 859, 381, 350, 328, 242, 854, 204]

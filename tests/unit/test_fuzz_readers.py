@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from bench.cli import main
 from bench.commands.check import read_baseline, torch_minor
 from bench.memory_suite import read_case_report
+from bench.paths import DEVICES_DIR, SUITES_DIR
 from bench.suites import load_suite
 from bench.training import (
     TrainingConfig,
@@ -48,8 +49,7 @@ from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import build_model, native_spec
 from profl_core.results import Record, ResultFile, read_result, write_result
 
-REPO = Path(__file__).resolve().parents[2]
-PROFILES = REPO / "devices" / "profiles"
+PROFILES = DEVICES_DIR / "profiles"
 #: Generated inputs per reader and kind of input (4 kinds, so 4 x EXAMPLES per reader).
 EXAMPLES = 50
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -94,7 +94,7 @@ name = "large"
 fraction = 1.0
 """
 
-SUITE = (REPO / "bench" / "suites" / "smoke.toml").read_text(encoding="utf-8")
+SUITE = (SUITES_DIR / "smoke.toml").read_text(encoding="utf-8")
 
 
 def _round(rnd: int, accuracy: float | None) -> dict[str, Any]:
