@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.memory_suite import measure_with_progress, memory_records
+from bench.memory_suite import fleets_for, measure_with_progress, memory_records
 from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.report import build_report, run_folders
 from bench.suites import AccuracySection, Suite, run_name
@@ -34,6 +34,7 @@ from bench.training import (
     check_device,
     check_resume,
     config_changes,
+    fleet_inputs,
     load_data,
     read_run_record,
     read_run_result,
@@ -216,7 +217,7 @@ def _run_in_workers(jobs: list[_Job], workers: int, threads: int, tracker: _Prog
 
 def accuracy_jobs(
     section: AccuracySection, folder: Path, *, resume: bool, suite: str,
-    data_dir: Path | None = None, backend: str = "local",
+    data_dir: Path | None = None, backend: str = "local", devices: Path | None = None,
 ) -> list[_Job]:
     """The runs of ``section`` still to do, every one checked before any starts: its device
     exists here and, with ``resume``, a finished run was made with the same settings
@@ -237,13 +238,15 @@ def accuracy_jobs(
                               "started with, or run it into a new --out")
     for label, part, seed in runs:
         name = run_name(label, part, seed)
-        config = section.config(label, part, seed, data_dir=data_dir, backend=backend)
+        config = section.config(label, part, seed, data_dir=data_dir, backend=backend,
+                                devices=devices)
         out = folder / "runs" / name
         if resume and (out / "result.json").is_file():
             check_finished(config, out)
             continue
         try:
             check_device(config.device)
+            fleet_inputs(config)
         except ConfigError as err:
             raise ConfigError(f"suite {suite}: run {name}: {err}") from None
         if resume:
@@ -261,6 +264,7 @@ def run_accuracy(
     suite: str,
     data_dir: Path | None = None,
     backend: str = "local",
+    devices: Path | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> None:
     """Run every (label, partition, seed) of ``section`` into ``folder/runs/``.
@@ -275,7 +279,7 @@ def run_accuracy(
     """
     runs = section.runs()
     jobs = accuracy_jobs(section, folder, resume=resume, suite=suite, data_dir=data_dir,
-                         backend=backend)
+                         backend=backend, devices=devices)
     if len(jobs) < len(runs):
         log(f"accuracy: {len(runs) - len(jobs)} of {len(runs)} runs already finished")
     if not jobs:
@@ -335,16 +339,19 @@ def _run_here(jobs: list[_Job], threads: int, tracker: _Progress) -> None:
 
 def run_suite(
     suite: Suite, folder: Path, *, resume: bool, data_dir: Path | None = None,
-    backend: str = "local",
+    backend: str = "local", devices: Path | None = None,
 ) -> list[str]:
     """Run every section of ``suite`` into ``folder``; return the text to print.
 
     ``backend`` (``local``/``ray``, Ray already connected by the caller) is where training
-    sections run their clients.
+    sections run their clients. ``devices`` (``--devices DIR``) replaces the shipped devices
+    folder: the memory section's participation fleets and every training run's.
     """
     if suite.accuracy is not None:  # bad runs fail before the memory section's work
         accuracy_jobs(suite.accuracy, folder, resume=resume, suite=suite.name,
-                      data_dir=data_dir, backend=backend)
+                      data_dir=data_dir, backend=backend, devices=devices)
+    if suite.memory is not None:  # so do bad device files (any reference peak checks them)
+        fleets_for(1 << 30, devices)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"suite {suite.name} -> {folder}", flush=True)  # before the progress bars
@@ -361,12 +368,12 @@ def run_suite(
     if suite.memory is not None:
         section = suite.memory
         reports = measure_with_progress(section, folder, resume=resume, desc="memory")
-        records += memory_records(section, reports)
+        records += memory_records(section, reports, devices)
         extra.update(batch_size=section.batch_size, probe=section.probe,
                      models=list(section.models))
     if suite.accuracy is not None:
         run_accuracy(suite.accuracy, folder, resume=resume, suite=suite.name,
-                     data_dir=data_dir, backend=backend)
+                     data_dir=data_dir, backend=backend, devices=devices)
         for run in run_folders(folder):
             records += read_run_result(run).records
     if suite.speed is not None:

@@ -32,7 +32,7 @@ PER_RUN: dict[str, str] = {
     "backend": "choose it with profl bench --backend",
 }
 #: TrainingConfig fields a variant table cannot override (the suite's run grid sets them).
-NOT_PER_VARIANT: frozenset[str] = frozenset({*PER_RUN, "seed", "data_dir"})
+NOT_PER_VARIANT: frozenset[str] = frozenset({*PER_RUN, "seed", "data_dir", "devices"})
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
 
 
@@ -89,14 +89,16 @@ class AccuracySection:
 
     def config(
         self, label: str, partition: str, seed: int, data_dir: Path | None = None,
-        backend: str = "local",
+        backend: str = "local", devices: Path | None = None,
     ) -> TrainingConfig:
-        """The training settings of one (label, partition, seed) run."""
+        """The training settings of one (label, partition, seed) run (``data_dir`` and
+        ``devices``, when given, replace the suite's)."""
         variant = self.variants.get(label, Variant(method=label))
         return replace(
             self.base, **variant.overrides, method=variant.method, label=label,
             partition=partition, seed=seed, options=variant.options,
             data_dir=data_dir or self.base.data_dir, backend=backend,
+            devices=devices or self.base.devices,
         )
 
     def runs(self) -> list[tuple[str, str, int]]:

@@ -30,7 +30,7 @@ import torch
 from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
 from bench.paths import CHECKOUT, fleet_path, profiles_dir
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
-from profl_core.devices import Fleet, load_fleet, load_profiles
+from profl_core.devices import DeviceProfile, Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.files import Fields, atomic_write_text, fail, read_json, read_jsonl, shown
 from profl_core.fl import (
@@ -80,7 +80,10 @@ class TrainingConfig:
         width: Model width multiplier in (0, 1].
         dataset: Dataset: fashion-mnist, cifar10, cifar100 or synthetic.
         data_dir: Folder holding the dataset (default: $PROFL_DATA_DIR, then the system's).
-        fleet: Fleet name (a shipped one: profl devices) or the path of a fleet TOML.
+        fleet: Fleet name (in the devices folder's fleets/; see profl devices) or the path of a
+            fleet TOML.
+        devices: Devices folder holding profiles/*.toml and fleets/*.toml, used instead of the
+            shipped one (default: the shipped profiles and fleets).
         clients: Number of clients: that many devices spread evenly over the fleet.
         per_round: Clients selected per round.
         rounds: Total round budget.
@@ -110,6 +113,7 @@ class TrainingConfig:
     dataset: str = "fashion-mnist"
     data_dir: Path | None = None
     fleet: str = "relative-uniform"
+    devices: Path | None = None
     clients: int = 100
     per_round: int = 20
     rounds: int = 100
@@ -266,10 +270,20 @@ def _predicted_bytes(case: TrainingCase, threads: int) -> int:
     return required_bytes_table([case], probe="predict")[case.key]
 
 
+def fleet_inputs(config: TrainingConfig) -> tuple[Path, dict[str, DeviceProfile]]:
+    """The fleet file and the device profiles of ``config`` (its devices folder, default the
+    shipped one), checked before any work.
+
+    Raises:
+        ConfigError: An unknown fleet name or a devices folder without ``profiles/``.
+    """
+    return fleet_path(config.fleet, config.devices), load_profiles(profiles_dir(config.devices))
+
+
 def make_fleet(config: TrainingConfig, full_bytes: int) -> Fleet:
     """``clients`` evenly spread devices of the fleet (relative fleets scale to the full peak)."""
-    profiles = load_profiles(profiles_dir())
-    fleet = load_fleet(fleet_path(config.fleet), profiles, reference_peak_bytes=full_bytes)
+    path, profiles = fleet_inputs(config)
+    fleet = load_fleet(path, profiles, reference_peak_bytes=full_bytes)
     return fleet.spread(config.clients)
 
 
@@ -692,6 +706,7 @@ def run_training(
     if (out / "rounds.jsonl").exists() and not resume:
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
     check_device(config.device)
+    fleet_inputs(config)
     resuming = resume and check_resume(config, out, warn=say)
     if not resuming and (out / RUN_FILE).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")

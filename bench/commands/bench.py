@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"suite name ({', '.join(suite_names())}) or a .toml path")
     parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
     parser.add_argument("--data-dir", type=Path, help="folder holding the dataset")
+    parser.add_argument("--devices", type=Path,
+                        help="devices folder (profiles/*.toml, fleets/*.toml) used instead of "
+                             "the shipped one")
     parser.add_argument("--resume", action="store_true",
                         help="continue --out (or this suite's newest run) without redoing cases")
     add_backend_arguments(parser)
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     check_run_folder(folder, resume=args.resume)
     with backend_session(args):
         for line in run_suite(suite, folder, resume=args.resume, data_dir=args.data_dir,
-                              backend=args.backend):
+                              backend=args.backend, devices=args.devices):
             print(line)
     print(f"\nwrote {folder}/report.md, result.json, tables/ and figures/")
     return 0

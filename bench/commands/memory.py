@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--probe", default="predict", help=f"one of {', '.join(PROBES)}")
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
+    parser.add_argument("--devices", type=Path,
+                        help="devices folder (profiles/*.toml, fleets/*.toml) whose fleets give "
+                             "the participation, instead of the shipped one")
+    parser.add_argument("--out", type=Path,
+                        help="run folder (default: a new one in ./results/runs)")
     parser.add_argument("--resume", action="store_true",
                         help="continue --out without redoing cases")
 
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     suite = Suite(name="memory", path=Path("-"), zoo_models=(), memory=section)
     folder = args.out or (latest_run("memory") if args.resume else new_run_folder("memory"))
     check_run_folder(folder, resume=args.resume)
-    for line in run_suite(suite, folder, resume=args.resume):
+    for line in run_suite(suite, folder, resume=args.resume, devices=args.devices):
         print(line)
     print(f"\nwrote {folder}/result.json, tables/ and figures/")
     return 0

@@ -36,6 +36,7 @@ from bench.training import (
     all_option_specs,
     check_device,
     check_resume,
+    fleet_inputs,
     option_specs,
     run_training,
 )
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without work is checked before it (DESIGN §6).
     check_writable_dir(out)
     check_device(config.device)
+    fleet_inputs(config)
     if args.resume:
         check_resume(config, out, required=True)
     elif (out / "rounds.jsonl").exists() or (out / RUN_FILE).exists():
