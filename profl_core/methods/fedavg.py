@@ -12,8 +12,10 @@ the architecture and in who is eligible:
 * ``exclusivefl``: the full model, only devices whose budget fits its measured peak (memory-table
   entry ``full``); weak devices and their data never take part;
 * ``allsmall``: the widest width-scaled model (HeteroFL's levels 1, 1/2, .., 1/16, memory-table
-  entries ``full`` / ``w0.5`` / ..) whose measured peak fits **every** device of the fleet; all
-  devices are eligible.
+  entries ``full`` / ``w0.5`` / ..) whose measured peak fits **every** device that can train
+  any level; those devices are eligible. (With the heap accounting a step never needs less than
+  its kernels' scratch, so the weakest devices of a fleet may fit no level at all; they are
+  left out, as every memory-aware method leaves them out.)
 
 AllSmall's model is the channel prefix of the global weights (:mod:`profl_core.methods.width`);
 every client holds the same slice, so the scatter-back mean is plain FedAvg on the small model
@@ -155,24 +157,27 @@ class FedAvg:
         return dict(state.weights)
 
     def small_model(self, fleet: Fleet, memory_table: MemoryTable) -> str:
-        """AllSmall: the widest level whose measured peak fits the smallest budget."""
-        weakest = min((d.budget_bytes for d in fleet.devices), default=0)
+        """AllSmall: the widest level whose measured peak fits the smallest budget among the
+        devices that fit the narrowest level."""
         options = [width_name(w) for w in self.levels]
-        name = tiers.largest_fitting(weakest, options, memory_table)
-        if name is None:
-            smallest = options[-1]
+        narrowest = tiers.required(memory_table, options[-1])
+        capable = [d.budget_bytes for d in fleet.devices if d.budget_bytes >= narrowest]
+        if not capable:
+            largest = max((d.budget_bytes for d in fleet.devices), default=0)
             raise ConfigError(
-                f"allsmall: even {smallest} needs "
-                f"{tiers.required(memory_table, smallest) / 2**20:.1f} MiB, the weakest device "
-                f"of fleet {fleet.name!r} has {weakest / 2**20:.1f} MiB; add a narrower level or "
-                "use a smaller batch size"
+                f"allsmall: even {options[-1]} needs {narrowest / 2**20:.1f} MiB, the largest "
+                f"device of fleet {fleet.name!r} has {largest / 2**20:.1f} MiB; add a narrower "
+                "level or use a smaller batch size"
             )
+        name = tiers.largest_fitting(min(capable), options, memory_table)
+        assert name is not None  # the narrowest level fits min(capable)
         return name
 
     def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
-        """AllSmall: 1. AllLarge and ExclusiveFL: the share whose budget fits the full model."""
+        """AllSmall: the share that fits its level; AllLarge and ExclusiveFL: the full model."""
         if self.policy == "allsmall":
-            return 1.0 if fleet.devices else 0.0
+            return fleet.participation(tiers.required(memory_table,
+                                                      self.small_model(fleet, memory_table)))
         return fleet.participation(int(memory_table.get("full", 0)))
 
     # --- Method protocol --------------------------------------------------------------------------
@@ -208,7 +213,7 @@ class FedAvg:
         else:
             submodel = self._small = self.small_model(fleet, memory_table)
             required = tiers.required(memory_table, submodel)
-            chosen = select_any(fleet, cfg.per_round, rng)
+            chosen = select_clients(fleet, required, cfg.per_round, rng, submodel=submodel)
         return [self._task(cid, submodel, required) for cid in chosen]
 
     def _build(self, state: ServerState, submodel: str) -> SubModel:

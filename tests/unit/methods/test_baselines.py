@@ -69,15 +69,30 @@ def test_only_devices_whose_budget_fits_their_task_are_selected(name: str) -> No
 
 
 def test_allsmall_uses_the_widest_level_the_weakest_device_fits() -> None:
-    """Weakest budget 8 -> w0.0625 (6); without that level it is a one-line ConfigError."""
+    """Weakest budget 8 -> w0.0625 (6): every device but budget 5 (fits no level) may train."""
     method = methods(1)["allsmall"]
     state = method.init_state(build_model(SPEC), np.random.default_rng(0))
     fleet = Fleet("hand", FLEET.devices[1:])
     tasks = method.configure_round(1, state, fleet, WIDTH_TABLE, np.random.default_rng(0))
     assert {t.submodel for t in tasks} == {"w0.0625"}
     assert len(tasks) == 4
+    assert method.small_model(FLEET, WIDTH_TABLE) == "w0.0625"
+    assert method.eligible_share(state, FLEET, WIDTH_TABLE) == 0.9
+
+
+def test_allsmall_leaves_out_devices_that_fit_no_level() -> None:
+    """Budgets 60+ only: the weakest capable device (60) fits w0.5 (50); on a fleet where no
+    device fits w0.0625 (6) it is a one-line ConfigError."""
+    method = methods(1)["allsmall"]
+    state = method.init_state(build_model(SPEC), np.random.default_rng(0))
+    strong = Fleet("strong", tuple(Device(device_id=i, budget_bytes=b)
+                                   for i, b in enumerate([3, 60, 75])))
+    assert method.small_model(strong, WIDTH_TABLE) == "w0.5"
+    tasks = method.configure_round(1, state, strong, WIDTH_TABLE, np.random.default_rng(0))
+    assert sorted(t.client_id for t in tasks) == [1, 2]
+    weak = Fleet("weak", (Device(device_id=0, budget_bytes=5),))
     with pytest.raises(ConfigError, match=r"allsmall: even w0\.0625"):
-        method.configure_round(1, state, FLEET, WIDTH_TABLE, np.random.default_rng(0))
+        method.small_model(weak, WIDTH_TABLE)
 
 
 def test_alllarge_ignores_memory() -> None:
