@@ -412,7 +412,7 @@ def method_step(
 
     Args:
         method: a fresh method instance (``init_state`` is called on it).
-        model: the global model (on the CPU, or the meta device with ``build``).
+        model: the global model (on the CPU, or on the meta device with ``fake``).
         submodel: a key of the method's memory plan.
         batch_size: samples per step.
         key: the name the probes report.
