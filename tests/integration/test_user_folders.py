@@ -11,22 +11,6 @@ from bench.cli import main
 
 pytestmark = pytest.mark.integration
 
-PROFILE = """\
-name = "lab-phone"
-kind = "phone"
-ram_mib = 1024
-usable_fraction = 0.5
-runtime_overhead_mib = 100
-shared_gpu_memory = false
-source = "a test"
-"""
-FLEET = """\
-name = "mine"
-kind = "explicit"
-[[devices]]
-profile = "lab-phone"
-count = 4
-"""
 TRAIN = [
     "train", "--method", "fedavg", "--dataset", "synthetic", "--model", "cnn", "--width", "0.25",
     "--clients", "4", "--per-round", "2", "--rounds", "1", "--local-epochs", "1",
@@ -34,30 +18,19 @@ TRAIN = [
 ]
 
 
-@pytest.fixture
-def devices(tmp_path: Path) -> Path:
-    """A devices folder of a user: a profile the shipped folder lacks, a fleet made of it."""
-    root = tmp_path / "devices"
-    (root / "profiles").mkdir(parents=True)
-    (root / "fleets").mkdir()
-    (root / "profiles" / "lab-phone.toml").write_text(PROFILE, encoding="utf-8")
-    (root / "fleets" / "mine.toml").write_text(FLEET, encoding="utf-8")
-    return root
-
-
 def test_train_takes_the_fleet_and_profiles_of_a_devices_folder(
-    devices: Path, tmp_path: Path
+    user_devices: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    assert main([*TRAIN, "--devices", str(devices), "--fleet", "mine", "--out", str(out)]) == 0
+    assert main([*TRAIN, "--devices", str(user_devices), "--fleet", "mine", "--out", str(out)]) == 0
     assert json.loads((out / "result.json").read_text())["extra"]["fleet"] == "mine"
 
 
 def test_memory_participation_is_over_the_fleets_of_a_devices_folder(
-    devices: Path, tmp_path: Path
+    user_devices: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "memory"
-    args = ["memory", "--model", "cnn", "--batch-size", "2", "--devices", str(devices),
+    args = ["memory", "--model", "cnn", "--batch-size", "2", "--devices", str(user_devices),
             "--out", str(out)]
     assert main(args) == 0
     records = json.loads((out / "result.json").read_text())["records"]

@@ -14,39 +14,12 @@ from bench.commands import check
 from profl_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
-PROFILE = """\
-name = "lab-phone"
-kind = "phone"
-ram_mib = 1024
-usable_fraction = 0.5
-runtime_overhead_mib = 100
-shared_gpu_memory = false
-source = "a test"
-"""
-FLEET = """\
-name = "mine"
-kind = "explicit"
-[[devices]]
-profile = "lab-phone"
-count = 4
-"""
-
-
-def user_devices(root: Path) -> Path:
-    """A devices folder of a user: one profile of its own and one fleet made of it."""
-    (root / "profiles").mkdir(parents=True)
-    (root / "fleets").mkdir()
-    (root / "profiles" / "lab-phone.toml").write_text(PROFILE, encoding="utf-8")
-    (root / "fleets" / "mine.toml").write_text(FLEET, encoding="utf-8")
-    return root
-
-
 def test_a_fleet_name_is_the_shipped_fleet_file() -> None:
     assert paths.fleet_path("edge-mix") == paths.DEVICES_DIR / "fleets" / "edge-mix.toml"
 
 
-def test_a_fleet_name_is_looked_up_in_the_given_devices_folder(tmp_path: Path) -> None:
-    devices = user_devices(tmp_path / "devices")
+def test_a_fleet_name_is_looked_up_in_the_given_devices_folder(user_devices: Path) -> None:
+    devices = user_devices
     assert paths.fleet_path("mine", devices) == devices / "fleets" / "mine.toml"
 
 
@@ -54,8 +27,8 @@ def test_a_fleet_toml_path_is_taken_as_given() -> None:
     assert paths.fleet_path("elsewhere/my-fleet.toml") == Path("elsewhere/my-fleet.toml")
 
 
-def test_an_unknown_fleet_name_names_the_known_fleets(tmp_path: Path) -> None:
-    devices = user_devices(tmp_path / "devices")
+def test_an_unknown_fleet_name_names_the_known_fleets(user_devices: Path) -> None:
+    devices = user_devices
     with pytest.raises(ConfigError, match=r"'nope': no .* \(known: mine\)"):
         paths.fleet_path("nope", devices)
 
@@ -87,9 +60,8 @@ def test_every_shipped_data_file_is_package_data() -> None:
 
 
 def test_devices_reads_the_given_devices_folder(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    devices = user_devices(tmp_path / "devices")
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], user_devices: Path) -> None:
+    devices = user_devices
     assert main(["devices", "--devices", str(devices)]) == 0
     assert "lab-phone" in capsys.readouterr().out
 
@@ -111,9 +83,8 @@ def test_check_outside_a_checkout_asks_for_a_baseline(
 
 
 def test_train_with_an_unknown_fleet_of_a_devices_folder_fails_before_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    devices = user_devices(tmp_path / "devices")
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], user_devices: Path) -> None:
+    devices = user_devices
     out = tmp_path / "run"
     args = ["train", "--dataset", "synthetic", "--devices", str(devices), "--fleet", "nope",
             "--out", str(out)]

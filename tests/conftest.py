@@ -1,0 +1,36 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROFILE = """\
+name = "lab-phone"
+kind = "phone"
+ram_mib = 1024
+usable_fraction = 0.5
+runtime_overhead_mib = 100
+shared_gpu_memory = false
+source = "a test"
+"""
+FLEET = """\
+name = "mine"
+kind = "explicit"
+[[devices]]
+profile = "lab-phone"
+count = 4
+"""
+
+
+@pytest.fixture
+def user_devices(tmp_path: Path) -> Path:
+    """A devices folder of a user: a profile the shipped folder lacks (``lab-phone``) and a
+    fleet made of it (``mine``, 4 devices)."""
+    root = tmp_path / "devices"
+    (root / "profiles").mkdir(parents=True)
+    (root / "fleets").mkdir()
+    (root / "profiles" / "lab-phone.toml").write_text(PROFILE, encoding="utf-8")
+    (root / "fleets" / "mine.toml").write_text(FLEET, encoding="utf-8")
+    return root
