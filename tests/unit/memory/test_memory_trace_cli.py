@@ -37,6 +37,16 @@ def test_trace_bad_input_is_one_error_line(
     assert (code, len(err), err[0].startswith("profl: error:")) == (2, 1, True)
 
 
+def test_trace_json_gives_required_bytes_the_heap_figure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["trace", "--model", "cnn", "--batch-size", "2", "--case", "grow:2", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["required_bytes"] == data["heap_peak_bytes"]
+    assert data["heap_peak_bytes"] >= data["tensor_peak_bytes"]
+
+
 def test_trace_foreach_flag_names_the_case(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["trace", "--model", "cnn", "--batch-size", "2", "--case", "grow:2", "--foreach",
                  "--json"])
