@@ -70,6 +70,9 @@ def method_table(
         meta_model = build_model(spec)
         names = list(method.memory_plan(method.init_state(meta_model, np.random.default_rng(0))))
     out: dict[str, MemoryReport] = {}
+    model = meta_model
+    if probe == "dispatch":  # one real model for every sub-model (init_state copies it)
+        model = build_model(spec, generator=torch.Generator().manual_seed(0))
     for name in names:
         key = f"{method.name}/{spec.name}@w{spec.width:g}/{name}/bs{batch_size}"
         if probe == "predict":
@@ -77,7 +80,6 @@ def method_table(
                 method, meta_model, name, batch_size=batch_size, key=key,
                 frozen_bn=frozen_bn, fake=True))
         else:
-            model = build_model(spec, generator=torch.Generator().manual_seed(0))
             out[name] = dispatch.measure_step(method_step(
                 method, model, name, batch_size=batch_size, key=key, frozen_bn=frozen_bn))
     return out

@@ -50,7 +50,6 @@ from torch import Tensor, nn
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
-from profl_core.fl.selection import require_trainable
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import tiers
 from profl_core.methods.width import (
@@ -174,8 +173,7 @@ class HeteroFL:
 
     def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
         """The narrowest level fits at least one device."""
-        narrowest = self.options()[-1]
-        require_trainable(fleet, tiers.required(memory_table, narrowest), narrowest)
+        tiers.require_some_fit(fleet, self.options(), memory_table)
 
     def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
         """Share of the fleet that fits the narrowest level."""

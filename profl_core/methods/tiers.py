@@ -54,6 +54,12 @@ def eligible_share(fleet: Fleet, options: Sequence[str], memory_table: MemoryTab
     return len(assign(fleet, options, memory_table)) / len(fleet.devices)
 
 
+def require_some_fit(fleet: Fleet, options: Sequence[str], memory_table: MemoryTable) -> None:
+    """A one-line ConfigError when no device of ``fleet`` fits the smallest of ``options``."""
+    smallest = options[-1]
+    require_trainable(fleet, required(memory_table, smallest), smallest)
+
+
 def select_tiered(
     fleet: Fleet,
     options: Sequence[str],
@@ -70,8 +76,7 @@ def select_tiered(
         raise ConfigError(f"per_round={per_round}; use 1 or more clients per round")
     tiers = assign(fleet, options, memory_table)
     if not tiers:
-        smallest = options[-1]
-        require_trainable(fleet, required(memory_table, smallest), smallest)
+        require_some_fit(fleet, options, memory_table)
     pool = np.array(sorted(tiers), dtype=np.int64)
     chosen = rng.choice(pool, size=min(per_round, pool.size), replace=False)
     return [(int(cid), tiers[int(cid)]) for cid in sorted(chosen)]
