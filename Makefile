@@ -21,9 +21,11 @@ venv: $(VENV)/.installed-dev
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 # Fashion-MNIST: Debian's package when apt is usable as root, else a torchvision download.

@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from tabulate import tabulate
 
+from bench import plots
 from bench.paths import fleets_dir, profiles_dir
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.files import Fields, read_json, shown
 from profl_core.memory import MemoryReport, TrainingCase, all_cases, measure
+from profl_core.memory.case import num_blocks
 from profl_core.memory.categories import Category
+from profl_core.methods.width import LEVELS, level_spec
 from profl_core.models import ModelSpec, native_spec
 from profl_core.results import Record, ResultFile, atomic_write_text, case_hash
 
@@ -42,9 +46,6 @@ def baseline_cases(
     spec: ModelSpec, batch_size: int, methods: Sequence[str]
 ) -> list[TrainingCase]:
     """The sub-model cases of the baselines in ``methods`` (see :data:`BASELINE_METHODS`)."""
-    from profl_core.memory.case import num_blocks
-    from profl_core.methods.width import LEVELS, level_spec
-
     unknown = sorted(set(methods) - set(BASELINE_METHODS))
     if unknown:
         raise ConfigError(f"memory methods: unknown {unknown[0]!r}; use some of "
@@ -317,10 +318,6 @@ CATEGORY_ORDER = [str(c) for c in Category]
 
 def render_memory(result: ResultFile, folder: Path) -> list[Path]:
     """Write the memory tables (markdown + CSV) and figures (PNG) from a result file."""
-    from tabulate import tabulate
-
-    from bench import plots
-
     written: list[Path] = []
     tables = {
         "memory_summary": summary_frame(result),

@@ -16,8 +16,10 @@ default of ``profl check --baseline``) and a git commit to stamp on results.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from profl_core.data import DEBIAN_FASHION_MNIST_DIR
 from profl_core.errors import ConfigError
 
 #: The ``bench`` package folder (in site-packages when installed, else the checkout's).
@@ -87,3 +89,22 @@ def fleet_path(fleet: str, devices: Path | None = None) -> Path:
                           "or the path of a fleet .toml")
     return named
 
+
+#: The environment variable naming a data folder (searched after ``--data-dir``).
+DATA_DIR_ENV = "PROFL_DATA_DIR"
+
+
+def data_search_dirs(data_dir: Path | None) -> list[Path]:
+    """The folders to search for data, in order.
+
+    ``data_dir`` (``--data-dir``) if given, ``$PROFL_DATA_DIR`` if set, Debian's
+    Fashion-MNIST folder, then ``./data``.
+    """
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir))
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        dirs.append(Path(env))
+    dirs.extend([DEBIAN_FASHION_MNIST_DIR, Path("data")])
+    return dirs

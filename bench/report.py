@@ -19,6 +19,8 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from bench import plots
+from bench.memory_suite import render_memory, summary_frame, summary_text
 from bench.stats import compare_to, format_interval, t_interval
 from bench.training import METHODS, RUN_FILE, read_rounds, read_run_result
 from profl_core.errors import ConfigError
@@ -299,8 +301,6 @@ LEGEND = (
 def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """The per-run and the per-(label, partition) accuracy tables (markdown + CSV) and their
     figures; returns the per-run frame, the summary and the written paths."""
-    from bench import plots
-
     runs = accuracy_frame(folder)
     summary = accuracy_summary(runs)
     if runs.empty:
@@ -321,8 +321,6 @@ def build_report(folder: Path) -> str:
         The text printed to the terminal: the accuracy table with its legend and diverged
         runs, and the memory summary.
     """
-    from bench.memory_suite import render_memory, summary_text
-
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such run folder")
     if (folder / RUN_FILE).is_file() or (folder / "rounds.jsonl").is_file():
@@ -408,8 +406,6 @@ def _metrics_frame(folder: Path) -> pd.DataFrame:
                          "value": row[_summary_names(column)[0]]})
     result = _suite_result(folder)
     if _has_memory(result):
-        from bench.memory_suite import summary_frame
-
         assert result is not None
         for _, row in summary_frame(result).iterrows():
             for column in ("full_peak_mib", "profl_peak_mib", "reduction_%"):

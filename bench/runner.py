@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bench.memory_suite import fleets_for, measure_with_progress, memory_records
 from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.report import build_report, run_folders
+from bench.speed import run_speed
 from bench.suites import AccuracySection, Suite, run_name
 from bench.training import (
     RUN_FILE,
@@ -40,6 +41,8 @@ from bench.training import (
     read_run_result,
     run_training,
 )
+from bench.zoo import render as render_zoo
+from bench.zoo import write_zoo, zoo_table
 from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
 from profl_core.files import check_writable_dir
@@ -357,9 +360,6 @@ def run_suite(
     print(f"suite {suite.name} -> {folder}", flush=True)  # before the progress bars
     out: list[str] = []
     if suite.zoo_models:
-        from bench.commands.models import render as render_zoo  # lazy: commands import us
-        from bench.commands.models import write_zoo, zoo_table
-
         table = zoo_table(list(suite.zoo_models), num_classes=10)
         write_zoo(table, folder / "tables")
         out += ["## Model zoo", "", render_zoo(table), ""]
@@ -377,8 +377,6 @@ def run_suite(
         for run in run_folders(folder):
             records += read_run_result(run).records
     if suite.speed is not None:
-        from bench.commands.speed import run_speed
-
         run_speed(folder, suite.speed.select or None)
     if records:
         extra["suite_wall_s"] = time.perf_counter() - start

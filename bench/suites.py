@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config_fields import FieldSpec, check_value, field_specs
-from bench.memory_suite import MemorySection
+from bench.memory_suite import BASELINE_METHODS, MemorySection
 from bench.paths import SUITES_DIR
 from bench.training import (
     METHODS,
@@ -18,6 +18,7 @@ from bench.training import (
     all_option_specs,
     option_specs,
 )
+from profl_core.data.partition import partition as split
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.files import read_toml, shown
 from profl_core.memory import PROBES
@@ -201,8 +202,6 @@ def load_suite(name_or_path: str) -> Suite:
 
 def _memory_methods(value: Any, where: str) -> tuple[str, ...]:
     """Baseline families whose sub-models the memory section also measures."""
-    from bench.memory_suite import BASELINE_METHODS
-
     if not isinstance(value, list) or any(not isinstance(v, str) or v not in BASELINE_METHODS
                                           for v in value):
         raise ConfigError(f"{where}: use a list of some of {', '.join(BASELINE_METHODS)}")
@@ -271,8 +270,6 @@ def _accuracy(table: Any, path: Path) -> AccuracySection:
     try:
         for label, part, seed in section.runs():  # bad options, models, numbers: fail now
             section.config(label, part, seed)
-        from profl_core.data.partition import partition as split
-
         for part in section.partitions:
             split(part, [i % 10 for i in range(50 * section.base.clients)],
                   section.base.clients, _rng())

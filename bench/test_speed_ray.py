@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.commands.data import data_search_dirs
+from bench.paths import data_search_dirs
 from profl_core.data import load_dataset, partition
 from profl_core.devices import Device, Fleet
 from profl_core.errors import ConfigError

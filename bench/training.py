@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
-from bench.paths import CHECKOUT, fleet_path, profiles_dir
+from bench.paths import CHECKOUT, data_search_dirs, fleet_path, profiles_dir
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import DeviceProfile, Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
@@ -200,8 +200,6 @@ RUN_FORMAT = 1
 
 def load_data(config: TrainingConfig) -> tuple[ArrayDataset, ArrayDataset]:
     """Train and test split of ``config.dataset``."""
-    from bench.commands.data import data_search_dirs  # lazy: bench.commands imports this module
-
     dirs = data_search_dirs(config.data_dir)
     return (
         load_dataset(config.dataset, split="train", search_dirs=dirs),

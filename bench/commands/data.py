@@ -9,15 +9,14 @@ the harness may read the environment and the working directory.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
 
+from bench.paths import data_search_dirs
 from profl_core.data import (
     DATASET_NAMES,
-    DEBIAN_FASHION_MNIST_DIR,
     client_summary,
     fetch_dataset,
     label_skew,
@@ -28,25 +27,6 @@ from profl_core.data import (
 
 NAME = "data"
 HELP = "datasets: show where they are, fetch them, and summarize client partitions"
-
-DATA_DIR_ENV = "PROFL_DATA_DIR"
-
-
-def data_search_dirs(data_dir: Path | None) -> list[Path]:
-    """The folders to search for data, in order.
-
-    ``data_dir`` (``--data-dir``) if given, ``$PROFL_DATA_DIR`` if set, Debian's
-    Fashion-MNIST folder, then ``./data``.
-    """
-    dirs: list[Path] = []
-    if data_dir is not None:
-        dirs.append(Path(data_dir))
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        dirs.append(Path(env))
-    dirs.extend([DEBIAN_FASHION_MNIST_DIR, Path("data")])
-    return dirs
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

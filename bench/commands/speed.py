@@ -3,76 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tabulate import tabulate
-
-from bench.paths import CHECKOUT, SPEED_TESTS
 from bench.runner import new_run_folder
-from profl_core.errors import ConfigError
-from profl_core.results import atomic_write_text
+from bench.speed import run_speed
 
 NAME = "speed"
 HELP = "run the speed benchmarks (pytest-benchmark) and report the target ratios"
-# (name, numerator test, denominator test or None for seconds, target, direction)
-TARGETS = [
-    ("dispatch probe overhead (resnet18, bs 64)", "test_dispatch_traced_step_resnet18",
-     "test_untraced_step_resnet18", 1.10, "<="),
-    ("predict whole memory table (s)", "test_predict_whole_memory_table", None, 60.0, "<="),
-    *[(f"ProFL grow:{t} round / FedAvg round", f"test_profl_round[{t}]", "test_fedavg_round",
-       0.8, "<=") for t in range(1, 5)],
-    ("ProFL mean growing round / FedAvg round", "profl_mean", "test_fedavg_round", 0.8, "<="),
-    ("feature cache speed-up (grow:3, 5 epochs)", "test_feature_cache_grow3_5_epochs[uncached]",
-     "test_feature_cache_grow3_5_epochs[cached]", 1.5, ">="),
-    # client-trainings/s of the engine over the bare loop's = bare time / engine time
-    ("engine client-trainings/s vs a bare PyTorch loop", "test_client_training_bare_pytorch",
-     "test_client_training_engine", 0.9, ">="),
-    ("engine client-trainings per second (250-sample client)", "engine_rate", None, 0.0,
-     ">="),
-]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default: a new one in results/runs)")
     parser.add_argument("-k", dest="select", help="pytest -k expression to run a subset")
-
-
-def ratios(benchmark_json: dict) -> list[list[str]]:
-    """Rows of (target, measured, goal, met) from a pytest-benchmark JSON dump."""
-    means = {b["name"]: b["stats"]["mean"] for b in benchmark_json["benchmarks"]}
-    grow = [v for k, v in means.items() if k.startswith("test_profl_round[")]
-    if grow:
-        means["profl_mean"] = sum(grow) / len(grow)
-    if "test_client_training_engine" in means:
-        means["engine_rate"] = 1 / means["test_client_training_engine"]
-    rows = []
-    for label, num, den, goal, op in TARGETS:
-        if num not in means or (den is not None and den not in means):
-            continue
-        value = means[num] / means[den] if den else means[num]
-        met = value <= goal if op == "<=" else value >= goal
-        rows.append([label, f"{value:.3f}", f"{op} {goal}", "yes" if met else "NO"])
-    return rows
-
-
-def run_speed(folder: Path, select: str | None = None) -> str:
-    """Run the speed tests with ``benchmark.json`` and ``speed.md`` in ``folder``; the table."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dump = folder / "benchmark.json"
-    cmd = [sys.executable, "-m", "pytest", *map(str, SPEED_TESTS), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={dump}", "--benchmark-columns=mean,stddev,rounds"]
-    if select:
-        cmd += ["-k", select]
-    code = subprocess.run(cmd, cwd=CHECKOUT, check=False).returncode  # None: here
-    if code != 0 or not dump.exists():
-        raise ConfigError(f"speed benchmarks failed (pytest exit {code}); see the output above")
-    table = tabulate(ratios(json.loads(dump.read_text())),
-                     headers=["target", "measured", "goal", "met"], tablefmt="github")
-    atomic_write_text(folder / "speed.md", "# Speed targets\n\n" + table + "\n")
-    return table
 
 
 def run(args: argparse.Namespace) -> int:

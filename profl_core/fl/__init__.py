@@ -1,14 +1,12 @@
 """The federated engine: types, local training, aggregation, selection and the round loop."""
 
 from profl_core.fl.aggregate import aggregate_partial, fedavg, weighted_mean
+from profl_core.fl.backend import Backend, FederatedData, LocalBackend
 from profl_core.fl.client import ClientJob, client_seed, run_client
 from profl_core.fl.local import LocalConfig, evaluate, train_client
 from profl_core.fl.loop import (
     BACKENDS,
-    Backend,
-    FederatedData,
     JsonlSink,
-    LocalBackend,
     RunConfig,
     load_checkpoint,
     restore_checkpoint,

@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,7 +51,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
 from profl_core.files import (
@@ -63,13 +62,13 @@ from profl_core.files import (
     read_jsonl,
     shown,
 )
+from profl_core.fl.backend import Backend, FederatedData, LocalBackend
 from profl_core.fl.client import (
     FAULTS,
     ClientJob,
     Fault,
     client_seed,
     first_non_finite,
-    run_client,
 )
 from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
 from profl_core.fl.types import (
@@ -156,14 +155,6 @@ class RunConfig:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class FederatedData:
-    """Client datasets (index = client id = device id) and the server's test set."""
-
-    clients: tuple[ArrayDataset, ...]
-    test: ArrayDataset
-
-
 class RoundSink(Protocol):
     """Where round records go."""
 
@@ -235,55 +226,9 @@ def record_to_json(record: RoundRecord) -> dict[str, Any]:
     return data
 
 
-ClientResult = ClientUpdate | ClientDrop
-
-
-class Backend(Protocol):
-    """Runs a round's client jobs somewhere; one instance serves one run."""
-
-    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
-        """Prepare workers for a run (place each client's data once)."""
-        ...
-
-    def run_round(
-        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
-    ) -> list[ClientResult]:
-        """Run ``jobs`` against ``state``; one result per job, in job order."""
-        ...
-
-    def close(self) -> None:
-        """Release the workers."""
-        ...
-
-
-class LocalBackend:
-    """The ``local`` backend: clients run one after another in this process."""
-
-    def __init__(self) -> None:
-        self._data: FederatedData | None = None
-        self._config = LocalConfig()
-
-    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
-        """Keep a reference to the data and the settings."""
-        self._data, self._config = data, config
-
-    def run_round(
-        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
-    ) -> list[ClientResult]:
-        """Run the jobs in order with :func:`~profl_core.fl.client.run_client`."""
-        if self._data is None:
-            raise RuntimeError("LocalBackend.run_round before start")
-        data = self._data
-        return [run_client(method, state, job, data.clients[job.task.client_id], self._config)
-                for job in jobs]
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
 def _ray_backend() -> Backend:
     try:
-        from profl_core.fl.ray_backend import RayBackend
+        from profl_core.fl.ray_backend import RayBackend  # ray is optional: only for "ray"
     except ModuleNotFoundError as err:
         if err.name != "ray":
             raise

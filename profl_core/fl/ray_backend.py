@@ -36,9 +36,9 @@ import torch
 from ray import cloudpickle
 
 from profl_core.errors import ConfigError
+from profl_core.fl.backend import ClientResult, FederatedData
 from profl_core.fl.client import ClientJob, one_line, run_client
 from profl_core.fl.local import LocalConfig
-from profl_core.fl.loop import ClientResult, FederatedData
 from profl_core.fl.types import ClientDrop, Method, ServerState
 
 _PROBE = -1  # marks an actor.ready() call in the round's running set

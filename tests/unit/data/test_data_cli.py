@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.commands.data import data_search_dirs
+from bench.paths import data_search_dirs
 from profl_core.data import DEBIAN_FASHION_MNIST_DIR
 
 
