@@ -1,7 +1,17 @@
-"""The block-structured model zoo (DESIGN §3).
+"""The block-structured model zoo (DESIGN §3), torchvision's models and user models.
 
 ``build_model(spec)`` builds any model by name; ``native_spec(name)`` gives the input each
-model is meant for (28x28 grayscale for ``cnn``, 32x32 RGB for the others).
+model is meant for (28x28 grayscale for ``cnn``, 32x32 RGB with 10 classes for the others).
+A name is one of three kinds:
+
+* a zoo model (:data:`MODEL_NAMES`): ``cnn``, ``resnet18`` ...; its blocks are fixed;
+* ``torchvision:NAME`` (:data:`TORCHVISION_MODELS`, :mod:`profl_core.models.torchvision_zoo`):
+  torchvision's model with random weights, cut into resolution stages (or ``spec.blocks``);
+* ``pkg.module:factory`` (:mod:`profl_core.models.external`): a user callable returning a
+  BlockedModel or a plain module whose blocks are ``spec.blocks`` or its top-level children.
+
+Torchvision and user models are checked once per spec (blocks compose to the forward on a
+small real input) before they are built.
 """
 
 from __future__ import annotations
@@ -14,7 +24,22 @@ import torch
 from profl_core.errors import ConfigError
 from profl_core.models.base import BlockedModel, ConvBlockedModel, ModelSpec, PoolHead
 from profl_core.models.cnn import CNN
+from profl_core.models.external import (
+    Builder,
+    ExternalModel,
+    build_factory_model,
+    is_factory_name,
+    load_factory,
+    parse_blocks,
+    verify,
+)
 from profl_core.models.resnet import ResNet
+from profl_core.models.torchvision_zoo import (
+    TORCHVISION_MODELS,
+    build_torchvision_model,
+    family_of,
+    is_torchvision_name,
+)
 from profl_core.models.vgg import VGG
 from profl_core.models.vit import ViT
 
@@ -30,7 +55,10 @@ MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
 
 
 def native_spec(name: str, **overrides: object) -> ModelSpec:
-    """The spec of a model on its native input, with optional field overrides."""
+    """The spec of a model on its native input, with optional field overrides.
+
+    Torchvision and user models default to 3x32x32 inputs (CIFAR, like the zoo) and 10 classes.
+    """
     check_model_name(name)
     base = ModelSpec(name=name, in_channels=1, input_size=28) if name == "cnn" else ModelSpec(
         name=name
@@ -39,28 +67,57 @@ def native_spec(name: str, **overrides: object) -> ModelSpec:
 
 
 def check_model_name(name: str) -> None:
-    """Raise a one-line ConfigError for an unknown model name."""
-    if name not in BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    """Raise a one-line ConfigError for a name that is no zoo, torchvision or user model.
+
+    A user model's module is imported and its factory looked up (not called).
+    """
+    if name in BUILDERS:
+        return
+    if is_torchvision_name(name):
+        family_of(name)
+        return
+    if is_factory_name(name):
+        load_factory(name)
+        return
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}, "
+                      "torchvision:NAME or pkg.module:factory")
+
+
+def _builder(spec: ModelSpec) -> Callable[[ModelSpec], BlockedModel]:
+    """How to build ``spec``: a zoo class, or a checked torchvision/user builder."""
+    check_model_name(spec.name)
+    if spec.name in BUILDERS:
+        if spec.blocks:
+            raise ConfigError(f"model {spec.name!r}: a zoo model has fixed blocks; drop "
+                              "--blocks / blocks = [...] (they are for torchvision:NAME and "
+                              "pkg.module:factory models)")
+        return BUILDERS[spec.name]
+    external: Builder = (build_torchvision_model if is_torchvision_name(spec.name)
+                         else build_factory_model)
+    verify(spec, external)
+    return lambda s: external(s)[0]
 
 
 def build_model(spec: ModelSpec, *, generator: torch.Generator | None = None) -> BlockedModel:
     """Build a model; with a generator, its initial weights depend only on that generator."""
-    check_model_name(spec.name)
+    build = _builder(spec)
     if generator is None:
-        return BUILDERS[spec.name](spec)
+        return build(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        return BUILDERS[spec.name](spec)
+        return build(spec)
 
 
 __all__ = [
     "MODEL_NAMES",
+    "TORCHVISION_MODELS",
     "BlockedModel",
     "ConvBlockedModel",
+    "ExternalModel",
     "ModelSpec",
     "PoolHead",
     "build_model",
     "check_model_name",
     "native_spec",
+    "parse_blocks",
 ]

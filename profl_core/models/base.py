@@ -27,12 +27,18 @@ class ModelSpec:
     """Everything needed to build one model.
 
     Attributes:
-        name: model family, one of :data:`profl_core.models.MODEL_NAMES`.
+        name: a zoo model (:data:`profl_core.models.MODEL_NAMES`), ``torchvision:NAME``
+            (:data:`profl_core.models.TORCHVISION_MODELS`) or ``pkg.module:factory`` (a user
+            callable, :mod:`profl_core.models.external`).
         num_classes: classifier outputs.
         in_channels: input image channels.
         input_size: input height and width in pixels (square images).
         width: channel multiplier; every hidden width ``c`` becomes ``ceil(c * width)``
-            (HeteroFL's rule, so a narrow model is a channel prefix of the wide one).
+            (HeteroFL's rule, so a narrow model is a channel prefix of the wide one). A user
+            factory receives it as ``width=`` and a torchvision family as its own multiplier.
+        blocks: block groups of a torchvision or user model (:func:`~profl_core.models.
+            external.parse_blocks` syntax), the last one the head; empty: the model's default
+            partition. Zoo models have fixed blocks and take none.
     """
 
     name: str
@@ -40,8 +46,16 @@ class ModelSpec:
     in_channels: int = 3
     input_size: int = 32
     width: float = 1.0
+    blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.blocks, list):  # JSON and TOML have no tuples
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        if not isinstance(self.blocks, tuple) or not all(
+            isinstance(group, str) and group.strip() for group in self.blocks
+        ):
+            raise ConfigError(f"model spec: blocks={self.blocks!r}; use a list of module names "
+                              "such as ['features.0-3', 'features.4-6', 'classifier']")
         if self.num_classes < 2:
             raise ConfigError(f"model spec: num_classes={self.num_classes}; use 2 or more")
         if self.in_channels < 1 or self.input_size < 1:
