@@ -8,9 +8,10 @@ figures are rebuilt from ``result.json`` alone (:func:`render_memory`), never fr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
@@ -69,6 +70,9 @@ class MemorySection:
     """What to measure: models on their native inputs at one batch size with one probe.
 
     ``methods`` adds the baselines' sub-models (:data:`BASELINE_METHODS`) to ProFL's cases.
+    ``model_spec`` maps a model name to spec fields over its native spec (``blocks``,
+    ``in_channels``, ``input_size``, ``num_classes``, ``width``): a suite's
+    ``[memory.model_spec."NAME"]`` tables, or the flags of ``profl memory``.
     """
 
     models: tuple[str, ...]
@@ -76,10 +80,16 @@ class MemorySection:
     probe: str = "predict"
     num_classes: int = 10
     methods: tuple[str, ...] = ()
+    model_spec: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def spec(self, name: str) -> ModelSpec:
+        """The spec of one model: native, the section's classes, then its ``model_spec``."""
+        return native_spec(name, **{"num_classes": self.num_classes,
+                                    **self.model_spec.get(name, {})})
 
     def model_cases(self, name: str) -> list[TrainingCase]:
         """ProFL's cases of one model, then the baselines' sub-models in ``methods``."""
-        spec = native_spec(name, num_classes=self.num_classes)
+        spec = self.spec(name)
         return profl_cases(spec, self.batch_size) + baseline_cases(
             spec, self.batch_size, self.methods
         )

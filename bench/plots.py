@@ -102,8 +102,9 @@ def memory_figures(
         breakdown_bars(breakdown, folder / "memory_breakdown.png", category_order=category_order),
         participation_bars(participation, folder / "memory_participation.png"),
     ]
-    for model in dict.fromkeys(blocks["model"]):
-        paths.append(block_peak_bars(blocks, model, folder / f"block_peaks_{model}.png"))
+    for model in dict.fromkeys(blocks["model"]):  # no ':' in file names (torchvision:NAME)
+        name = str(model).replace(":", "-")
+        paths.append(block_peak_bars(blocks, model, folder / f"block_peaks_{name}.png"))
     return paths
 
 

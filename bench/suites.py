@@ -22,7 +22,8 @@ from profl_core.data.partition import partition as split
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.files import read_toml, shown
 from profl_core.memory import PROBES
-from profl_core.models import MODEL_NAMES, check_model_name
+from profl_core.models import MODEL_NAMES, ModelSpec, check_model_name
+from profl_core.models.external import check_group_syntax
 
 #: TrainingConfig fields an ``[accuracy]`` table does not share, and where they go instead.
 PER_RUN: dict[str, str] = {
@@ -181,10 +182,12 @@ def load_suite(name_or_path: str) -> Suite:
                 or not 2 <= classes <= 100_000:
             raise ConfigError(f"{path}: [memory] num_classes = {shown(classes)}; use a whole "
                               "number from 2 to 100000")
+        models = _models(table.get("models", list(MODEL_NAMES)), f"{path}: [memory] models")
         memory = MemorySection(
-            models=_models(table.get("models", list(MODEL_NAMES)), f"{path}: [memory] models"),
-            batch_size=batch, probe=probe, num_classes=classes,
+            models=models, batch_size=batch, probe=probe, num_classes=classes,
             methods=_memory_methods(table.get("methods", []), f"{path}: [memory] methods"),
+            model_spec=_model_spec(table.get("model_spec", {}), models,
+                                   f"{path}: [memory.model_spec"),
         )
     speed = None
     if "speed" in data:
@@ -198,6 +201,33 @@ def load_suite(name_or_path: str) -> Suite:
         zoo_models=_models(zoo.get("models", []), f"{path}: [zoo] models"), memory=memory,
         accuracy=accuracy, speed=speed,
     )
+
+
+#: What a ``[memory.model_spec."NAME"]`` table may set: every ModelSpec field but the name.
+MODEL_SPEC_FIELDS: dict[str, FieldSpec] = {
+    k: v for k, v in field_specs(ModelSpec).items() if k != "name"
+}
+
+
+def _model_spec(value: Any, models: tuple[str, ...], where: str) -> dict[str, dict[str, Any]]:
+    """``[memory.model_spec."NAME"]`` tables: spec fields of listed models (``where`` is the
+    file and the opened table name, closed here)."""
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ConfigError(f'{where}]: write one [memory.model_spec."NAME"] table per model')
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in value.items():
+        here = f'{where}."{name}"]'
+        if name not in models:
+            raise ConfigError(f"{here}: {name!r} is not in [memory] models; add it there or "
+                              "remove the table")
+        values = _values(table, MODEL_SPEC_FIELDS, here)
+        check_group_syntax(values.get("blocks", ()), where=here)
+        try:
+            ModelSpec.from_dict({"name": name, **values}, where=here)
+        except ConfigError as err:
+            raise ConfigError(f"{here}: {err}") from None
+        out[name] = values
+    return out
 
 
 def _memory_methods(value: Any, where: str) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
@@ -12,12 +14,15 @@ from profl_core.models.summary import summarize_blocks
 from profl_core.results import atomic_write_text
 
 
-def zoo_table(models: list[str], num_classes: int) -> pd.DataFrame:
-    """One row per (model, block) on each model's native input."""
+def zoo_table(
+    models: list[str], num_classes: int, overrides: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """One row per (model, block) on each model's native input (``overrides``: spec fields
+    set for every model, e.g. ``blocks`` or ``input_size``)."""
     rows = []
     for name in models:
         check_model_name(name)
-        spec = native_spec(name, num_classes=num_classes)
+        spec = native_spec(name, **{"num_classes": num_classes, **(overrides or {})})
         input_shape = "x".join(map(str, spec.input_shape))
         for row in summarize_blocks(build_model(spec)):
             rows.append({

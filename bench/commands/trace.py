@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 
+from bench.model_options import MODEL_HELP, add_spec_arguments, spec_overrides
 from bench.trace_text import render
 from profl_core.memory import PROBES, case_from_text, measure
-from profl_core.models import check_model_name, native_spec
+from profl_core.models import native_spec
 
 NAME = "trace"
 HELP = "print one case's per-block peak memory (forward/backward), its peak and breakdown"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name (see `profl models`)")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    add_spec_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--case", default="full",
                         help="full, grow:T, shrink:T, depth:K or trunc:K")
@@ -33,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_model_name(args.model)
-    spec = replace(native_spec(args.model), width=args.width)
+    spec = native_spec(args.model, width=args.width, **spec_overrides(args))
     case = case_from_text(spec, args.case, batch_size=args.batch_size, optimizer=args.optimizer,
                           foreach=args.foreach)
     report = measure(case, probe=args.probe, device=args.device, threads=args.threads)

@@ -46,11 +46,16 @@ def _leaf_output_elements(module: nn.Module, x: Tensor) -> tuple[int, Tensor]:
     return total, y
 
 
+#: Samples of the meta-device forward: batch norm in train mode refuses a single value per
+#: channel (a 1x1 feature map of one sample, as torchvision's models reach at 32x32).
+SUMMARY_BATCH = 2
+
+
 def summarize_blocks(model: BlockedModel) -> list[BlockSummary]:
     """One :class:`BlockSummary` per block and one for the head, computed on the meta device."""
     rows = []
     with torch.no_grad():
-        x = torch.zeros((1, *model.spec.input_shape), device="meta")
+        x = torch.zeros((SUMMARY_BATCH, *model.spec.input_shape), device="meta")
         named = [(name, model.block(i)) for i, name in enumerate(model.block_names())]
         for name, module in [*named, ("head", model.head)]:
             params = sum(p.numel() for p in module.parameters())
@@ -61,7 +66,7 @@ def summarize_blocks(model: BlockedModel) -> list[BlockSummary]:
                     model=model.spec.name,
                     block=name,
                     params=params,
-                    activation_elements_per_sample=elements,
+                    activation_elements_per_sample=elements // SUMMARY_BATCH,
                     output_shape=tuple(x.shape[1:]),
                 )
             )
