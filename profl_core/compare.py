@@ -5,6 +5,13 @@ show before it counts as a regression; the longest matching metric prefix wins, 
 ``{"peak_bytes": 0.005, "block_peak_bytes": 0.01}`` gives every ``block_peak_bytes:*`` metric
 1%. Decreases beyond the tolerance are reported as improvements (the baseline should be updated
 deliberately), never as failures.
+
+:func:`compare_cases` adds asv's rule for cases whose definition changed: each case carries a
+definition hash (what was measured, not the code that measured it); a case whose hash differs
+from the baseline's is **not comparable**: its numbers are not compared, it neither passes nor
+fails, and the baseline needs a deliberate refresh. Cases only in the current run are ``new``
+(nothing to compare, not failing); cases only in the baseline are ``missing`` (failing: the
+run no longer produces numbers the baseline holds).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class Status(StrEnum):
     IMPROVED = "improved"
     MISSING = "missing"
     NEW = "new"
+    NOT_COMPARABLE = "not comparable"
 
 
 FAILING = frozenset({Status.REGRESSION, Status.MISSING})
@@ -83,6 +91,44 @@ def compare(
             else:
                 status = Status.OK
             diffs.append(Diff(key, metric, base, cur, tol, status))
+    return diffs
+
+
+#: The metric name of a diff about a whole case (new, missing or not comparable).
+CASE_METRIC = "(case)"
+
+
+def compare_cases(
+    baseline: Values,
+    current: Values,
+    *,
+    baseline_definitions: Mapping[str, str],
+    current_definitions: Mapping[str, str],
+    tolerances: Mapping[str, float],
+    default_tolerance: float = 0.005,
+) -> list[Diff]:
+    """Compare case by case: the numbers of cases whose definition hash is the baseline's,
+    one :data:`CASE_METRIC` diff for each case that is new, missing or not comparable.
+
+    A case's definition is looked up in ``baseline_definitions`` / ``current_definitions`` by
+    its key; a case absent from its side's definitions counts as a changed definition.
+    """
+    diffs: list[Diff] = []
+    for key in sorted(set(baseline) | set(current)):
+        if key not in current:
+            status: Status | None = Status.MISSING
+        elif key not in baseline:
+            status = Status.NEW
+        elif (key not in baseline_definitions
+              or baseline_definitions.get(key) != current_definitions.get(key)):
+            status = Status.NOT_COMPARABLE
+        else:
+            status = None
+        if status is None:
+            diffs += compare({key: baseline[key]}, {key: current[key]}, tolerances=tolerances,
+                             default_tolerance=default_tolerance)
+        else:
+            diffs.append(Diff(key, CASE_METRIC, None, None, 0.0, status))
     return diffs
 
 
