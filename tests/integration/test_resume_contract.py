@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-import bench.commands.check
+import bench.gate
 from bench.cli import main
 from bench.runner import accuracy_jobs
 from bench.suites import AccuracySection
@@ -294,7 +294,7 @@ def test_ray_with_a_dead_address_fails_within_seconds(
 def test_check_reports_a_missing_baseline_before_measuring(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench.commands.check, "current_values", _no_work)
+    monkeypatch.setattr(bench.gate, "current_values", _no_work)
     line = refused(["check", "--baseline", str(tmp_path / "none.json")], capsys)
     assert "no such baseline" in line
 
@@ -304,7 +304,7 @@ def test_check_reports_a_missing_torch_version_before_measuring(
 ) -> None:
     baseline = tmp_path / "b.json"
     baseline.write_text(json.dumps({"schema_version": 1, "torch": {"0.1": {"cases": {}}}}))
-    monkeypatch.setattr(bench.commands.check, "current_values", _no_work)
+    monkeypatch.setattr(bench.gate, "current_values", _no_work)
     line = refused(["check", "--baseline", str(baseline)], capsys)
     assert "no baseline for torch" in line
 
@@ -313,7 +313,7 @@ def test_a_baseline_without_cases_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     baseline = tmp_path / "b.json"
-    version = bench.commands.check.torch_minor()
+    version = bench.gate.torch_minor()
     baseline.write_text(json.dumps({"schema_version": 1, "torch": {version: {}}}))
     line = refused(["check", "--baseline", str(baseline)], capsys)
     assert f"torch.{version}.cases is missing" in line

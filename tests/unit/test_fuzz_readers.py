@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.commands.check import read_baseline, torch_minor
+from bench.gate import read_baseline, torch_minor
 from bench.memory_suite import read_case_report
 from bench.paths import DEVICES_DIR, SUITES_DIR
 from bench.suites import load_suite
@@ -130,7 +130,8 @@ BASELINE = json.dumps({
     "tolerances": {"peak_bytes": 0.005, "block_peak_bytes": 0.005},
     "torch": {torch_minor(): {"updated_utc": "x", "probe": "predict", "batch_size": 16,
                               "cases": {"cnn/full/bs16": {"peak_bytes": 123456,
-                                                          "block_peak_bytes:block1": 1000}}}},
+                                                          "block_peak_bytes:block1": 1000}},
+                              "definitions": {"cnn/full/bs16": "0" * 64}}},
 }, indent=1)
 RUN_JSON = json.dumps(run_record(CONFIG), indent=1)
 CASE = TrainingCase(model=native_spec("cnn", width=0.25), kind="full", batch_size=2)

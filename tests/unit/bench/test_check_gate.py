@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from bench.cli import main
-from bench.commands.check import DEFAULT_BASELINE, torch_minor
+from bench.commands.check import DEFAULT_BASELINE
+from bench.gate import definition_hash, gate_key, torch_minor
+from bench.suites import load_suite
 from profl_core.models import BUILDERS, ModelSpec
 from profl_core.models.cnn import CNN
 
@@ -56,6 +58,15 @@ def test_committed_baseline_covers_this_torch_version() -> None:
     assert len(cases) == 52  # 6 models x (full + shrink T..2 + grow 1..T)
 
 
+def test_committed_baseline_defines_every_case_as_the_shipped_suite_does() -> None:
+    """Every memory-ci case is comparable: its stored definition hash is today's."""
+    entry = json.loads(DEFAULT_BASELINE.read_text(encoding="utf-8"))["torch"][torch_minor()]
+    section = load_suite("memory-ci").memory
+    assert section is not None
+    expected = {gate_key(c): definition_hash(c, section.probe) for c in section.cases()}
+    assert entry["definitions"] == expected
+
+
 def test_gate_passes_then_fails_on_an_extra_activation(
     suite_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -70,9 +81,9 @@ def test_gate_passes_then_fails_on_an_extra_activation(
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "FAIL: memory regression in" in out
-    assert "cnn/full/bs16" in out
-    assert "cnn/grow:2/bs16" in out
-    assert "cnn/grow:1/bs16" not in out.split("FAIL")[1]  # block 1 alone does not change
+    assert "cnn/full" in out
+    assert "cnn/grow:2" in out
+    assert "cnn/grow:1" not in out.split("FAIL")[1]  # block 1 alone does not change
 
 
 def test_missing_baseline_version_is_exit_2(
