@@ -1,0 +1,97 @@
+"""One training case against a memory limit: the work behind the pytest plugin's
+``peak_memory`` marker and ``profl_memory`` fixture (:mod:`bench.pytest_plugin`).
+
+The limit applies to ``MemoryReport.required_bytes``, the number client selection and the
+fleets use: the heap peak (kernel scratch included) when the probe knows it, as ``predict``
+and ``heap`` do, else the tensor peak. ``threads`` defaults to 1, as in ``profl check``, so
+the heap figure does not depend on the CI runner's core count; the numbers are those
+``profl trace --json --threads 1`` prints for the same case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from tabulate import tabulate
+
+from profl_core.errors import ConfigError
+from profl_core.memory import MemoryReport, TrainingCase, case_from_text, measure
+from profl_core.models import ModelSpec, native_spec
+
+MIB = float(1 << 20)
+#: ModelSpec fields a test may set (the name comes as ``model``).
+SPEC_OPTIONS = tuple(f.name for f in fields(ModelSpec) if f.name != "name")
+#: TrainingCase fields a test may set (model, kind and step come as ``model`` and ``case``).
+CASE_OPTIONS = tuple(f.name for f in fields(TrainingCase)
+                     if f.name not in ("model", "kind", "step", "batch_size"))
+
+
+def measure_case(
+    model: str,
+    case: str = "full",
+    batch_size: int = 64,
+    probe: str = "predict",
+    threads: int | None = 1,
+    **options: Any,
+) -> MemoryReport:
+    """The report of one case: ``model`` (a name ``profl trace --model`` accepts) on its
+    native input, ``ModelSpec`` fields in ``options`` overriding it; ``case`` text (``full``,
+    ``grow:2``, ...); ``TrainingCase`` options (``optimizer``, ...) in ``options``.
+
+    Raises:
+        ConfigError: an unknown option, model, case or probe (one line).
+    """
+    unknown = sorted(set(options) - set(SPEC_OPTIONS) - set(CASE_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}; use model, case, batch_size, probe, "
+                          f"threads or one of {', '.join(SPEC_OPTIONS + CASE_OPTIONS)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    spec = native_spec(model, **{k: v for k, v in values.items() if k in SPEC_OPTIONS})
+    training = case_from_text(spec, case, batch_size=batch_size,
+                              **{k: v for k, v in values.items() if k in CASE_OPTIONS})
+    return measure(training, probe=probe, threads=threads)
+
+
+def block_table(report: MemoryReport) -> str:
+    """The per-block tensor and heap peaks (MiB) and the case's peaks, as text."""
+    rows = [[b.block, b.phase, f"{b.tensor_peak_bytes / MIB:,.2f}",
+             "" if b.heap_peak_bytes is None else f"{b.heap_peak_bytes / MIB:,.2f}"]
+            for b in report.blocks]
+    table = tabulate(rows, headers=["block", "phase", "tensor peak MiB", "heap peak MiB"],
+                     tablefmt="github", disable_numparse=True)
+    heap = ("" if report.heap_peak_bytes is None
+            else f", heap peak {report.heap_peak_bytes / MIB:,.2f} MiB")
+    return (f"{table}\ntensor peak {report.tensor_peak_bytes / MIB:,.2f} MiB{heap}, "
+            f"required {report.required_bytes / MIB:,.2f} MiB")
+
+
+def over_limit(report: MemoryReport, max_mib: float) -> str | None:
+    """``None`` when ``report.required_bytes`` is within ``max_mib`` MiB, else the failure
+    message with the per-block table."""
+    if report.required_bytes <= max_mib * MIB:
+        return None
+    return (f"{report.case_key} needs {report.required_bytes / MIB:,.2f} MiB "
+            f"(required_bytes, {report.probe} probe) > max_mib={max_mib:g}\n"
+            f"{block_table(report)}")
+
+
+def measure_limited(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[MemoryReport, float]:
+    """A marker's case measured, and its limit ``max_mib``.
+
+    Raises:
+        ConfigError: positional arguments, no or a bad ``max_mib``, no model, a bad option.
+    """
+    if args:
+        raise ConfigError("give every argument by keyword, e.g. "
+                          "peak_memory(model='resnet18', case='grow:2', max_mib=120)")
+    options = dict(kwargs)
+    limit = options.pop("max_mib", None)
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+        raise ConfigError(f"max_mib={limit!r}; give the limit in MiB as a positive number")
+    if "model" not in options:
+        raise ConfigError("model is missing; e.g. model='resnet18' or 'pkg.module:build'")
+    return measure_case(**options), float(limit)
