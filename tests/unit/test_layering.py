@@ -14,8 +14,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("profl_core", "bench")
 #: (importing file, imported module): imported only when asked for, because it needs an
-#: optional dependency (``ray``).
-OPTIONAL = {("profl_core/fl/loop.py", "profl_core.fl.ray_backend")}
+#: optional dependency (``ray``), or, for the pytest plugin every pytest run in the venv loads,
+#: because it costs seconds of start-up (torch, the zoo) that only tests using it should pay
+#: (its ``profl_core.memory`` import is for type checkers only).
+OPTIONAL = {("profl_core/fl/loop.py", "profl_core.fl.ray_backend"),
+            ("bench/pytest_plugin.py", "bench.memory_limit"),
+            ("bench/pytest_plugin.py", "profl_core.memory")}
 
 
 def nested_project_imports(path: Path) -> list[tuple[int, str]]:
