@@ -18,6 +18,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from profl_core.devices import Fleet
+from profl_core.errors import ConfigError
 
 #: Memory table as the engine sees it: sub-model name ("full", "grow:2", "shrink:3") -> bytes.
 MemoryTable = Mapping[str, int]
@@ -54,6 +55,21 @@ class ClientTask:
         foreach: PyTorch's multi-tensor optimizer kernels: None picks the device's default
             (foreach on CUDA, a per-parameter loop on the CPU); True/False forces it. The
             foreach kernels hold temporaries for every parameter at once (more memory).
+        micro_batches: Gradient accumulation: each batch is split into this many
+            micro-batches (``torch.tensor_split``: when it does not divide the batch the first
+            ``len % k`` micro-batches get one sample more; a batch smaller than k gives
+            ``len`` micro-batches of one), each runs forward and backward with its loss
+            scaled by its share of the batch, then one ``optimizer.step()``: the accumulated
+            gradient is the full batch's mean-loss gradient (exactly so without batch norm;
+            BN normalises each micro-batch with its own statistics and updates its running
+            statistics once per micro-batch).
+        checkpoint: Activation checkpointing: every trainable module of the student path
+            runs under ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` and is run
+            again in backward; its BN running statistics are updated once (in the forward),
+            not again in the recompute.
+        autocast: ``None`` (off), ``"bfloat16"`` or ``"float16"``: ``torch.autocast`` on the
+            step's device around forward and loss. Parameters, gradients and optimizer state
+            stay in their own dtype (fp32 master weights); ``"float16"`` adds a GradScaler.
     """
 
     client_id: int
@@ -71,6 +87,21 @@ class ClientTask:
     budget_bytes: int | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
     foreach: bool | None = None
+    micro_batches: int = 1
+    checkpoint: bool = False
+    autocast: Literal["bfloat16", "float16"] | None = None
+
+    def __post_init__(self) -> None:
+        where = f"client task {self.submodel!r}"
+        if isinstance(self.micro_batches, bool) or not isinstance(self.micro_batches, int) \
+                or self.micro_batches < 1:
+            raise ConfigError(f"{where}: micro_batches={self.micro_batches!r}; use a whole "
+                              "number, 1 or more")
+        if not isinstance(self.checkpoint, bool):
+            raise ConfigError(f"{where}: checkpoint={self.checkpoint!r}; use true or false")
+        if self.autocast not in (None, "bfloat16", "float16"):
+            raise ConfigError(f"{where}: autocast={self.autocast!r}; use bfloat16, float16 "
+                              "or leave it out")
 
 
 @dataclass(frozen=True, kw_only=True)
