@@ -31,6 +31,18 @@ Kinds and the method whose clients run them (T = number of blocks, steps are 1-b
 ``trunc:k``
     InclusiveFL's depth-k client: blocks 1..k and the exit after block k, cross-entropy.
 
+Modifiers (the single-device alternatives, :class:`~profl_core.fl.types.ClientTask`'s step
+options; :mod:`profl_core.fl.local` says what each does) follow the base, joined by ``+``, and
+combine with each other and with every base: ``accum:k`` (k >= 2 micro-batches of batch/k,
+gradient accumulation; k must divide the batch size), ``ckpt`` (activation checkpointing of
+every trainable module of the student path), ``amp`` (bfloat16 autocast, fp32 master weights;
+``amp:bf16`` is the same) and ``amp:fp16`` (float16 autocast with a GradScaler; its skip check
+reads a value every step, so ``predict`` cannot run it: measure it with ``dispatch``, ``heap``
+or ``cuda``). The dtype is explicit so a case means the same step on every device. A text
+that starts with a modifier has the base ``full`` (``accum:4`` is ``full+accum:4``); labels
+and keys write the modifiers in one order, ``ckpt``, ``amp``, ``accum:k``
+(``grow:2+ckpt+accum:4``), so ``accum:4+ckpt`` and ``ckpt+accum:4`` are the same case.
+
 Blocks (the names the probes attribute memory to) are the sub-model's module names, as in the
 server's state dict: ``block2``, ``om2.basic3``, ``om2.head``, ``exit1``, ``head``. Inputs are
 synthetic random tensors of the case's shape: memory does not depend on their values. The
@@ -86,6 +98,7 @@ __all__ = [
     "method_step",
     "num_blocks",
     "parse_case",
+    "parse_case_text",
     "prepare_step",
 ]
 
@@ -183,6 +196,15 @@ KINDS: dict[str, Kind] = {
 }
 
 
+ACCUM, CKPT, AMP = "accum", "ckpt", "amp"
+#: The modifier names of a case text.
+MODIFIERS: tuple[str, ...] = (ACCUM, CKPT, AMP)
+#: Autocast dtype (``TrainingCase.autocast``) -> its modifier text.
+AUTOCAST: dict[str | None, str] = {None: "", "bfloat16": AMP, "float16": f"{AMP}:fp16"}
+_AMP_DTYPES: dict[str | None, str] = {None: "bfloat16", "bf16": "bfloat16", "fp16": "float16"}
+_GRAMMAR = "write BASE[+MOD...] with MOD accum:k, ckpt, amp, amp:bf16 or amp:fp16"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingCase:
     """One training configuration to measure or run.
@@ -198,6 +220,10 @@ class TrainingCase:
         foreach: the optimizer's multi-tensor kernels (:attr:`ClientTask.foreach`): None is
             the device's default (foreach on CUDA, a per-parameter loop on the CPU); True
             models a CUDA step's optimizer with ``predict``.
+        micro_batches: gradient accumulation over this many micro-batches of
+            ``batch_size / micro_batches`` (``accum:k``; must divide ``batch_size``).
+        checkpoint: activation checkpointing of the student's trainable modules (``ckpt``).
+        autocast: ``None``, ``"bfloat16"`` (``amp``) or ``"float16"`` (``amp:fp16``).
     """
 
     model: ModelSpec
@@ -208,6 +234,9 @@ class TrainingCase:
     dtype: str = "float32"
     frozen_bn_eval: bool = True
     foreach: bool | None = None
+    micro_batches: int = 1
+    checkpoint: bool = False
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         check_model_name(self.model.name)
@@ -227,11 +256,45 @@ class TrainingCase:
             raise ConfigError(f"case dtype={self.dtype!r}; use one of {', '.join(DTYPES)}")
         if self.foreach not in (None, True, False):
             raise ConfigError(f"case foreach={self.foreach!r}; use true, false or leave it out")
+        k = self.micro_batches
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"case micro_batches={k!r}; use a whole number, 1 or more")
+        if self.batch_size % k:
+            divisors = [d for d in range(2, self.batch_size + 1) if self.batch_size % d == 0]
+            fix = (f"use a k that divides it ({', '.join(map(str, divisors[:6]))}"
+                   f"{', ...' if len(divisors) > 6 else ''})" if divisors
+                   else "a batch of 1 has no micro-batches; drop accum")
+            raise ConfigError(f"case {self.base_label}+accum:{k}: {k} does not divide the batch "
+                              f"size {self.batch_size}; {fix}")
+        if not isinstance(self.checkpoint, bool):
+            raise ConfigError(f"case checkpoint={self.checkpoint!r}; use true or false")
+        if self.autocast not in AUTOCAST:
+            raise ConfigError(f"case autocast={self.autocast!r}; use bfloat16, float16 or "
+                              "leave it out")
+
+    @property
+    def base_label(self) -> str:
+        """The sub-model: ``full``, ``grow:2``, ``shrink:3`` (the method's memory-plan key)."""
+        return self.kind if self.step is None else f"{self.kind}:{self.step}"
+
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        """The step options as modifier texts in canonical order: ``ckpt``, ``amp``,
+        ``accum:k`` (empty for the plain step)."""
+        out: list[str] = []
+        if self.checkpoint:
+            out.append(CKPT)
+        if self.autocast is not None:
+            out.append(AUTOCAST[self.autocast])
+        if self.micro_batches > 1:
+            out.append(f"{ACCUM}:{self.micro_batches}")
+        return tuple(out)
 
     @property
     def label(self) -> str:
-        """``full``, ``grow:2``, ``shrink:3``."""
-        return self.kind if self.step is None else f"{self.kind}:{self.step}"
+        """``full``, ``grow:2``, ``shrink:3``, ``full+ckpt+accum:4``: the base and its
+        modifiers in canonical order."""
+        return "+".join((self.base_label, *self.modifiers))
 
     @property
     def key(self) -> str:
@@ -289,6 +352,81 @@ def check_step(kind: str, step: int | None, blocks: int) -> None:
 
 
 _CASE_RE = re.compile(r"^([a-z]+)(?::(-?\d+))?$")
+_PART_RE = re.compile(r"^([a-z0-9]+)(?::([a-z0-9-]+))?$")
+
+
+@dataclass(frozen=True)
+class CaseText:
+    """A parsed case text: the base sub-model and its step options.
+
+    Attributes:
+        kind: a key of :data:`KINDS`.
+        step: the base's step (None for ``full``).
+        micro_batches: from ``accum:k`` (1 without it).
+        checkpoint: ``ckpt`` was given.
+        autocast: ``"bfloat16"`` (``amp``, ``amp:bf16``), ``"float16"`` (``amp:fp16``) or None.
+    """
+
+    kind: str
+    step: int | None
+    micro_batches: int = 1
+    checkpoint: bool = False
+    autocast: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The step options as :class:`TrainingCase` fields."""
+        return {"micro_batches": self.micro_batches, "checkpoint": self.checkpoint,
+                "autocast": self.autocast}
+
+
+def parse_case_text(text: str, *, blocks: int | None = None) -> CaseText:
+    """Parse ``BASE[+MOD...]`` (``full+accum:4``, ``grow:2+ckpt``, ``accum:8``, ``amp``).
+
+    The base is what :func:`parse_case` reads; a text that starts with a modifier has the base
+    ``full``. Modifiers may come in any order, each at most once.
+
+    Args:
+        text: the case text.
+        blocks: T of the model; when given, the base's step is checked against it.
+
+    Raises:
+        ConfigError: one line naming the text and the fix: unknown or duplicate modifiers,
+            ``accum`` without a whole k >= 2, an argument ``ckpt`` does not take, an ``amp``
+            dtype other than bf16/fp16, two bases.
+    """
+    parts = [part.strip() for part in text.strip().split("+")]
+    first = _PART_RE.match(parts[0])
+    if first is not None and first.group(1) in MODIFIERS:
+        parts.insert(0, "full")
+    kind, step = parse_case(parts[0], blocks=blocks)
+    seen: set[str] = set()
+    values: dict[str, Any] = {}
+    for part in parts[1:]:
+        match = _PART_RE.match(part)
+        name = match.group(1) if match is not None else part
+        arg = match.group(2) if match is not None else None
+        if match is None or name not in MODIFIERS:
+            what = ("a second base; a case has one" if name in KINDS
+                    else f"unknown modifier {part!r}")
+            raise ConfigError(f"case {text!r}: {what}; {_GRAMMAR}")
+        if name in seen:
+            raise ConfigError(f"case {text!r}: {name} given twice; give each modifier once")
+        seen.add(name)
+        if name == ACCUM:
+            if arg is None or not arg.isdigit() or int(arg) < 2:
+                raise ConfigError(f"case {text!r}: {part!r}; write accum:k with a whole k >= 2 "
+                                  "(k micro-batches of batch/k; accum:1 is the plain step)")
+            values["micro_batches"] = int(arg)
+        elif name == CKPT:
+            if arg is not None:
+                raise ConfigError(f"case {text!r}: {part!r}; ckpt takes no argument, write ckpt")
+            values["checkpoint"] = True
+        else:
+            if arg not in _AMP_DTYPES:
+                raise ConfigError(f"case {text!r}: {part!r}; write amp (bfloat16), amp:bf16 or "
+                                  "amp:fp16")
+            values["autocast"] = _AMP_DTYPES[arg]
+    return CaseText(kind=kind, step=step, **values)
 
 
 def parse_case(text: str, *, blocks: int | None = None) -> tuple[str, int | None]:
@@ -399,13 +537,17 @@ def method_step(
     device: torch.device | str = "cpu",
     optimizer: str = "sgd",
     foreach: bool | None = None,
+    micro_batches: int | None = None,
+    checkpoint: bool | None = None,
+    autocast: str | None = None,
     fake: bool = False,
 ) -> PreparedStep:
     """The step a client of ``method`` runs for ``submodel``, with a synthetic batch.
 
     ``method.init_state(model)`` gives the server state, ``method.memory_plan(state)`` the
     template task of ``submodel`` (its batch size, optimizer and foreach set from the
-    arguments), ``method.submodel(state, task)`` the client's modules, and
+    arguments, and the step options that are not None), ``method.submodel(state, task)`` the
+    client's modules, and
     :meth:`LocalStep.build` moves them to ``device``, freezes them and builds the optimizer,
     exactly as in training. New modules and the batch are drawn from ``seed`` only; the global
     RNG is not touched.
@@ -421,11 +563,21 @@ def method_step(
         device: where the client trains.
         optimizer: ``sgd`` or ``adam``.
         foreach: see :attr:`ClientTask.foreach`.
+        micro_batches: :attr:`ClientTask.micro_batches` (None: the plan's).
+        checkpoint: :attr:`ClientTask.checkpoint` (None: the plan's).
+        autocast: :attr:`ClientTask.autocast` (None: the plan's).
         fake: ``model`` is on the meta device and a ``FakeTensorMode`` is active: the method's
             state and sub-model are built on the meta device, then the sub-model becomes
             empty fake CPU tensors (the ``predict`` probe; nothing is allocated).
     """
     dtype = next(model.parameters()).dtype
+    options: dict[str, Any] = {}
+    if micro_batches is not None:
+        options["micro_batches"] = micro_batches
+    if checkpoint is not None:
+        options["checkpoint"] = checkpoint
+    if autocast is not None:
+        options["autocast"] = autocast
     with _seeded(seed), _default_dtype(dtype), _meta_if(fake):
         state = method.init_state(model, np.random.default_rng(seed))
         plan = method.memory_plan(state)
@@ -433,7 +585,7 @@ def method_step(
             raise ConfigError(f"{method.name} hands out no sub-model {submodel!r}; "
                               f"its memory plan has {', '.join(plan)}")
         task = replace(plan[submodel], batch_size=batch_size, optimizer=optimizer,  # type: ignore[arg-type]
-                       foreach=foreach)
+                       foreach=foreach, **options)
         sub = method.submodel(state, task)
     target = torch.device(device)
     if fake:
@@ -456,12 +608,15 @@ def prepare_step(
 ) -> PreparedStep:
     """The client step of ``case`` on an already built model (tests may pass a modified one).
 
-    See :func:`method_step`; the method is the case kind's (:data:`KINDS`).
+    See :func:`method_step`; the method is the case kind's (:data:`KINDS`), its memory plan's
+    task for :attr:`TrainingCase.base_label` gets the case's step options.
     """
     return method_step(
-        KINDS[case.kind].method(case), model, case.label, batch_size=case.batch_size,
+        KINDS[case.kind].method(case), model, case.base_label, batch_size=case.batch_size,
         key=case.key, seed=seed, frozen_bn="eval" if case.frozen_bn_eval else "train",
-        device=device, optimizer=case.optimizer, foreach=case.foreach, fake=fake,
+        device=device, optimizer=case.optimizer, foreach=case.foreach,
+        micro_batches=case.micro_batches, checkpoint=case.checkpoint, autocast=case.autocast,
+        fake=fake,
     )
 
 
@@ -501,7 +656,15 @@ def build_fake_step(case: TrainingCase) -> PreparedStep:
     (no weights, no initialisation maths), then the sub-model's parameters and buffers are
     replaced by empty fake tensors on the CPU (:func:`materialize`).
     Nothing is allocated.
+
+    Raises:
+        ConfigError: for ``amp:fp16``, whose GradScaler reads a value from the device every
+            step (fake tensors have none).
     """
+    if case.autocast == "float16":
+        raise ConfigError(f"case {case.label}: predict cannot run amp:fp16 (its GradScaler "
+                          "reads the non-finite flag every step); use the dispatch, heap or "
+                          "cuda probe, or amp (bfloat16)")
     with unset_fake_temporarily(), torch.device("meta"):
         model = construct_model(case)
     return prepare_step(case, model, fake=True)
@@ -510,7 +673,12 @@ def build_fake_step(case: TrainingCase) -> PreparedStep:
 def case_from_text(
     model: str | ModelSpec, text: str, *, batch_size: int, **options: Any
 ) -> TrainingCase:
-    """Build a case from a model name (native input) or spec and ``full``/``grow:T``/... text."""
+    """Build a case from a model name (native input) or spec and a case text
+    (``full``, ``grow:T``, ``grow:2+ckpt+accum:4``, ...; see :func:`parse_case_text`)."""
     spec = native_spec(model) if isinstance(model, str) else model
-    kind, step = parse_case(text, blocks=num_blocks(spec))
-    return TrainingCase(model=spec, kind=kind, step=step, batch_size=batch_size, **options)
+    parsed = parse_case_text(text, blocks=num_blocks(spec))
+    clash = sorted(set(options) & set(parsed.options()))
+    if clash:
+        raise ConfigError(f"case {text!r}: {clash[0]} is set by the case text; give it once")
+    return TrainingCase(model=spec, kind=parsed.kind, step=parsed.step, batch_size=batch_size,
+                        **parsed.options(), **options)

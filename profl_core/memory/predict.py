@@ -11,7 +11,9 @@ allocated, and the bytes equal the ``dispatch`` probe on real CPU tensors byte f
 
 A real CPU kernel occasionally returns a storage larger than its fake kernel says (the 0-d
 result of ``mse_loss`` keeps an input-sized buffer); :data:`REAL_STORAGE_BYTES` corrects those
-ops so the two probes agree byte for byte.
+ops so the two probes agree byte for byte. It may also return another dtype (batch norm under
+autocast saves its statistics in fp32, the fake kernel in bf16); :data:`REAL_OUTPUTS` gives
+those ops the real kernel's outputs, so later ops (and their scratch) see the real dtypes.
 
 The heap (``heap_peak_bytes``, what the CPU allocator holds) is modelled too, without running
 the step: after each op the tracker adds that op's kernel scratch, measured once per op
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from profl_core.memory.case import PreparedStep, TrainingCase, build_fake_step
 from profl_core.memory.dispatch import StorageTracker
@@ -58,6 +61,47 @@ def _reduced_loss_bytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | 
 REAL_STORAGE_BYTES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], int | None]] = {
     aten.mse_loss.default: _reduced_loss_bytes,
 }
+
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _mixed_norm(params: slice) -> Callable[[tuple[Any, ...], Any], Any]:
+    """A norm of a bf16/fp16 input with fp32 parameters (``args[params]``; autocast): the CPU
+    kernel saves its statistics (the outputs after the first) in fp32, the fake kernel in the
+    input's dtype."""
+
+    def fix(args: tuple[Any, ...], out: Any) -> Any:
+        if args[0].dtype not in _REDUCED or not any(
+                isinstance(p, Tensor) and p.dtype == torch.float32 for p in args[params]):
+            return out
+        saved = [torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in out[1:]]
+        return (out[0], *saved)
+
+    return fix
+
+
+# Ops whose real CPU kernel returns outputs of another dtype than the fake kernel's: the fix
+# maps (args, fake outputs) to the real kernel's outputs (checked by
+# tests/unit/memory/test_memory_alternatives.py).
+REAL_OUTPUTS: dict[Any, Callable[[tuple[Any, ...], Any], Any]] = {
+    # (input, weight, bias, running_mean, running_var, ...) -> (out, save_mean, save_invstd)
+    aten.native_batch_norm.default: _mixed_norm(slice(1, 5)),
+    # (input, normalized_shape, weight, bias, eps) -> (out, mean, rstd)
+    aten.native_layer_norm.default: _mixed_norm(slice(2, 4)),
+}
+
+
+class _RealOutputs(TorchDispatchMode):
+    """Between the tracker and the fake mode: fake outputs as the CPU kernels return them."""
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        fix = REAL_OUTPUTS.get(func)
+        return out if fix is None else fix(args, out)
 
 
 class FakeStorageTracker(StorageTracker):
@@ -121,7 +165,7 @@ def measure_fake(
     model = (scratch if scratch is not None else _SHARED_SCRATCH) if heap else None
     # Real CPU constants of a method (HeteroFL's label mask) become fake when used.
     with intra_op_threads(threads) as used, FakeTensorMode(allow_non_fake_inputs=True), \
-            torch.device("cpu"):
+            _RealOutputs(), torch.device("cpu"):
         prepared = make()
         prepared.run()  # warm-up
         tracker = FakeStorageTracker(model, threads=used)

@@ -18,10 +18,14 @@ The ``predict`` probe adds it to the live tensor bytes right after the op
 (:meth:`~profl_core.memory.dispatch.StorageTracker.op_scratch_bytes`): the heap during the op
 is everything live before it, plus its outputs, plus its scratch; outputs stay, scratch goes.
 
-Only ops in :data:`SCRATCH_OPS` are measured (every other op is taken to allocate exactly its
-outputs). The list comes from :func:`survey`, which runs a real step op by op and reports
-every op whose kernel held more than its outputs; on the memory-ci models (cnn, resnet18/34,
-vgg11/16, vit) the ops below are all that hold more than a few bytes (element-wise ops with a
+Only ops in :data:`SCRATCH_OPS`, and every op with a bfloat16 or float16 tensor argument
+(:data:`REDUCED_DTYPES`), are measured (every other op is taken to allocate exactly its
+outputs). Reduced-precision kernels hold buffers of their own in many more ops (autocast's
+bf16 steps: oneDNN's bf16 GEMMs ``mm``/``addmm``, fp32 accumulators of ``mean``, the cast copy
+of a mixed-dtype ``add``), so those are all measured. The list comes from :func:`survey`,
+which runs a real step op by op and reports every op whose kernel held more than its outputs;
+on the memory-ci models (cnn, resnet18/34, vgg11/16, vit) in fp32 the ops below are all that
+hold more than a few bytes (element-wise ops with a
 Python scalar keep a 0-d wrapped scalar of 8-12 bytes, which is not modelled).
 
 Results are cached in the model instance (and so in the process, for the shared instance
@@ -42,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from profl_core.errors import ConfigError
 from profl_core.memory.case import PreparedStep
@@ -61,6 +65,8 @@ SCRATCH_OPS: frozenset[Any] = frozenset({
     aten._scaled_dot_product_flash_attention_for_cpu,
     aten._scaled_dot_product_flash_attention_for_cpu_backward,
 })
+#: Dtypes whose ops are all measured (see the module docstring).
+REDUCED_DTYPES: frozenset[torch.dtype] = frozenset({torch.bfloat16, torch.float16})
 CACHE_VERSION = 1
 
 
@@ -111,15 +117,20 @@ def signature(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], threa
 
 
 def _realize(value: Any, generator: torch.Generator) -> Any:
-    """A real CPU tensor with the shape, strides and dtype of ``value`` (random if floating)."""
+    """A real CPU tensor with the shape, strides and dtype of ``value`` (random if floating).
+
+    Its storage is filled before the strides are applied, so expanded (stride-0) arguments
+    work too.
+    """
     if not isinstance(value, Tensor):
         return value
     real = torch.empty_strided(tuple(value.shape), tuple(value.stride()), dtype=value.dtype,
                                device="cpu")
+    flat = real.new_empty(0).set_(real.untyped_storage())  # the whole storage, 1-d
     if real.is_floating_point():
-        real.normal_(generator=generator)
+        flat.normal_(generator=generator)
     else:
-        real.zero_()
+        flat.zero_()
     return real
 
 
@@ -145,6 +156,7 @@ class ScratchModel:
             :meth:`save` them to; ``None`` keeps them in this instance only.
         ops: the op overload packets to measure (others have no scratch).
         seed: seeds the random inputs of the measuring runs.
+        reduced: also measure every op with a tensor argument in :data:`REDUCED_DTYPES`.
 
     Raises:
         ConfigError: when ``cache_path`` exists but is not a scratch cache.
@@ -156,19 +168,25 @@ class ScratchModel:
         *,
         ops: Iterable[Any] = SCRATCH_OPS,
         seed: int = 0,
+        reduced: bool = True,
     ) -> None:
         self.cache_path = cache_path
         self.ops = frozenset(ops)
         self.seed = seed
+        self.reduced = reduced
         self.entries: dict[str, ScratchEntry] = {}
         self.measured = 0
         self.dirty = False
         if cache_path is not None and cache_path.exists():
             self.entries.update(_load(cache_path))
 
-    def models(self, func: Any) -> bool:
-        """Whether ``func`` (an op overload) is one whose scratch is measured."""
-        return getattr(func, "overloadpacket", func) in self.ops
+    def models(self, func: Any, args: tuple[Any, ...] = ()) -> bool:
+        """Whether ``func`` (an op overload) called with ``args`` is measured: an op of
+        :attr:`ops`, or (with :attr:`reduced`) any op with a bf16/fp16 tensor argument."""
+        if getattr(func, "overloadpacket", func) in self.ops:
+            return True
+        return self.reduced and any(isinstance(a, Tensor) and a.dtype in REDUCED_DTYPES
+                                    for a in tree_leaves(args))
 
     def entry(
         self, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, threads: int
@@ -186,8 +204,8 @@ class ScratchModel:
     def scratch_bytes(
         self, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, threads: int
     ) -> int:
-        """Scratch of one op call at ``threads`` threads (0 for ops not in :attr:`ops`)."""
-        if not self.models(func):
+        """Scratch of one op call at ``threads`` threads (0 for ops not measured)."""
+        if not self.models(func, args):
             return 0
         return self.entry(func, args, kwargs, threads=threads).scratch_bytes
 
