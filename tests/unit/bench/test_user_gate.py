@@ -156,6 +156,7 @@ def test_not_comparable_states_the_rule_and_the_refresh_command(
     assert f"`profl check --suite {gate[2]} --baseline {gate[4]} --update`" in out
 
 
+@pytest.mark.slow  # measures a second section (about 5 s)
 def test_a_changed_batch_size_makes_every_case_not_comparable(
     gate: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
