@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--case", default="full",
-                        help="full, grow:T, shrink:T, depth:K or trunc:K")
+                        help="full, grow:T, shrink:T, depth:K or trunc:K, then optional "
+                             "+accum:k, +ckpt, +amp (bf16) or +amp:fp16, e.g. grow:2+accum:4")
     parser.add_argument("--probe", default="predict", help=f"one of {', '.join(PROBES)}")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     parser.add_argument("--optimizer", default="sgd", help="sgd or adam")

@@ -396,7 +396,8 @@ def parse_case_text(text: str, *, blocks: int | None = None) -> CaseText:
     """
     parts = [part.strip() for part in text.strip().split("+")]
     first = _PART_RE.match(parts[0])
-    if first is not None and first.group(1) in MODIFIERS:
+    bare = first is not None and first.group(1) in MODIFIERS
+    if bare:
         parts.insert(0, "full")
     kind, step = parse_case(parts[0], blocks=blocks)
     seen: set[str] = set()
@@ -406,7 +407,8 @@ def parse_case_text(text: str, *, blocks: int | None = None) -> CaseText:
         name = match.group(1) if match is not None else part
         arg = match.group(2) if match is not None else None
         if match is None or name not in MODIFIERS:
-            what = ("a second base; a case has one" if name in KINDS
+            what = (f"the base {part} comes first" if name in KINDS and bare
+                    else "a second base; a case has one" if name in KINDS
                     else f"unknown modifier {part!r}")
             raise ConfigError(f"case {text!r}: {what}; {_GRAMMAR}")
         if name in seen:

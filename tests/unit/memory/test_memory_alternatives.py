@@ -8,10 +8,12 @@ the fp32 master weights, the plain step's peak for the peaks that must fall.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 
+from bench.cli import main
 from profl_core.errors import ConfigError
 from profl_core.memory import dispatch, heap, measure, predict
 from profl_core.memory.case import (
@@ -81,6 +83,7 @@ def test_params_round_trip_with_modifiers() -> None:
     ("full+ckpt:2", "ckpt takes no argument"),
     ("full+amp:fp8", "amp:fp16"),
     ("full+grow:2", "a second base"),
+    ("accum:2+grow:2", "the base grow:2 comes first"),
     ("grow:9+ckpt", "grow:T with T in 1..4"),
     ("full+", "unknown modifier"),
 ])
@@ -191,3 +194,22 @@ def test_fp16_autocast_is_measured_by_the_heap_probe() -> None:
     report = measure(case_from_text("cnn", "amp:fp16", batch_size=4), probe="heap", threads=1)
     assert report.heap_peak_bytes is not None
     assert report.heap_peak_bytes >= report.tensor_peak_bytes
+
+
+# --- profl trace ------------------------------------------------------------------------------
+
+
+def test_trace_measures_a_case_with_modifiers(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trace", "--model", "cnn", "--batch-size", "4", "--case", "grow:2+accum:2",
+                 "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["case_key"] == "cnn/grow:2+accum:2/bs4"
+
+
+def test_trace_case_text_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["trace", "--model", "cnn", "--batch-size", "64", "--case", "full+accum:3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert "does not divide the batch size 64" in err[0]
