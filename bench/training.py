@@ -29,6 +29,7 @@ import torch
 
 from bench.config_fields import FieldSpec, check_value, field_specs, merge_specs
 from bench.paths import CHECKOUT, data_search_dirs, fleet_path, profiles_dir
+from bench.planning import read_plan
 from profl_core.data import DATASET_NAMES, ArrayDataset, load_dataset, partition
 from profl_core.devices import DeviceProfile, Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
@@ -51,7 +52,7 @@ from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
 from profl_core.methods.profl import ProFL, ProFLConfig
-from profl_core.models import ModelSpec, build_model, check_model_name, native_spec
+from profl_core.models import ModelSpec, build_model, check_model_name, native_spec, parse_blocks
 from profl_core.results import (
     Record,
     ResultFile,
@@ -76,7 +77,11 @@ class TrainingConfig:
     Attributes:
         method: Federated method, a name in METHODS (profl, fedavg, heterofl, depthfl...).
         label: Name of the run in reports and suite run folders (default: the method name).
-        model: Model family: cnn, resnet18, resnet34, vgg11, vgg16 or vit.
+        model: Model: a zoo name (cnn, resnet18, resnet34, vgg11, vgg16, vit),
+            torchvision:NAME or pkg.module:factory.
+        blocks: Block groups of the model, comma-separated, the last the head (default: the
+            model's own partition); see profl trace --blocks.
+        partition_plan: A plan file from profl plan: train on its planned partition.
         width: Model width multiplier in (0, 1].
         dataset: Dataset: fashion-mnist, cifar10, cifar100 or synthetic.
         data_dir: Folder holding the dataset (default: $PROFL_DATA_DIR, then the system's).
@@ -109,6 +114,8 @@ class TrainingConfig:
     method: str = "profl"
     label: str = ""
     model: str = "cnn"
+    blocks: str = ""
+    partition_plan: Path | None = None
     width: float = 1.0
     dataset: str = "fashion-mnist"
     data_dir: Path | None = None
@@ -141,6 +148,10 @@ class TrainingConfig:
         object.__setattr__(self, "options", {k: tuple(v) if isinstance(v, list) else v
                                              for k, v in self.options.items()})
         check_model_name(self.model)
+        if self.blocks:
+            parse_blocks(self.blocks, where="blocks")
+            if self.partition_plan is not None:
+                raise ConfigError("blocks and partition_plan both set; give one partition")
         if self.dataset not in DATASET_NAMES:
             raise ConfigError(f"dataset={self.dataset!r}; use one of {', '.join(DATASET_NAMES)}")
         for name, spec in TRAINING_FIELDS.items():  # bool is not int, nor a string a number
@@ -227,8 +238,11 @@ def model_spec(config: TrainingConfig, train: ArrayDataset) -> ModelSpec:
     c, h, w = train.input_shape
     if h != w:
         raise ConfigError(f"dataset {config.dataset}: {h}x{w} images; models need square inputs")
+    blocks = parse_blocks(config.blocks, where="blocks") if config.blocks else ()
+    if config.partition_plan is not None:
+        blocks = read_plan(config.partition_plan, config.model)
     return native_spec(config.model, num_classes=train.num_classes, in_channels=c,
-                       input_size=h, width=config.width)
+                       input_size=h, width=config.width, blocks=blocks)
 
 
 def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dict[str, int]:

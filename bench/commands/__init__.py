@@ -12,10 +12,12 @@ from bench.commands import (
     devices,
     memory,
     models,
+    plan,
     report,
     speed,
     trace,
     train,
 )
 
-COMMANDS = [bench, report, compare, memory, trace, check, devices, models, data, train, speed]
+COMMANDS = [bench, report, compare, memory, trace, plan, check, devices, models, data, train,
+            speed]

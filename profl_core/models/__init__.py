@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from profl_core.errors import ConfigError
 from profl_core.models.base import BlockedModel, ConvBlockedModel, ModelSpec, PoolHead
@@ -32,6 +33,7 @@ from profl_core.models.external import (
     load_factory,
     parse_blocks,
     verify,
+    wrap,
 )
 from profl_core.models.resnet import ResNet
 from profl_core.models.torchvision_zoo import (
@@ -86,16 +88,20 @@ def check_model_name(name: str) -> None:
 def _builder(spec: ModelSpec) -> Callable[[ModelSpec], BlockedModel]:
     """How to build ``spec``: a zoo class, or a checked torchvision/user builder."""
     check_model_name(spec.name)
-    if spec.name in BUILDERS:
-        if spec.blocks:
-            raise ConfigError(f"model {spec.name!r}: a zoo model has fixed blocks; drop "
-                              "--blocks / blocks = [...] (they are for torchvision:NAME and "
-                              "pkg.module:factory models)")
+    if spec.name in BUILDERS and not spec.blocks:
         return BUILDERS[spec.name]
-    external: Builder = (build_torchvision_model if is_torchvision_name(spec.name)
+    external: Builder = (_regrouped_zoo_model if spec.name in BUILDERS
+                         else build_torchvision_model if is_torchvision_name(spec.name)
                          else build_factory_model)
     verify(spec, external)
     return lambda s: external(s)[0]
+
+
+def _regrouped_zoo_model(spec: ModelSpec) -> tuple[BlockedModel, nn.Module]:
+    """A zoo model cut into ``spec.blocks`` (groups over its ``block<i>`` children, e.g. a
+    planned partition, :mod:`profl_core.memory.plan`), with generic output modules."""
+    zoo = BUILDERS[spec.name](replace(spec, blocks=()))
+    return wrap(spec, zoo, spec.blocks), zoo
 
 
 def build_model(spec: ModelSpec, *, generator: torch.Generator | None = None) -> BlockedModel:

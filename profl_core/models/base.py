@@ -36,9 +36,10 @@ class ModelSpec:
         width: channel multiplier; every hidden width ``c`` becomes ``ceil(c * width)``
             (HeteroFL's rule, so a narrow model is a channel prefix of the wide one). A user
             factory receives it as ``width=`` and a torchvision family as its own multiplier.
-        blocks: block groups of a torchvision or user model (:func:`~profl_core.models.
-            external.parse_blocks` syntax), the last one the head; empty: the model's default
-            partition. Zoo models have fixed blocks and take none.
+        blocks: block groups (:func:`~profl_core.models.external.parse_blocks` syntax), the
+            last one the head; empty: the model's default partition (a zoo model's stages). For
+            a zoo model they are groups over its ``block<i>`` children (a planned partition,
+            :mod:`profl_core.memory.plan`).
     """
 
     name: str

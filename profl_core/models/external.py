@@ -14,8 +14,10 @@ importable module ``pkg.module``) is called with ``num_classes=spec.num_classes`
 **Block groups** (:func:`parse_blocks`; also ``--blocks`` and ``blocks = [...]`` in TOML) are
 comma-separated; each is a dotted module name (``layer2``, ``features.3``) or a range of
 children of one module, ``features.1-3`` (children 1 to 3 of ``features``, both included) or
-``conv1-layer1`` at the top level. A range's ends are child names, or positions among the
-children when no child has that name (for an ``nn.Sequential`` the two agree). The last group
+``conv1-layer1`` at the top level, or such pieces of different modules joined by ``+``
+(``layer1.1+layer2.0``, what the partition planner writes). A range's ends are child names,
+or positions among the children when no child has that name (for an ``nn.Sequential`` the two
+agree). The last group
 is the head; the others are ``block1 .. blockT`` (T >= 2). Groups must exist, be disjoint (no
 module or parameter in two groups) and compose to the model's forward:
 ``head(block_T(...block_1(x)))`` equals ``model(x)`` (``torch.allclose``) on a small real
@@ -88,11 +90,12 @@ def parse_blocks(text: str, *, where: str = "--blocks") -> tuple[str, ...]:
 
 
 def check_group_syntax(groups: Sequence[str], *, where: str) -> None:
-    """Raise a one-line ConfigError for a group that is not a name or a range."""
+    """Raise a one-line ConfigError for a group that is not names or ranges joined by ``+``."""
     for group in groups:
-        if not GROUP_RE.match(group):
+        if not all(GROUP_RE.match(piece) for piece in group.split("+")):
             raise ConfigError(f"{where}: block group {group!r} is not a module name or a range; "
-                              "write e.g. layer2, features.3 or features.1-3, comma-separated")
+                              "write e.g. layer2, features.3, features.1-3 or layer1.1+layer2.0, "
+                              "comma-separated")
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,16 @@ def _child_index(names: list[str], end: str, *, model: str, group: str, owner: s
 def resolve_group(root: nn.Module, group: str, *, model: str) -> ResolvedGroup:
     """Find one group in ``root`` (see the module doc for the syntax)."""
     check_group_syntax([group], where=f"model {model!r}")
+    if "+" in group:  # pieces of different parents, run in order: an nn.Sequential of them
+        pieces = [resolve_group(root, piece, model=model) for piece in group.split("+")]
+        paths = tuple(path for piece in pieces for path in piece.paths)
+        modules = [m for piece in pieces
+                   for m in (piece.module.children() if "-" in piece.text else [piece.module])]
+        # children named by their paths (``layer1_1``): unique, and the state dict says where
+        # each came from
+        return ResolvedGroup(group, nn.Sequential(OrderedDict(
+            (path.replace(".", "_"), m) for path, m in zip(paths, modules, strict=True))),
+            paths)
     if "-" not in group:
         return ResolvedGroup(group, _submodule(root, group, model=model, group=group), (group,))
     left, stop = group.rsplit("-", 1)

@@ -377,8 +377,8 @@ def test_a_malformed_group() -> None:
         parse_blocks("features.0,features.1-,head")
 
 
-def test_zoo_models_take_no_blocks() -> None:
-    assert "a zoo model has fixed blocks" in _error("resnet18", blocks=("a", "b", "c"))
+def test_a_zoo_model_regrouped_into_missing_modules() -> None:
+    assert "the model has no submodule 'a'" in _error("resnet18", blocks=("a", "b", "c"))
 
 
 # --- the spec -----------------------------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""``profl plan``: choose ProFL's block boundaries to shrink its largest step (issue 14)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.model_options import MODEL_HELP, add_spec_arguments, spec_overrides
+from bench.planning import make_plan, plan_fleet, plan_record, render_plan
+from profl_core.errors import ConfigError
+from profl_core.memory import PROBES
+from profl_core.models import native_spec
+from profl_core.results import atomic_write_text
+
+NAME = "plan"
+HELP = "plan ProFL's partition at layer granularity: the smallest largest-step peak"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    add_spec_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-blocks", type=int, default=8,
+                        help="most blocks (ProFL runs 2 * blocks - 1 steps); default 8")
+    parser.add_argument("--probe", default="predict", choices=PROBES[:3],
+                        help="what measures each candidate step (default predict; heap and "
+                             "dispatch run real steps)")
+    parser.add_argument("--fleet", help="fleet name or .toml path: print each step's share of "
+                                        "devices that fit it")
+    parser.add_argument("--devices", type=Path, help="devices folder for --fleet")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--out", type=Path,
+                        help="write the plan file (for profl train --partition-plan)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: use 1 or more")
+    spec = native_spec(args.model, **spec_overrides(args))
+    planned, stage = make_plan(spec, batch_size=args.batch_size, max_blocks=args.max_blocks,
+                               probe=args.probe)
+    fleet = (None if args.fleet is None
+             else plan_fleet(args.fleet, planned.full_required_bytes, args.devices))
+    record = plan_record(planned, stage, batch_size=args.batch_size, probe=args.probe,
+                         max_blocks=args.max_blocks, fleet=fleet)
+    text = json.dumps(record, indent=1, sort_keys=True)
+    if args.out is not None:
+        atomic_write_text(args.out, text + "\n")
+    print(text if args.json else render_plan(record))
+    if args.out is not None and not args.json:
+        print(f"wrote {args.out}")
+    return 0

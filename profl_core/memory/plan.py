@@ -1,0 +1,281 @@
+"""A budget-aware partition planner for ProFL (``profl plan``; issue 14, DESIGN §3).
+
+ProFL trains one block at a time, so its largest step's peak is what decides which devices
+can take part. The model's stages are one partition; this module chooses the block boundaries
+at the granularity of the model's *layers* instead, to make the largest step's peak as small
+as possible with at most ``max_blocks`` blocks.
+
+Layers (:func:`layer_units`): the children of every block of the model, cut so that a unit
+starts at each child holding a weight layer (convolution, linear, attention) and the
+parameter-free children (batch norm, ReLU, pooling) stay with the weight layer before them
+(``conv, bn, relu`` is one unit; a ResNet BasicBlock is one unit). A partition is a list of
+block *groups* over those units (:mod:`profl_core.models.external` syntax, ``+`` joining
+pieces of different stages) plus the model's head; it is an ordinary
+:class:`~profl_core.models.ModelSpec` with ``blocks`` set, so ProFL trains on it like on any
+model and its output modules are the generic stand-ins.
+
+The search (:func:`plan_partition`). The cost of a block made of units ``[i, j)`` is the
+largest ``required_bytes`` (the number selection uses; heap when the probe models it) of the
+two ProFL steps that train it: ``grow`` (prefix frozen, the block and its output module
+trainable) and, unless it is the first block, ``shrink`` (the fit of its stand-in, teacher and
+student both held). It is measured by the probe on a stand-in partition of three blocks:
+``[0, i)``, ``[i, j)`` and ``[j, L)`` (the rest as one block, one stand-in in the output
+module where the real partition may have several). Dynamic programming over the boundaries
+minimises the largest block cost, then (among partitions with that largest cost) the sum of
+the block costs, then the number of blocks. The chosen partition is then
+measured exactly, every ``grow:t`` and ``shrink:t`` case, and those are the peaks reported.
+With a fleet, the objective is the share of devices that fit every step: it is a decreasing
+step function of the largest peak, so the same partition maximises it (ties: fewer blocks).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from profl_core.errors import ConfigError
+from profl_core.memory.case import TrainingCase, all_cases
+from profl_core.memory.report import MemoryReport
+from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
+
+#: Layers that start a unit: the weight layers. Everything else joins the unit before it.
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MultiheadAttention,
+)
+
+Measure = Callable[[TrainingCase], MemoryReport]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One layer unit: children ``first..last`` of module ``parent`` (dotted names).
+
+    Attributes:
+        parent: the module path (``block1``, ``features``; ``""`` for the top level).
+        first: the first child's name.
+        last: the last child's name (``""``: the unit is ``first`` alone, a leaf block).
+    """
+
+    parent: str
+    first: str
+    last: str
+
+    @property
+    def text(self) -> str:
+        """The unit as a block group: ``block1.3``, ``block1.0-2`` or ``conv1-maxpool``."""
+        name = f"{self.parent}.{self.first}" if self.parent else self.first
+        return name if self.last in ("", self.first) else f"{name}-{self.last}"
+
+
+def _has_weight_layer(module: nn.Module) -> bool:
+    return any(isinstance(m, WEIGHT_LAYERS) for m in module.modules())
+
+
+def _group_parent(group: str) -> str:
+    """The module path whose children a block group's block holds: the range's parent for
+    ``features.1-3`` (``""`` at the top level), the module itself for a name."""
+    if "-" not in group:
+        return group
+    left = group.rsplit("-", 1)[0]
+    return left.rpartition(".")[0]
+
+
+def layer_units(model: BlockedModel) -> list[Unit]:
+    """The model's layer units in forward order (see the module doc), named by their paths in
+    the module the model's block groups refer to."""
+    groups = getattr(model, "groups", None) or model.block_names()
+    units: list[Unit] = []
+    for index, group in enumerate(groups[:model.num_blocks]):
+        if "+" in group:
+            raise ConfigError(f"block group {group!r} joins pieces; plan from the model's own "
+                              "partition")
+        block = model.block(index)
+        children = list(block.named_children())
+        if len(children) < 2:
+            parent, _, name = group.rpartition(".")  # a leaf block: one unit, its own group
+            units.append(Unit(parent, name, ""))
+            continue
+        parent = _group_parent(group)
+        start = 0
+        for k in range(1, len(children) + 1):
+            if k == len(children) or _has_weight_layer(children[k][1]):
+                units.append(Unit(parent, children[start][0], children[k - 1][0]))
+                start = k
+    return units
+
+
+def join(units: Sequence[Unit]) -> str:
+    """The block group of consecutive units: runs inside one parent merge into a range and
+    runs of different parents are joined with ``+`` (``block1.3-4+block2.0``)."""
+    pieces: list[Unit] = []
+    for unit in units:
+        if pieces and pieces[-1].parent == unit.parent:
+            pieces[-1] = Unit(unit.parent, pieces[-1].first, unit.last)
+        else:
+            pieces.append(unit)
+    return "+".join(piece.text for piece in pieces)
+
+
+def partition_spec(spec: ModelSpec, units: Sequence[Unit], bounds: Sequence[int]) -> ModelSpec:
+    """``spec`` cut at unit boundaries ``bounds`` (``0 < b_1 < ... < L``, the end excluded)."""
+    cuts = [0, *bounds, len(units)]
+    groups = [join(units[a:b]) for a, b in itertools.pairwise(cuts)]
+    return replace(spec, blocks=(*groups, "head"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepPeak:
+    """One ProFL step of a partition and what it needs.
+
+    Attributes:
+        case: the case label (``grow:2``, ``shrink:3``).
+        tensor_peak_bytes: live-tensor peak.
+        required_bytes: what selection compares with a device's budget.
+    """
+
+    case: str
+    tensor_peak_bytes: int
+    required_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A planned partition, its steps' peaks and the full model's.
+
+    Attributes:
+        spec: the partitioned model spec (``blocks`` = the groups, the head last).
+        bounds: unit indices where a new block starts.
+        units: every layer unit's group text.
+        steps: every ProFL step in training order (shrinking ``shrink:T..2``, then growing).
+        full_tensor_bytes: tensor peak of the full model's step.
+        full_required_bytes: required bytes of the full model's step.
+    """
+
+    spec: ModelSpec
+    bounds: tuple[int, ...]
+    units: tuple[str, ...]
+    steps: tuple[StepPeak, ...]
+    full_tensor_bytes: int
+    full_required_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """The largest step's required bytes."""
+        return max(s.required_bytes for s in self.steps)
+
+    @property
+    def peak_tensor_bytes(self) -> int:
+        """The largest step's tensor peak."""
+        return max(s.tensor_peak_bytes for s in self.steps)
+
+
+def _best_bounds(cost: Callable[[int, int], int], count: int,
+                 max_blocks: int) -> tuple[int, ...]:
+    """Boundaries of 2..``max_blocks`` blocks ``[i, j)`` over ``count`` units that minimise
+    the largest ``cost(i, j)``; among those, the smallest sum of costs (more of the fleet in
+    the other steps), then the fewest blocks.
+
+    Two dynamic programmes over (blocks, end unit): the first finds the least largest cost
+    ``M``, the second the least sum with every block's cost at most ``M``.
+    """
+    if count < 2:
+        raise ConfigError(f"the model has {count} layer unit(s); a partition needs at least 2")
+
+    def solve(limit: int | None) -> tuple[int, int, int, tuple[int, ...]]:
+        # best[(k, j)]: (value, cuts) of k blocks covering units [0, j)
+        best: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
+        for j in range(1, count):  # a first block never ends the model
+            c = cost(0, j)
+            if limit is None or c <= limit:
+                best[(1, j)] = (c, ())
+        for k in range(2, max_blocks + 1):
+            for j in range(k, count + 1):
+                options = []
+                for i in range(k - 1, j):
+                    if (k - 1, i) not in best:
+                        continue
+                    value, cuts = best[(k - 1, i)]
+                    c = cost(i, j)
+                    if limit is not None and c > limit:
+                        continue
+                    options.append((max(value, c) if limit is None else value + c, (*cuts, i)))
+                if options:
+                    best[(k, j)] = min(options)
+        finals = [(best[(k, count)][0], k, best[(k, count)][1])
+                  for k in range(2, max_blocks + 1) if (k, count) in best]
+        value, blocks, cuts = min(finals)
+        return value, blocks, 0, cuts
+
+    least_max = solve(None)[0]
+    return solve(least_max)[3]
+
+
+def plan_partition(
+    spec: ModelSpec, *, batch_size: int, measure: Measure, max_blocks: int = 8,
+) -> Plan:
+    """The partition of ``spec`` into at most ``max_blocks`` blocks whose largest ProFL step
+    needs the least memory (see the module doc), measured with ``measure``.
+
+    Args:
+        spec: a zoo, torchvision or user model (its ``blocks`` are ignored: the units come from
+            the model's default blocks).
+        batch_size: the step's batch size.
+        measure: the probe, ``case -> MemoryReport`` (e.g. ``predict``).
+        max_blocks: the most blocks (ProFL then runs ``2 * blocks - 1`` steps).
+
+    Raises:
+        ConfigError: a model whose blocks are not sequential, or ``max_blocks < 2``.
+    """
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 2:
+        raise ConfigError(f"max_blocks={max_blocks!r}; use 2 or more")
+    base = replace(spec, blocks=())
+    if spec.name not in MODEL_NAMES and spec.blocks:
+        base = spec
+    units = layer_units(build_model(base))
+    n = len(units)
+
+    @functools.cache
+    def cost(i: int, j: int) -> int:
+        bounds = [b for b in (i, j) if 0 < b < n]
+        cut = partition_spec(base, units, bounds)
+        t = 1 if i == 0 else 2
+        labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
+        return max(measure(_case(cut, label, batch_size)).required_bytes for label in labels)
+
+    bounds = _best_bounds(cost, n, min(max_blocks, n))
+    return exact_plan(base, units, bounds, batch_size=batch_size, measure=measure)
+
+
+def _case(spec: ModelSpec, label: str, batch_size: int) -> TrainingCase:
+    kind, _, step = label.partition(":")
+    return TrainingCase(model=spec, kind=kind, step=int(step) if step else None,
+                        batch_size=batch_size)
+
+
+def exact_plan(
+    spec: ModelSpec, units: Sequence[Unit], bounds: Sequence[int], *, batch_size: int,
+    measure: Measure,
+) -> Plan:
+    """Measure every ProFL step of the partition of ``spec`` at ``bounds`` and the full step."""
+    cut = partition_spec(spec, units, bounds)
+    cases = all_cases(cut, batch_size=batch_size)
+    reports = {case.label: measure(case) for case in cases}
+    full = reports.pop("full")
+    steps = tuple(StepPeak(case=label, tensor_peak_bytes=r.tensor_peak_bytes,
+                           required_bytes=r.required_bytes) for label, r in reports.items())
+    return Plan(spec=cut, bounds=tuple(bounds), units=tuple(u.text for u in units), steps=steps,
+                full_tensor_bytes=full.tensor_peak_bytes,
+                full_required_bytes=full.required_bytes)
+
+
+def stage_plan(spec: ModelSpec, *, batch_size: int, measure: Measure) -> Plan:
+    """The model's own stage partition measured like a plan (the planner's reference)."""
+    base = replace(spec, blocks=()) if spec.name in MODEL_NAMES else spec
+    model = build_model(base)
+    units = layer_units(model)
+    bounds = [k for k in range(1, len(units)) if units[k].parent != units[k - 1].parent]
+    return exact_plan(base, units, bounds, batch_size=batch_size, measure=measure)

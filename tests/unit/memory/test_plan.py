@@ -1,0 +1,159 @@
+"""The partition planner (profl_core/memory/plan.py, bench/planning.py, ``profl plan``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.planning import read_plan
+from profl_core.errors import ConfigError
+from profl_core.memory import measure
+from profl_core.memory.case import TrainingCase
+from profl_core.memory.plan import _best_bounds, layer_units, partition_spec, plan_partition
+from profl_core.models import build_model, native_spec
+
+BATCH = 8
+
+
+def _brute_force(cost, count: int, max_blocks: int) -> tuple[int, int, int]:
+    """(largest cost, sum of costs, blocks) of the best partition, by trying every cut set."""
+    best = None
+    for blocks in range(2, max_blocks + 1):
+        for cuts in itertools.combinations(range(1, count), blocks - 1):
+            edges = [0, *cuts, count]
+            costs = [cost(a, b) for a, b in itertools.pairwise(edges)]
+            value = (max(costs), sum(costs), blocks)
+            best = value if best is None else min(best, value)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_search_finds_the_brute_force_optimum(seed: int) -> None:
+    rng = torch.Generator().manual_seed(seed)
+    table = torch.randint(1, 100, (9, 10), generator=rng).tolist()
+
+    def cost(i: int, j: int) -> int:
+        return table[i][j] + 10 * (j - i)  # longer blocks cost more, with noise
+
+    cuts = _best_bounds(cost, 9, 5)
+    edges = [0, *cuts, 9]
+    costs = [cost(a, b) for a, b in itertools.pairwise(edges)]
+    assert (max(costs), sum(costs), len(costs)) == _brute_force(cost, 9, 5)
+
+
+def test_resnet18_units_are_the_stem_and_its_basic_blocks() -> None:
+    units = [u.text for u in layer_units(build_model(native_spec("resnet18")))]
+    assert units == ["block1.0-2", "block1.3", "block1.4", "block2.0", "block2.1", "block3.0",
+                     "block3.1", "block4.0", "block4.1"]
+
+
+def test_a_partition_across_stages_composes_to_the_zoo_forward() -> None:
+    spec = native_spec("resnet18")
+    units = layer_units(build_model(spec))
+    cut = partition_spec(spec, units, [2, 5])
+    assert cut.blocks == ("block1.0-3", "block1.4+block2.0-1", "block3.0-1+block4.0-1", "head")
+    zoo = build_model(spec, generator=torch.Generator().manual_seed(3))
+    planned = build_model(cut, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, 32, 32)
+    zoo.eval()
+    planned.eval()
+    with torch.no_grad():
+        expected = zoo(x)
+        got = planned(x)
+    assert planned.num_blocks == 3
+    assert torch.equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def cnn_plan():
+    """A plan measured with dispatch (the search takes any probe; dispatch is the cheapest on
+    a small batch)."""
+    return plan_partition(native_spec("cnn"), batch_size=BATCH, max_blocks=3,
+                          measure=lambda case: measure(case, probe="dispatch"))
+
+
+def test_the_plan_never_loses_to_the_stage_partition_on_its_largest_step(cnn_plan) -> None:
+    stage = [measure(c, probe="dispatch").required_bytes
+             for c in _profl_cases(native_spec("cnn"))]
+    assert cnn_plan.peak_bytes <= max(stage)
+
+
+def _profl_cases(spec):
+    return [TrainingCase(model=spec, kind=kind, step=t, batch_size=BATCH)
+            for kind, first in (("grow", 1), ("shrink", 2))
+            for t in range(first, build_model(spec).num_blocks + 1)]
+
+
+def test_the_printed_step_peaks_are_what_dispatch_measures() -> None:
+    plan = plan_partition(native_spec("cnn"), batch_size=BATCH, max_blocks=2,
+                          measure=lambda case: measure(case, probe="predict", threads=1))
+    for step in plan.steps:
+        kind, _, t = step.case.partition(":")
+        case = TrainingCase(model=plan.spec, kind=kind, step=int(t), batch_size=BATCH)
+        assert measure(case, probe="dispatch").tensor_peak_bytes == step.tensor_peak_bytes, \
+            step.case
+
+
+def test_max_blocks_bounds_the_partition(cnn_plan) -> None:
+    assert len(cnn_plan.spec.blocks) - 1 <= 3
+
+
+def test_max_blocks_below_two_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_blocks=1; use 2 or more"):
+        plan_partition(native_spec("cnn"), batch_size=BATCH, max_blocks=1, measure=measure)
+
+
+def _profl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True,
+                          text=True, check=False, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+
+
+@pytest.mark.slow
+def test_profl_plan_json_and_the_plan_file(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    run = _profl("plan", "--model", "cnn", "--batch-size", str(BATCH), "--max-blocks", "2",
+                 "--probe", "dispatch",
+                 "--fleet", "relative-uniform", "--json", "--out", str(out), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    assert printed == json.loads(out.read_text())
+    assert printed["peak_bytes"] == max(s["peak_bytes"] for s in printed["steps"])
+    assert printed["full_bytes"] > printed["peak_bytes"]
+    assert all(0.0 <= s["fleet_share"] <= 1.0 for s in printed["steps"])
+    assert read_plan(out, "cnn") == tuple(printed["blocks"])
+
+
+def test_a_plan_of_another_model_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"schema": "profl-partition-plan/1", "model": {"name": "vgg11"},
+                                "blocks": ["block1", "block2", "head"]}))
+    with pytest.raises(ConfigError, match=r"model.name = 'vgg11'; the plan is for 'vgg11' but "
+                                          r"the run trains 'cnn'"):
+        read_plan(path, "cnn")
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe", b"[1, 2]", b'{"schema": "x"}'])
+def test_a_file_that_is_no_plan_is_one_line_naming_it(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "plan.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        read_plan(path, "cnn")
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_train_takes_the_plan_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.json"
+    bad.write_text("{")
+    run = _profl("train", "--model", "cnn", "--partition-plan", str(bad), "--rounds", "1",
+                 "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1
+    assert str(bad) in run.stderr
