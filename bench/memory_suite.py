@@ -22,7 +22,7 @@ from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.files import Fields, read_json, shown
 from profl_core.memory import MemoryReport, TrainingCase, all_cases, measure
-from profl_core.memory.case import num_blocks
+from profl_core.memory.case import case_from_text, num_blocks, parse_case_text
 from profl_core.memory.categories import Category
 from profl_core.methods.width import LEVELS, level_spec
 from profl_core.models import ModelSpec, native_spec
@@ -64,12 +64,67 @@ def baseline_cases(
 
 CONV_MODELS: tuple[str, ...] = ("cnn", "resnet18", "resnet34", "vgg11", "vgg16")
 
+#: An alternative that starts with this applies its modifiers to every ProFL step.
+PROFL_PREFIX = "profl+"
+
+
+def parse_alternatives(value: Any, batch_size: int, where: str) -> tuple[str, ...]:
+    """The single-device alternatives of a memory section, canonical: each a modifier text
+    (``accum:4``, ``ckpt+accum:4``, ``amp``: the full model with it) or ``profl+`` and one
+    (every ProFL step with it; the table reports the largest).
+
+    Raises:
+        ConfigError: not a list of strings, an entry that is not modifiers only, a k that does
+            not divide ``batch_size``, or the same alternative twice (``where`` names the field).
+    """
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} = {shown(value)}: use a list of modifier texts, e.g. "
+                          '["accum:4", "ckpt", "amp", "profl+accum:4"]')
+    out: list[str] = []
+    for entry in value:
+        profl = entry.startswith(PROFL_PREFIX)
+        mods = entry[len(PROFL_PREFIX):] if profl else entry
+        try:
+            parsed = parse_case_text(f"full+{mods}")
+        except ConfigError:
+            raise ConfigError(f"{where}: {entry!r}: write modifiers only (accum:k, ckpt, amp, "
+                              "amp:fp16, joined by +), or profl+ and modifiers for every ProFL "
+                              "step") from None
+        if batch_size % parsed.micro_batches:
+            raise ConfigError(f"{where}: {entry!r}: accum:{parsed.micro_batches} does not "
+                              f"divide batch_size {batch_size}; use a k that divides it")
+        canonical = "+".join(parsed.modifiers)
+        text = PROFL_PREFIX + canonical if profl else canonical
+        if text in out:
+            raise ConfigError(f"{where}: {entry!r} is {text!r} again; list each alternative once")
+        out.append(text)
+    return tuple(out)
+
+
+def alternative_cases(
+    spec: ModelSpec, batch_size: int, alternatives: Sequence[str]
+) -> list[TrainingCase]:
+    """The cases of ``alternatives`` (see :func:`parse_alternatives`): ``full+<mods>``, or
+    every ProFL step (shrink T..2, grow 1..T) ``+<mods>`` for ``profl+<mods>``."""
+    steps = [c.base_label for c in profl_cases(spec, batch_size) if c.kind != "full"]
+    cases: list[TrainingCase] = []
+    for alternative in alternatives:
+        if alternative.startswith(PROFL_PREFIX):
+            mods = alternative[len(PROFL_PREFIX):]
+            cases += [case_from_text(spec, f"{step}+{mods}", batch_size=batch_size)
+                      for step in steps]
+        else:
+            cases.append(case_from_text(spec, f"full+{alternative}", batch_size=batch_size))
+    return cases
+
 
 @dataclass(frozen=True)
 class MemorySection:
     """What to measure: models on their native inputs at one batch size with one probe.
 
-    ``methods`` adds the baselines' sub-models (:data:`BASELINE_METHODS`) to ProFL's cases.
+    ``methods`` adds the baselines' sub-models (:data:`BASELINE_METHODS`) to ProFL's cases,
+    ``alternatives`` the single-device alternatives (:func:`parse_alternatives`: the full
+    model, or every ProFL step, with gradient accumulation, checkpointing, autocast).
     ``model_spec`` maps a model name to spec fields over its native spec (``blocks``,
     ``in_channels``, ``input_size``, ``num_classes``, ``width``): a suite's
     ``[memory.model_spec."NAME"]`` tables, or the flags of ``profl memory``.
@@ -81,6 +136,7 @@ class MemorySection:
     num_classes: int = 10
     methods: tuple[str, ...] = ()
     model_spec: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    alternatives: tuple[str, ...] = ()
 
     def spec(self, name: str) -> ModelSpec:
         """The spec of one model: native, the section's classes, then its ``model_spec``."""
@@ -88,11 +144,12 @@ class MemorySection:
                                     **self.model_spec.get(name, {})})
 
     def model_cases(self, name: str) -> list[TrainingCase]:
-        """ProFL's cases of one model, then the baselines' sub-models in ``methods``."""
+        """ProFL's cases of one model, the baselines' sub-models in ``methods``, then the
+        cases of ``alternatives``."""
         spec = self.spec(name)
         return profl_cases(spec, self.batch_size) + baseline_cases(
             spec, self.batch_size, self.methods
-        )
+        ) + alternative_cases(spec, self.batch_size, self.alternatives)
 
     def cases(self) -> list[TrainingCase]:
         """Every case of every model."""
@@ -228,8 +285,9 @@ def memory_records(
                        case_hash=h)
                 for fleet in fleets
             ]
-        steps = [reports[c.key] for c in cases[1:] if c.kind in ("grow", "shrink")]
-        grow = [reports[c.key] for c in cases if c.kind == "grow"]
+        steps = [reports[c.key] for c in cases[1:]
+                 if c.kind in ("grow", "shrink") and not c.modifiers]
+        grow = [reports[c.key] for c in cases if c.kind == "grow" and not c.modifiers]
         model_key = f"{name}/profl/bs{section.batch_size}"
         profl_peak = max(r.tensor_peak_bytes for r in steps)
         records += [
@@ -252,6 +310,19 @@ def memory_records(
                 Record(key=model_key, metric="heap_reduction",
                        value=1 - profl_heap / full.heap_peak_bytes, unit="ratio"),
             ]
+        for alternative in section.alternatives:
+            if not alternative.startswith(PROFL_PREFIX):
+                continue
+            mods = tuple(alternative[len(PROFL_PREFIX):].split("+"))
+            modified = [reports[c.key] for c in cases
+                        if c.kind in ("grow", "shrink") and c.modifiers == mods]
+            records.append(Record(key=model_key, metric=f"profl_peak_bytes:{'+'.join(mods)}",
+                                  value=max(r.tensor_peak_bytes for r in modified), unit="B"))
+            mod_heaps = [r.heap_peak_bytes for r in modified if r.heap_peak_bytes is not None]
+            if len(mod_heaps) == len(modified):
+                records.append(Record(key=model_key,
+                                      metric=f"profl_heap_peak_bytes:{'+'.join(mods)}",
+                                      value=max(mod_heaps), unit="B"))
     return records
 
 
@@ -289,6 +360,44 @@ def summary_frame(result: ResultFile) -> pd.DataFrame:
             else:
                 row[r.metric + "_%"] = 100 * r.value
     return pd.DataFrame(list(rows.values()))
+
+
+def alternatives_frame(result: ResultFile) -> pd.DataFrame:
+    """Per model: the full model, its single-device alternatives (``full+<mods>``), ProFL's
+    largest step and ProFL's largest step with each of its alternatives' modifiers: tensor and
+    heap peaks (MiB) and both in % of the full model's. Empty without alternatives."""
+    cases = case_frame(result)
+    if cases.empty or not cases["case"].str.contains("+", regex=False).any():
+        return pd.DataFrame()
+    rows: list[dict[str, object]] = []
+    for model, part in cases.groupby("model", sort=False):
+        if not part["case"].str.contains("+", regex=False).any():
+            continue  # width variants and models without alternatives
+        base = part["case"].str.split("+", n=1).str[0]
+        mods = part["case"].str.split("+", n=1).str[1].fillna("")
+        full = part[part["case"] == "full"]
+        if full.empty:
+            continue
+        full_peak = float(full["peak_mib"].iloc[0])
+        full_heap = float(full["heap_peak_mib"].iloc[0]) if "heap_peak_mib" in part else None
+        entries: list[tuple[str, str, pd.DataFrame]] = [
+            (case, "", part[part["case"] == case])
+            for case in part["case"][base == "full"]]
+        steps = part[base.str.startswith(("grow:", "shrink:"))]
+        for mod in dict.fromkeys(mods[steps.index]):
+            group = steps[mods[steps.index] == mod]
+            largest = group.loc[group["peak_mib"].idxmax()]
+            label = "profl" if not mod else f"profl+{mod}"
+            entries.append((label, str(largest["case"]).split("+", 1)[0], group))
+        for label, step, group in entries:
+            row: dict[str, object] = {"model": model, "case": label, "largest step": step,
+                                      "peak_mib": group["peak_mib"].max(),
+                                      "peak_%_of_full": 100 * group["peak_mib"].max() / full_peak}
+            if full_heap is not None:
+                row["heap_peak_mib"] = group["heap_peak_mib"].max()
+                row["heap_%_of_full"] = 100 * group["heap_peak_mib"].max() / full_heap
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def breakdown_frame(result: ResultFile) -> pd.DataFrame:
@@ -335,8 +444,11 @@ def render_memory(result: ResultFile, folder: Path) -> list[Path]:
         "memory_participation": participation_frame(result).pivot_table(
             index=["model", "case"], columns="fleet", values="participation_%", sort=False
         ).reset_index(),
+        "memory_alternatives": alternatives_frame(result),
     }
     for name, frame in tables.items():
+        if frame.empty and name == "memory_alternatives":
+            continue
         md = folder / "tables" / f"{name}.md"
         atomic_write_text(md, tabulate(frame, headers="keys", tablefmt="github",
                                        showindex=False, floatfmt=".1f") + "\n")
@@ -351,9 +463,13 @@ def render_memory(result: ResultFile, folder: Path) -> list[Path]:
 
 
 def summary_text(result: ResultFile) -> str:
-    """The per-model summary as a markdown table (what the CLI prints)."""
-    from tabulate import tabulate
-
-    return tabulate(summary_frame(result), headers="keys", tablefmt="github", showindex=False,
+    """The per-model summary as a markdown table (what the CLI prints), then the
+    alternatives table when the section has alternatives."""
+    text = tabulate(summary_frame(result), headers="keys", tablefmt="github", showindex=False,
                     floatfmt=".1f")
+    alternatives = alternatives_frame(result)
+    if not alternatives.empty:
+        text += "\n\nSingle-device alternatives (tensor and heap peaks):\n\n" + tabulate(
+            alternatives, headers="keys", tablefmt="github", showindex=False, floatfmt=".1f")
+    return text
 

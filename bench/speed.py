@@ -47,6 +47,11 @@ def ratios(benchmark_json: dict) -> list[list[str]]:
         value = means[num] / means[den] if den else means[num]
         met = value <= goal if op == "<=" else value >= goal
         rows.append([label, f"{value:.3f}", f"{op} {goal}", "yes" if met else "NO"])
+    for bench in benchmark_json["benchmarks"]:  # ratios without a target, e.g. alternatives
+        den = bench.get("extra_info", {}).get("ratio_to")
+        if den in means:
+            label = bench["extra_info"].get("label", f"{bench['name']} / {den}")
+            rows.append([label, f"{means[bench['name']] / means[den]:.3f}", "-", "-"])
     return rows
 
 

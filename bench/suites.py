@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config_fields import FieldSpec, check_value, field_specs
-from bench.memory_suite import BASELINE_METHODS, MemorySection
+from bench.memory_suite import BASELINE_METHODS, MemorySection, parse_alternatives
 from bench.paths import SUITES_DIR
 from bench.training import (
     METHODS,
@@ -188,6 +188,8 @@ def load_suite(name_or_path: str) -> Suite:
             methods=_memory_methods(table.get("methods", []), f"{path}: [memory] methods"),
             model_spec=_model_spec(table.get("model_spec", {}), models,
                                    f"{path}: [memory.model_spec"),
+            alternatives=parse_alternatives(table.get("alternatives", []), batch,
+                                            f"{path}: [memory] alternatives"),
         )
     speed = None
     if "speed" in data:

@@ -96,6 +96,7 @@ __all__ = [
     "build_step",
     "case_from_text",
     "method_step",
+    "modifier_texts",
     "num_blocks",
     "parse_case",
     "parse_case_text",
@@ -205,6 +206,20 @@ _AMP_DTYPES: dict[str | None, str] = {None: "bfloat16", "bf16": "bfloat16", "fp1
 _GRAMMAR = "write BASE[+MOD...] with MOD accum:k, ckpt, amp, amp:bf16 or amp:fp16"
 
 
+def modifier_texts(*, micro_batches: int, checkpoint: bool, autocast: str | None
+                   ) -> tuple[str, ...]:
+    """Step options as modifier texts in canonical order: ``ckpt``, ``amp`` (or
+    ``amp:fp16``), ``accum:k`` (empty for the plain step)."""
+    out: list[str] = []
+    if checkpoint:
+        out.append(CKPT)
+    if autocast is not None:
+        out.append(AUTOCAST[autocast])
+    if micro_batches > 1:
+        out.append(f"{ACCUM}:{micro_batches}")
+    return tuple(out)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingCase:
     """One training configuration to measure or run.
@@ -279,16 +294,9 @@ class TrainingCase:
 
     @property
     def modifiers(self) -> tuple[str, ...]:
-        """The step options as modifier texts in canonical order: ``ckpt``, ``amp``,
-        ``accum:k`` (empty for the plain step)."""
-        out: list[str] = []
-        if self.checkpoint:
-            out.append(CKPT)
-        if self.autocast is not None:
-            out.append(AUTOCAST[self.autocast])
-        if self.micro_batches > 1:
-            out.append(f"{ACCUM}:{self.micro_batches}")
-        return tuple(out)
+        """The step options as modifier texts in canonical order (:func:`modifier_texts`)."""
+        return modifier_texts(micro_batches=self.micro_batches, checkpoint=self.checkpoint,
+                              autocast=self.autocast)
 
     @property
     def label(self) -> str:
@@ -377,6 +385,11 @@ class CaseText:
         """The step options as :class:`TrainingCase` fields."""
         return {"micro_batches": self.micro_batches, "checkpoint": self.checkpoint,
                 "autocast": self.autocast}
+
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        """The modifiers in canonical order (:func:`modifier_texts`)."""
+        return modifier_texts(**self.options())
 
 
 def parse_case_text(text: str, *, blocks: int | None = None) -> CaseText:
