@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 from tabulate import tabulate
+from tqdm import tqdm
 
 from bench.paths import fleet_path, profiles_dir
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.files import Fields, read_json
-from profl_core.memory import TrainingCase, measure
-from profl_core.memory.plan import Plan, plan_partition, stage_plan
+from profl_core.memory import MemoryReport, TrainingCase, measure
+from profl_core.memory.plan import Objective, Plan, plan_partition, stage_plan
 from profl_core.models import ModelSpec
 
 #: The plan file's schema name.
@@ -31,16 +32,21 @@ PLAN_THREADS = 1
 MIB = float(1 << 20)
 
 
-def make_plan(spec: ModelSpec, *, batch_size: int, max_blocks: int,
-              probe: str = "predict") -> tuple[Plan, Plan]:
-    """The planned partition and the model's stage partition, both measured with ``probe``."""
+def make_plan(spec: ModelSpec, *, batch_size: int, max_blocks: int, probe: str = "predict",
+              objective: Objective = "required") -> tuple[Plan, Plan]:
+    """The planned partition and the model's stage partition, both measured with ``probe``;
+    a progress bar on stderr counts the measured steps."""
+    with tqdm(desc=f"plan {spec.name}", unit=" steps measured", leave=False) as bar:
 
-    def probe_case(case: TrainingCase) -> Any:
-        return measure(case, probe=probe, threads=PLAN_THREADS)
+        def probe_case(case: TrainingCase) -> MemoryReport:
+            bar.set_postfix_str(case.label, refresh=False)
+            report = measure(case, probe=probe, threads=PLAN_THREADS)
+            bar.update()
+            return report
 
-    stage = stage_plan(spec, batch_size=batch_size, measure=probe_case)
-    planned = plan_partition(spec, batch_size=batch_size, measure=probe_case,
-                             max_blocks=max_blocks)
+        stage = stage_plan(spec, batch_size=batch_size, measure=probe_case)
+        planned = plan_partition(spec, batch_size=batch_size, measure=probe_case,
+                                 max_blocks=max_blocks, objective=objective)
     return planned, stage
 
 
@@ -63,24 +69,25 @@ def _steps(plan: Plan, fleet: Fleet | None) -> list[dict[str, Any]]:
 
 
 def plan_record(planned: Plan, stage: Plan, *, batch_size: int, probe: str, max_blocks: int,
-                fleet: Fleet | None) -> dict[str, Any]:
+                objective: str, fleet: Fleet | None) -> dict[str, Any]:
     """The plan file's content (see the module doc)."""
     return {
         "schema": PLAN_SCHEMA,
         "model": asdict(planned.spec),
-        "blocks": list(planned.spec.blocks),
+        "blocks": list(planned.groups),
         "units": list(planned.units),
         "batch_size": batch_size,
         "probe": probe,
         "threads": PLAN_THREADS,
         "max_blocks": max_blocks,
+        "objective": objective,
         "full_bytes": planned.full_required_bytes,
         "full_tensor_bytes": planned.full_tensor_bytes,
         "peak_bytes": planned.peak_bytes,
         "peak_tensor_bytes": planned.peak_tensor_bytes,
         "steps": _steps(planned, fleet),
         "fleet": None if fleet is None else fleet.name,
-        "stage": {"blocks": list(stage.spec.blocks), "peak_bytes": stage.peak_bytes,
+        "stage": {"blocks": list(stage.groups), "peak_bytes": stage.peak_bytes,
                   "peak_tensor_bytes": stage.peak_tensor_bytes, "steps": _steps(stage, fleet)},
     }
 

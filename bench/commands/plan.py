@@ -10,6 +10,7 @@ from bench.model_options import MODEL_HELP, add_spec_arguments, spec_overrides
 from bench.planning import make_plan, plan_fleet, plan_record, render_plan
 from profl_core.errors import ConfigError
 from profl_core.memory import PROBES
+from profl_core.memory.plan import OBJECTIVES
 from profl_core.models import native_spec
 from profl_core.results import atomic_write_text
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", default="predict", choices=PROBES[:3],
                         help="what measures each candidate step (default predict; heap and "
                              "dispatch run real steps)")
+    parser.add_argument("--objective", default="required", choices=OBJECTIVES,
+                        help="the peak to minimise: required (what selection compares with a "
+                             "budget; default) or tensor (live tensors only)")
     parser.add_argument("--fleet", help="fleet name or .toml path: print each step's share of "
                                         "devices that fit it")
     parser.add_argument("--devices", type=Path, help="devices folder for --fleet")
@@ -39,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: use 1 or more")
     spec = native_spec(args.model, **spec_overrides(args))
     planned, stage = make_plan(spec, batch_size=args.batch_size, max_blocks=args.max_blocks,
-                               probe=args.probe)
+                               probe=args.probe, objective=args.objective)
     fleet = (None if args.fleet is None
              else plan_fleet(args.fleet, planned.full_required_bytes, args.devices))
     record = plan_record(planned, stage, batch_size=args.batch_size, probe=args.probe,
-                         max_blocks=args.max_blocks, fleet=fleet)
+                         max_blocks=args.max_blocks, objective=args.objective, fleet=fleet)
     text = json.dumps(record, indent=1, sort_keys=True)
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")

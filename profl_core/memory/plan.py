@@ -18,14 +18,18 @@ The search (:func:`plan_partition`). The cost of a block made of units ``[i, j)`
 largest ``required_bytes`` (the number selection uses; heap when the probe models it) of the
 two ProFL steps that train it: ``grow`` (prefix frozen, the block and its output module
 trainable) and, unless it is the first block, ``shrink`` (the fit of its stand-in, teacher and
-student both held). It is measured by the probe on a stand-in partition of three blocks:
-``[0, i)``, ``[i, j)`` and ``[j, L)`` (the rest as one block, one stand-in in the output
-module where the real partition may have several). Dynamic programming over the boundaries
-minimises the largest block cost, then (among partitions with that largest cost) the sum of
-the block costs, then the number of blocks. The chosen partition is then
-measured exactly, every ``grow:t`` and ``shrink:t`` case, and those are the peaks reported.
-With a fleet, the objective is the share of devices that fit every step: it is a decreasing
-step function of the largest peak, so the same partition maximises it (ties: fewer blocks).
+student both held). It is measured by the probe on a partition of ``[0, i)`` (the frozen prefix
+as one block), ``[i, j)`` and the blocks after it. The output module holds one stand-in per
+later block, and a stand-in for a block that keeps the resolution costs as much activation
+memory as a layer there, so the later blocks matter: the first search takes the rest as one
+block, and each refinement takes the cuts the previous search put after ``j``, until the
+partition repeats (at most ``refinements`` times); the best measured partition wins. Each
+search is a dynamic programme over the boundaries that minimises the largest block cost, then
+(among partitions with that largest cost) the sum of the block costs, then the number of
+blocks. Every searched partition is measured exactly (every ``grow:t`` and ``shrink:t`` case)
+and those are the peaks reported. With a fleet, the objective is the share of devices that fit
+every step: it is a decreasing step function of the largest peak, so the same partition
+maximises it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from torch import nn
 
@@ -48,6 +53,8 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 Measure = Callable[[TrainingCase], MemoryReport]
+Objective = Literal["required", "tensor"]
+OBJECTIVES: tuple[str, ...] = ("required", "tensor")
 
 
 @dataclass(frozen=True)
@@ -84,28 +91,34 @@ def _group_parent(group: str) -> str:
     return left.rpartition(".")[0]
 
 
-def layer_units(model: BlockedModel) -> list[Unit]:
-    """The model's layer units in forward order (see the module doc), named by their paths in
-    the module the model's block groups refer to."""
+def block_units(model: BlockedModel) -> list[list[Unit]]:
+    """The layer units of every block of the model, in forward order (see the module doc),
+    named by their paths in the module the model's block groups refer to."""
     groups = getattr(model, "groups", None) or model.block_names()
-    units: list[Unit] = []
+    out: list[list[Unit]] = []
     for index, group in enumerate(groups[:model.num_blocks]):
         if "+" in group:
             raise ConfigError(f"block group {group!r} joins pieces; plan from the model's own "
                               "partition")
-        block = model.block(index)
-        children = list(block.named_children())
+        children = list(model.block(index).named_children())
         if len(children) < 2:
             parent, _, name = group.rpartition(".")  # a leaf block: one unit, its own group
-            units.append(Unit(parent, name, ""))
+            out.append([Unit(parent, name, "")])
             continue
         parent = _group_parent(group)
+        units: list[Unit] = []
         start = 0
         for k in range(1, len(children) + 1):
             if k == len(children) or _has_weight_layer(children[k][1]):
                 units.append(Unit(parent, children[start][0], children[k - 1][0]))
                 start = k
-    return units
+        out.append(units)
+    return out
+
+
+def layer_units(model: BlockedModel) -> list[Unit]:
+    """Every block's layer units, in forward order (:func:`block_units`)."""
+    return [unit for units in block_units(model) for unit in units]
 
 
 def join(units: Sequence[Unit]) -> str:
@@ -120,11 +133,19 @@ def join(units: Sequence[Unit]) -> str:
     return "+".join(piece.text for piece in pieces)
 
 
-def partition_spec(spec: ModelSpec, units: Sequence[Unit], bounds: Sequence[int]) -> ModelSpec:
-    """``spec`` cut at unit boundaries ``bounds`` (``0 < b_1 < ... < L``, the end excluded)."""
+def head_group(model: BlockedModel) -> str:
+    """The block group of the model's head (``head`` for a zoo model)."""
+    groups = getattr(model, "groups", None)
+    return groups[-1] if groups else "head"
+
+
+def partition_spec(spec: ModelSpec, units: Sequence[Unit], bounds: Sequence[int], *,
+                   head: str = "head") -> ModelSpec:
+    """``spec`` cut at unit boundaries ``bounds`` (``0 < b_1 < ... < L``, the end excluded),
+    the head group ``head`` last."""
     cuts = [0, *bounds, len(units)]
     groups = [join(units[a:b]) for a, b in itertools.pairwise(cuts)]
-    return replace(spec, blocks=(*groups, "head"))
+    return replace(spec, blocks=(*groups, head))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +168,9 @@ class Plan:
     """A planned partition, its steps' peaks and the full model's.
 
     Attributes:
-        spec: the partitioned model spec (``blocks`` = the groups, the head last).
+        spec: the partitioned model spec (``blocks`` = the groups, the head last; empty for a
+            zoo model's own stages).
+        groups: the block groups, the head's last.
         bounds: unit indices where a new block starts.
         units: every layer unit's group text.
         steps: every ProFL step in training order (shrinking ``shrink:T..2``, then growing).
@@ -156,6 +179,7 @@ class Plan:
     """
 
     spec: ModelSpec
+    groups: tuple[str, ...]
     bounds: tuple[int, ...]
     units: tuple[str, ...]
     steps: tuple[StepPeak, ...]
@@ -216,38 +240,68 @@ def _best_bounds(cost: Callable[[int, int], int], count: int,
 
 def plan_partition(
     spec: ModelSpec, *, batch_size: int, measure: Measure, max_blocks: int = 8,
+    refinements: int = 3, objective: Objective = "required",
 ) -> Plan:
     """The partition of ``spec`` into at most ``max_blocks`` blocks whose largest ProFL step
     needs the least memory (see the module doc), measured with ``measure``.
 
     Args:
-        spec: a zoo, torchvision or user model (its ``blocks`` are ignored: the units come from
-            the model's default blocks).
+        spec: a zoo, torchvision or user model (its ``blocks`` are ignored for zoo models: the
+            units come from the model's stages).
         batch_size: the step's batch size.
         measure: the probe, ``case -> MemoryReport`` (e.g. ``predict``).
         max_blocks: the most blocks (ProFL then runs ``2 * blocks - 1`` steps).
+        refinements: searches after the first, each costing a block with the stand-ins of the
+            blocks the previous search put after it; stops early when the partition repeats.
+        objective: the peak to minimise: ``"required"`` (what selection compares with a
+            budget: the heap peak where the probe models it) or ``"tensor"`` (live tensors).
 
     Raises:
         ConfigError: a model whose blocks are not sequential, or ``max_blocks < 2``.
     """
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 2:
         raise ConfigError(f"max_blocks={max_blocks!r}; use 2 or more")
-    base = replace(spec, blocks=())
-    if spec.name not in MODEL_NAMES and spec.blocks:
-        base = spec
-    units = layer_units(build_model(base))
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective!r}; use one of {', '.join(OBJECTIVES)}")
+    base = replace(spec, blocks=()) if spec.name in MODEL_NAMES else spec
+    model = build_model(base)
+    units, head = layer_units(model), head_group(model)
     n = len(units)
 
     @functools.cache
-    def cost(i: int, j: int) -> int:
-        bounds = [b for b in (i, j) if 0 < b < n]
-        cut = partition_spec(base, units, bounds)
+    def cost(i: int, j: int, rest: tuple[int, ...]) -> int:
+        cut = partition_spec(base, units, [b for b in (i, j) if 0 < b < n] + list(rest),
+                             head=head)
         t = 1 if i == 0 else 2
         labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
-        return max(measure(_case(cut, label, batch_size)).required_bytes for label in labels)
+        return max(_peak(measure(_case(cut, label, batch_size)), objective) for label in labels)
 
-    bounds = _best_bounds(cost, n, min(max_blocks, n))
-    return exact_plan(base, units, bounds, batch_size=batch_size, measure=measure)
+    later: tuple[int, ...] = ()  # the previous search's cuts; none at first
+    best: Plan | None = None
+    for _ in range(1 + max(0, refinements)):
+        def block_cost(i: int, j: int, after: tuple[int, ...] = later) -> int:
+            return cost(i, j, tuple(b for b in after if b > j))
+
+        bounds = _best_bounds(block_cost, n, min(max_blocks, n))
+        plan = exact_plan(base, units, bounds, batch_size=batch_size, measure=measure,
+                          head=head)
+        if best is None or _rank(plan, objective) < _rank(best, objective):
+            best = plan
+        if bounds == later:
+            break
+        later = bounds
+    assert best is not None
+    return best
+
+
+def _peak(report: MemoryReport | StepPeak, objective: Objective) -> int:
+    return report.required_bytes if objective == "required" else report.tensor_peak_bytes
+
+
+def _rank(plan: Plan, objective: Objective) -> tuple[int, int, int]:
+    """Plans compare by their largest step, then the sum of their steps, then block count."""
+    peaks = [_peak(s, objective) for s in plan.steps]
+    return (max(peaks), sum(peaks), len(plan.bounds))
 
 
 def _case(spec: ModelSpec, label: str, batch_size: int) -> TrainingCase:
@@ -258,24 +312,33 @@ def _case(spec: ModelSpec, label: str, batch_size: int) -> TrainingCase:
 
 def exact_plan(
     spec: ModelSpec, units: Sequence[Unit], bounds: Sequence[int], *, batch_size: int,
-    measure: Measure,
+    measure: Measure, head: str = "head",
 ) -> Plan:
     """Measure every ProFL step of the partition of ``spec`` at ``bounds`` and the full step."""
-    cut = partition_spec(spec, units, bounds)
-    cases = all_cases(cut, batch_size=batch_size)
-    reports = {case.label: measure(case) for case in cases}
-    full = reports.pop("full")
+    cut = partition_spec(spec, units, bounds, head=head)
+    reports = {case.label: measure(case) for case in all_cases(cut, batch_size=batch_size)}
+    return _plan(cut, cut.blocks, units, bounds, reports)
+
+
+def _plan(spec: ModelSpec, groups: Sequence[str], units: Sequence[Unit], bounds: Sequence[int],
+          reports: dict[str, MemoryReport]) -> Plan:
+    full = reports["full"]
     steps = tuple(StepPeak(case=label, tensor_peak_bytes=r.tensor_peak_bytes,
-                           required_bytes=r.required_bytes) for label, r in reports.items())
-    return Plan(spec=cut, bounds=tuple(bounds), units=tuple(u.text for u in units), steps=steps,
+                           required_bytes=r.required_bytes)
+                  for label, r in reports.items() if label != "full")
+    return Plan(spec=spec, groups=tuple(groups), bounds=tuple(bounds),
+                units=tuple(u.text for u in units), steps=steps,
                 full_tensor_bytes=full.tensor_peak_bytes,
                 full_required_bytes=full.required_bytes)
 
 
 def stage_plan(spec: ModelSpec, *, batch_size: int, measure: Measure) -> Plan:
-    """The model's own stage partition measured like a plan (the planner's reference)."""
+    """The model's own partition (a zoo model's stages) measured like a plan: the planner's
+    reference."""
     base = replace(spec, blocks=()) if spec.name in MODEL_NAMES else spec
     model = build_model(base)
-    units = layer_units(model)
-    bounds = [k for k in range(1, len(units)) if units[k].parent != units[k - 1].parent]
-    return exact_plan(base, units, bounds, batch_size=batch_size, measure=measure)
+    per_block = block_units(model)
+    bounds = list(itertools.accumulate(len(units) for units in per_block[:-1]))
+    reports = {case.label: measure(case) for case in all_cases(base, batch_size=batch_size)}
+    groups = (*[join(units) for units in per_block], head_group(model))
+    return _plan(base, groups, [u for units in per_block for u in units], bounds, reports)

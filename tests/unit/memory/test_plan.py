@@ -15,10 +15,30 @@ from bench.planning import read_plan
 from profl_core.errors import ConfigError
 from profl_core.memory import measure
 from profl_core.memory.case import TrainingCase
-from profl_core.memory.plan import _best_bounds, layer_units, partition_spec, plan_partition
+from profl_core.memory.plan import (
+    _best_bounds,
+    head_group,
+    layer_units,
+    partition_spec,
+    plan_partition,
+)
 from profl_core.models import build_model, native_spec
 
 BATCH = 8
+HERE = Path(__file__).resolve().parent
+#: A 4-unit user model (plan_toy_model.py) on 16x16 inputs: small enough to search quickly.
+TOY = "plan_toy_model:build"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _toy_importable():
+    sys.path.insert(0, str(HERE))
+    yield
+    sys.path.remove(str(HERE))
+
+
+def toy_spec():
+    return native_spec(TOY, input_size=16)
 
 
 def _brute_force(cost, count: int, max_blocks: int) -> tuple[int, int, int]:
@@ -72,17 +92,17 @@ def test_a_partition_across_stages_composes_to_the_zoo_forward() -> None:
 
 
 @pytest.fixture(scope="module")
-def cnn_plan():
+def toy_plan(_toy_importable):
     """A plan measured with dispatch (the search takes any probe; dispatch is the cheapest on
     a small batch)."""
-    return plan_partition(native_spec("cnn"), batch_size=BATCH, max_blocks=3,
+    return plan_partition(toy_spec(), batch_size=BATCH, max_blocks=3,
                           measure=lambda case: measure(case, probe="dispatch"))
 
 
-def test_the_plan_never_loses_to_the_stage_partition_on_its_largest_step(cnn_plan) -> None:
+def test_the_plan_never_loses_to_the_stage_partition_on_its_largest_step(toy_plan) -> None:
     stage = [measure(c, probe="dispatch").required_bytes
-             for c in _profl_cases(native_spec("cnn"))]
-    assert cnn_plan.peak_bytes <= max(stage)
+             for c in _profl_cases(toy_spec())]
+    assert toy_plan.peak_bytes <= max(stage)
 
 
 def _profl_cases(spec):
@@ -92,7 +112,7 @@ def _profl_cases(spec):
 
 
 def test_the_printed_step_peaks_are_what_dispatch_measures() -> None:
-    plan = plan_partition(native_spec("cnn"), batch_size=BATCH, max_blocks=2,
+    plan = plan_partition(toy_spec(), batch_size=BATCH, max_blocks=2,
                           measure=lambda case: measure(case, probe="predict", threads=1))
     for step in plan.steps:
         kind, _, t = step.case.partition(":")
@@ -101,24 +121,25 @@ def test_the_printed_step_peaks_are_what_dispatch_measures() -> None:
             step.case
 
 
-def test_max_blocks_bounds_the_partition(cnn_plan) -> None:
-    assert len(cnn_plan.spec.blocks) - 1 <= 3
+def test_the_plan_is_the_toy_models_units_cut_once(toy_plan) -> None:
+    assert len(toy_plan.spec.blocks) - 1 >= 2
+    assert len(toy_plan.units) == 4
 
 
 def test_max_blocks_below_two_is_refused() -> None:
     with pytest.raises(ConfigError, match="max_blocks=1; use 2 or more"):
-        plan_partition(native_spec("cnn"), batch_size=BATCH, max_blocks=1, measure=measure)
+        plan_partition(toy_spec(), batch_size=BATCH, max_blocks=1, measure=measure)
 
 
 def _profl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True,
-                          text=True, check=False, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+                          text=True, check=False,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(HERE)})
 
 
-@pytest.mark.slow
 def test_profl_plan_json_and_the_plan_file(tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
-    run = _profl("plan", "--model", "cnn", "--batch-size", str(BATCH), "--max-blocks", "2",
+    run = _profl("plan", "--model", TOY, "--input-size", "16", "--batch-size", str(BATCH),
                  "--probe", "dispatch",
                  "--fleet", "relative-uniform", "--json", "--out", str(out), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
@@ -127,7 +148,7 @@ def test_profl_plan_json_and_the_plan_file(tmp_path: Path) -> None:
     assert printed["peak_bytes"] == max(s["peak_bytes"] for s in printed["steps"])
     assert printed["full_bytes"] > printed["peak_bytes"]
     assert all(0.0 <= s["fleet_share"] <= 1.0 for s in printed["steps"])
-    assert read_plan(out, "cnn") == tuple(printed["blocks"])
+    assert read_plan(out, TOY) == tuple(printed["blocks"])
 
 
 def test_a_plan_of_another_model_is_refused(tmp_path: Path) -> None:
@@ -157,3 +178,25 @@ def test_train_takes_the_plan_and_refuses_a_bad_one(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1
     assert str(bad) in run.stderr
+
+
+def test_an_unknown_objective_is_refused() -> None:
+    with pytest.raises(ConfigError, match="objective='heap'; use one of required, tensor"):
+        plan_partition(toy_spec(), batch_size=BATCH, measure=measure,
+                       objective="heap")  # type: ignore[arg-type]
+
+
+def test_the_tensor_objective_minimises_the_largest_tensor_peak() -> None:
+    def dispatch(case):
+        return measure(case, probe="dispatch")
+
+    by_tensor = plan_partition(toy_spec(), batch_size=BATCH, max_blocks=2,
+                               measure=dispatch, objective="tensor", refinements=0)
+    model = build_model(toy_spec())
+    units = layer_units(model)
+    every = []
+    for cut in range(1, len(units)):  # brute force over every 2-block partition
+        spec = partition_spec(toy_spec(), units, [cut], head=head_group(model))
+        every.append(max(measure(c, probe="dispatch").tensor_peak_bytes
+                         for c in _profl_cases(spec)))
+    assert by_tensor.peak_tensor_bytes == min(every)

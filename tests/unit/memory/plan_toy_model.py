@@ -1,0 +1,19 @@
+"""A small user model for the planner tests: two stages of two conv units each, 16x16 input."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _unit(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def build(num_classes: int = 10) -> nn.Module:
+    """Stage 1 (two units at 16x16), stage 2 (two units at 8x8), head: 4 layer units."""
+    return nn.Sequential(
+        nn.Sequential(*_unit(3, 16, 1), *_unit(16, 16, 1)),
+        nn.Sequential(*_unit(16, 24, 2), *_unit(24, 24, 1)),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes)),
+    )
