@@ -145,7 +145,9 @@ def autocast_context(task: ClientTask, device: torch.device) -> AbstractContextM
 
 
 def _untrack_batch(bn: nn.Module, args: Any, output: Any) -> None:
-    bn.num_batches_tracked.sub_(1)  # its forward has just added 1
+    tracked = bn.num_batches_tracked
+    assert isinstance(tracked, Tensor)
+    tracked.sub_(1)  # its forward has just added 1
 
 
 @contextmanager
