@@ -21,6 +21,7 @@ HELP = "plan ProFL's partition at layer granularity: the smallest largest-step p
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     add_spec_arguments(parser)
+    parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-blocks", type=int, default=8,
                         help="most blocks (ProFL runs 2 * blocks - 1 steps); default 8")
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: use 1 or more")
-    spec = native_spec(args.model, **spec_overrides(args))
+    spec = native_spec(args.model, width=args.width, **spec_overrides(args))
     planned, stage = make_plan(spec, batch_size=args.batch_size, max_blocks=args.max_blocks,
                                probe=args.probe, objective=args.objective)
     fleet = (None if args.fleet is None
