@@ -22,7 +22,7 @@ from profl_core.fl.types import MemoryTable
 def required(memory_table: MemoryTable, name: str) -> int:
     """``required_bytes`` of sub-model ``name``, or a one-line ConfigError when it is missing."""
     if name not in memory_table:
-        raise ConfigError(f"memory table has no entry {name!r}; measure the method's cases "
+        raise ConfigError(f"memory table has no entry for {name!r}; measure the method's cases "
                           f"(have: {', '.join(sorted(memory_table))})")
     return int(memory_table[name])
 
