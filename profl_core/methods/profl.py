@@ -44,6 +44,13 @@ T and the head on the frozen B_1 .. B_{T-1}) is not ended by EM: it trains until
 budget (or ``max_rounds``) is spent, so ProFL uses the same rounds as every other method and
 the memory of its largest step is never exceeded.
 
+With micro-batching (``accumulate=True``, method ``profl-accum``) every step's client runs the
+step with the fewest micro-batches that make it fit its budget: step ``grow:t`` has the rungs
+``grow:t``, ``grow:t+accum:2``, ``grow:t+accum:4``, .. (:mod:`profl_core.methods.alternatives`,
+each measured in the memory table), a device gets the first rung that fits, and every device
+that fits some rung of the step may take part. It trains the same sub-model with the same
+batch size; rounds record the micro-batch sizes (``micro_batch``, ``micro_batch_min``).
+
 Server weights: ``block<i>.*``, ``head.*`` (the model) and ``om<t>.*`` for t = 1 .. T-1 (the
 output module of block t: ``basic<t+1> .. basic<T>`` then ``head``).
 """
@@ -63,8 +70,9 @@ from torch import Tensor, nn
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting, fedavg
-from profl_core.fl.selection import require_trainable, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
+from profl_core.methods import alternatives
+from profl_core.methods.alternatives import PLAIN, Rung
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
 from profl_core.models import BlockedModel
 from profl_core.models.exits import DISTILL_TEMPERATURE
@@ -104,6 +112,9 @@ class ProFLConfig:
         min_rounds: Fewest rounds per step.
         max_rounds: Most rounds per step (None: only the budget rule).
         weighting: FedAvg weights: ``"examples"`` or ``"uniform"`` (authors: uniform count).
+        accumulate: Each client runs its step with the fewest micro-batches that fit its
+            budget (method ``profl-accum``); False: the plain step only (the paper).
+        min_micro_batch: Fewest samples per micro-batch when accumulating.
     """
 
     rounds: int
@@ -126,6 +137,8 @@ class ProFLConfig:
     min_rounds: int = 1
     max_rounds: int | None = None
     weighting: Weighting = "examples"
+    accumulate: bool = False
+    min_micro_batch: int = 2
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -143,6 +156,9 @@ class ProFLConfig:
         too_few = self.max_rounds is not None and self.max_rounds < self.min_rounds
         if self.min_rounds < 1 or too_few:
             raise ConfigError("profl: need 1 <= min_rounds <= max_rounds")
+        if self.min_micro_batch < 1:
+            raise ConfigError(f"profl: min_micro_batch={self.min_micro_batch}; use 1 or more "
+                              "samples")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProFLConfig:
@@ -200,6 +216,13 @@ class ProFL:
 
     def __init__(self, config: ProFLConfig) -> None:
         self.config = config
+        if config.accumulate:
+            self.name = "profl-accum"
+        #: How a step's client may run it: the plain step, or each micro-batch count too.
+        self.rungs: tuple[Rung, ...] = alternatives.ladder(
+            config.batch_size, min_micro_batch=config.min_micro_batch, checkpointing=False,
+        ) if config.accumulate else (PLAIN,)
+        self._round: dict[int, Rung] = {}  # client id -> rung, of the round being configured
         self._modules: nn.Module | None = None
         self._param_keys: frozenset[str] = frozenset()
         self._num_blocks = 0
@@ -307,50 +330,46 @@ class ProFL:
         )
 
     def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
-        """Every step's task, in plan order. ``grow:t`` is the growing stage's task (frozen BN
-        fixed); the shrinking stage's ``grow:t`` differs only in updating the prefix's BN
-        statistics, which holds no activations under ``no_grad``."""
+        """Every step's task (each of its rungs when accumulating), in plan order. ``grow:t``
+        is the growing stage's task (frozen BN fixed); the shrinking stage's ``grow:t``
+        differs only in updating the prefix's BN statistics, which holds no activations under
+        ``no_grad``."""
         plan: dict[str, ClientTask] = {}
         for phase in self._phases:
             if phase.submodel not in plan or phase.stage == "grow":
-                plan[phase.submodel] = self._task(0, phase.stage, phase.submodel, 0)
+                task = self._task(0, phase.stage, phase.submodel, 0)
+                plan |= {rung.name(phase.submodel): rung.task(task) for rung in self.rungs}
         return plan
 
     def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
-        """Every step must fit at least one device."""
+        """Every step must fit at least one device (on some rung)."""
         for phase in self._phases:
-            require_trainable(fleet, self._required(memory_table, phase.submodel),
-                              phase.submodel)
+            alternatives.require_some_fit(fleet, phase.submodel, self.rungs, memory_table)
 
     def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
-        """The share of the fleet whose budget fits the current step."""
-        return fleet.participation(self._required(memory_table, self.position(state)[2]))
+        """The share of the fleet whose budget fits the current step (on some rung)."""
+        return alternatives.eligible_share(fleet, self.position(state)[2], self.rungs,
+                                           memory_table)
 
     def model_weights(self, state: ServerState) -> dict[str, Tensor]:
         """The trained model's ``block<i>.*`` and ``head.*``, without output modules."""
         return model_weights(state)
 
-    def _required(self, memory_table: MemoryTable, submodel: str) -> int:
-        if submodel not in memory_table:
-            raise ConfigError(f"profl: the memory table has no entry for {submodel!r}")
-        return int(memory_table[submodel])
-
     def configure_round(
         self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
         rng: np.random.Generator,
     ) -> list[ClientTask]:
-        """Select clients whose budget fits the step's required bytes; give each the step."""
+        """Select clients whose budget fits the step's required bytes (of its first fitting
+        rung); give each the step on that rung."""
         stage, _, submodel = self.position(state)
-        required = self._required(memory_table, submodel)
-        return [
-            self._task(cid, stage, submodel, required)
-            for cid in select_clients(fleet, required, self.config.per_round, rng,
-                                      submodel=submodel)
-        ]
+        chosen = alternatives.select(fleet, submodel, self.rungs, memory_table,
+                                     self.config.per_round, rng)
+        self._round = dict(chosen)
+        return alternatives.tasks(self._task(0, stage, submodel, 0), chosen, memory_table)
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
         """The client's sub-model (with the teacher path while fitting a basic layer)."""
-        return self._build(state.weights, task.submodel, teacher=True)
+        return self._build(state.weights, alternatives.base_name(task.submodel), teacher=True)
 
     def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
         """The global sub-model ``submodel`` (block-trained or with the fitted basic layer)."""
@@ -383,6 +402,9 @@ class ProFL:
         else:
             reason = rule.decide(history, done_rounds, cap)
         meta["step_end"] = reason
+        if self.config.accumulate:
+            rungs = alternatives.rungs_of(self._round, (u.client_id for u in updates))
+            meta["cost"] = alternatives.cost_metrics(rungs, self.config.batch_size)
         if reason is not None:
             meta["phase"] = int(meta["phase"]) + 1
             self._enter_phase(weights, meta)
@@ -394,9 +416,14 @@ class ProFL:
 
     def round_metrics(self, state: ServerState) -> dict[str, float | str | None]:
         """The active block's latest effective movement (None before a full window) and
-        ``step_end``: why this round ended its step (``em``, ``cap``, ``fixed``) or None."""
+        ``step_end``: why this round ended its step (``em``, ``cap``, ``fixed``) or None; when
+        accumulating, the round's micro-batch sizes (:data:`alternatives.COST_METRICS`)."""
         em = state.meta.get("last_em")
-        return {"em": None if em is None else float(em), "step_end": state.meta.get("step_end")}
+        out: dict[str, float | str | None] = {
+            "em": None if em is None else float(em), "step_end": state.meta.get("step_end")}
+        if self.config.accumulate:
+            out |= state.meta.get("cost") or dict.fromkeys(alternatives.COST_METRICS)
+        return out
 
     # ----------------------------------------------------------------- stage transitions
 
