@@ -41,8 +41,14 @@ ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
     "eligible_%": ("mean_eligible_share", 100.0),
     "peak_mib": ("max_required_bytes", 1 / MIB),
     "saved_%": ("memory_reduction", 100.0),
+    "extra_fwd": ("extra_forward", 1.0),
+    "ubatch": ("micro_batch", 1.0),
     "wall_s": ("train_wall_s", 1.0),
 }
+
+#: Compute-cost metrics of the methods on single-device alternatives (``metrics`` of
+#: ``rounds.jsonl``, :mod:`profl_core.methods.alternatives`), averaged over a run's rounds.
+COST_METRICS = ("extra_forward", "micro_batch")
 
 #: Columns a diverged run has no value for (NaN in its row, left out of every mean).
 ACCURACY_ONLY = ("final_%", "best_%", "last10_pts", "to_target")
@@ -113,7 +119,9 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
         result = read_run_result(run)
         row = _run_info(run, result)
         values = {r.metric: r.value for r in result.records}
-        values["last10_change"] = last10_change(read_rounds(run / "rounds.jsonl"))
+        rounds = read_rounds(run / "rounds.jsonl")
+        values["last10_change"] = last10_change(rounds)
+        values |= {metric: mean_metric(rounds, metric) for metric in COST_METRICS}
         for column, (metric, scale) in ACCURACY_COLUMNS.items():
             row[column] = values[metric] * scale if metric in values else math.nan
         if row["status"] != "completed":
@@ -122,6 +130,13 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *ACCURACY_COLUMNS])
     return frame.sort_values(["partition", "label", "seed"], key=_run_order, kind="stable",
                              ignore_index=True)
+
+
+def mean_metric(rounds: list[dict[str, Any]], metric: str) -> float:
+    """The mean of a method metric over the rounds that recorded it; NaN when none did."""
+    seen = [float(r["metrics"][metric]) for r in rounds
+            if isinstance(r.get("metrics"), dict) and r["metrics"].get(metric) is not None]
+    return sum(seen) / len(seen) if seen else math.nan
 
 
 def last10_change(rounds: list[dict[str, Any]]) -> float:
@@ -362,7 +377,11 @@ def build_report(folder: Path) -> str:
             "did). `clients`: clients that trained per round (mean). `eligible_%`: mean share "
             "of the fleet whose budget fits the round's sub-model (`fedavg` is AllLarge, the "
             "upper bound that ignores budgets). `peak_mib`: the largest memory any of the "
-            "method's client tasks needed; `saved_%` is against the full model. `wall_s`: "
+            "method's client tasks needed; `saved_%` is against the full model. `extra_fwd`, "
+            "`ubatch`: compute cost of the methods on single-device alternatives (`-` for the "
+            "others), extra forwards of the model per local step (activation checkpointing "
+            "recomputes it) and samples per micro-batch (gradient accumulation), means over "
+            "participants and rounds. `wall_s`: "
             "training time of a run. Every run: `tables/accuracy_runs.md`.", "",
             "![accuracy per round](figures/accuracy_curves.png)", "",
             "![final accuracy against peak memory](figures/accuracy_vs_memory.png)", "",

@@ -48,6 +48,7 @@ from profl_core.memory import TrainingCase
 from profl_core.memory.table import method_table, required_bytes_table
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
@@ -327,10 +328,13 @@ def _depth(cls: type[DepthFL]) -> MethodEntry:
 #: Method name -> its config class and builder.
 METHODS: dict[str, MethodEntry] = {
     "profl": MethodEntry(ProFLConfig, lambda cfg, data: ProFL(cfg)),
+    "profl-accum": MethodEntry(ProFLConfig, lambda cfg, data: ProFL(cfg),
+                               fixed={"accumulate": True}),
     "fedavg": _fedavg("alllarge"),
     "alllarge": _fedavg("alllarge"),
     "exclusivefl": _fedavg("exclusivefl"),
     "allsmall": _fedavg("allsmall"),
+    "fedavg-fit": MethodEntry(FedAvgFitConfig, lambda cfg, data: FedAvgFit(cfg)),
     "heterofl": _width(HeteroFL),
     "fedrolex": _width(FedRolex),
     "depthfl": _depth(DepthFL),

@@ -34,15 +34,18 @@ def test_default_suite_runs_every_method_non_iid_with_three_seeds() -> None:
     """Every method, a non-IID partition, 3 seeds, one budget, ProFL's EM window scaled."""
     section = load_suite("default").accuracy
     assert section is not None
-    assert set(section.methods) == {"profl", "fedavg", "exclusivefl", "allsmall", "heterofl",
-                                    "fedrolex", "depthfl", "inclusivefl"}
+    assert set(section.methods) == {"profl", "profl-accum", "fedavg", "exclusivefl", "allsmall",
+                                    "fedavg-fit", "heterofl", "fedrolex", "depthfl",
+                                    "inclusivefl"}
     assert section.partitions == ("dirichlet:0.5",)
     assert section.seeds == (0, 1, 2)
     assert section.config("profl", "dirichlet:0.5", 0).options == {
         "em_window": 5, "em_evaluation_number": 5}
+    assert section.config("profl-accum", "dirichlet:0.5", 0).options == {
+        "em_window": 5, "em_evaluation_number": 5}
     assert section.config("fedavg", "dirichlet:0.5", 0).options == {}
     assert {section.config(m, "dirichlet:0.5", 0).rounds for m in section.methods} == {150}
-    assert len(section.runs()) == 24
+    assert len(section.runs()) == 30
     assert section.workers == 2
     assert section.torch_threads == 1
 
@@ -127,7 +130,7 @@ def test_variants_and_seeds_expand_into_runs(tmp_path: Path) -> None:
         ("seeds = [1, 1]", "duplicates"),
         ("seeds = 1", "seeds = 1; use a non-empty list"),
         ("seed = 1\nseeds = [0, 1]", "seed or seeds, not both"),
-        ("schedule = \"fixed\"", "schedule: a method option \\(profl\\); set it in "
+        ("schedule = \"fixed\"", "schedule: a method option \\(profl, profl-accum\\); set it in "
                                  "\\[accuracy.variants.profl\\]"),
         ('method = "profl"', "method: not a shared setting; list methods"),
         ('frozen_bn = "off"', "frozen_bn = 'off'; use one of 'eval', 'train'"),

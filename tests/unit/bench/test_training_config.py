@@ -122,7 +122,8 @@ def test_only_given_option_flags_go_into_options() -> None:
 
 
 def test_an_option_flag_of_another_method_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="--em-window is a profl option, not fedavg's"):
+    with pytest.raises(ConfigError,
+                       match="--em-window is a profl/profl-accum option, not fedavg's"):
         _config("--method", "fedavg", "--em-window", "10")
 
 
