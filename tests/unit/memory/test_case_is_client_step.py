@@ -6,10 +6,17 @@ same modules and exactly the parameter bytes of the sub-model a client receives,
 independently as ``numel * element_size`` over ``method.submodel(state, task)``. The old
 parallel step builders failed this for ProFL's basic-layer fit, where the client holds a frozen
 copy of ``OM_t`` on both the teacher and the student path.
+
+The methods on single-device alternatives (FedAvg-fit, ProFL with micro-batching) hand out
+rungs of a sub-model (``full+ckpt+accum:2``, ``grow:2+accum:4``): the same modules, another
+step. Their entries must be exactly the memory kinds of the same text, measured by the case
+machinery (:func:`~profl_core.memory.case.case_from_text`: the kind's method with the step
+options), so a rung's bytes are its client's step and not a stand-in.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,10 +25,12 @@ import torch
 
 from profl_core.devices import Device, Fleet
 from profl_core.fl.types import ClientTask, Method, ServerState
+from profl_core.memory.case import case_from_text
 from profl_core.memory.report import MemoryReport
-from profl_core.memory.table import method_table
+from profl_core.memory.table import method_table, required_bytes_table
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.profl import ProFL, ProFLConfig
@@ -41,7 +50,16 @@ def make(name: str) -> Method:
         "fedrolex": lambda: FedRolex(HeteroFLConfig(**common)),
         "depthfl": lambda: DepthFL(DepthFLConfig(**common)),
         "profl": lambda: ProFL(ProFLConfig(**common, schedule="fixed", max_rounds=1)),
+        "fedavg-fit": lambda: FedAvgFit(FedAvgFitConfig(**common)),
+        "profl-accum": lambda: ProFL(ProFLConfig(**common, schedule="fixed", max_rounds=1,
+                                                 accumulate=True)),
     }[name]()
+
+
+@functools.cache
+def reports_of(name: str) -> dict[str, MemoryReport]:
+    """The method's memory table (measured once per test session)."""
+    return method_table(make(name), SPEC, batch_size=BATCH)
 
 
 def handed_out(method: Method, table: dict[str, int]) -> Iterator[tuple[ServerState, ClientTask]]:
@@ -67,10 +85,13 @@ def param_bytes(report: MemoryReport) -> int:
     return extra["before_step.param_trainable"] + extra.get("before_step.param_frozen", 0)
 
 
-@pytest.mark.parametrize("name", ["fedavg", "allsmall", "heterofl", "fedrolex", "depthfl",
-                                  "profl"])
+@pytest.mark.parametrize("name", [
+    "fedavg", "allsmall", "heterofl", "fedrolex", "depthfl", "profl",
+    pytest.param("fedavg-fit", marks=pytest.mark.slow),
+    pytest.param("profl-accum", marks=pytest.mark.slow),
+])
 def test_every_handed_out_sub_model_is_measured_with_its_client_modules(name: str) -> None:
-    reports = method_table(make(name), SPEC, batch_size=BATCH)
+    reports = reports_of(name)
     table = {sub: r.required_bytes for sub, r in reports.items()}
     method = make(name)
     seen = set()
@@ -97,3 +118,33 @@ def test_profl_fit_counts_both_copies_of_the_output_module() -> None:
                              for p in container.get_submodule(f"block{i}").parameters())
     assert report.extra["before_step.param_trainable"] == basic3
     assert report.extra["before_step.param_frozen"] == prefix_and_teacher + 2 * om3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "bases", "count"), [
+    ("fedavg-fit", ("full",), 6), ("profl-accum", ("grow:1", "shrink:3"), 6)])
+def test_every_rung_is_the_memory_kind_of_its_name(name: str, bases: tuple[str, ...],
+                                                   count: int) -> None:
+    """All rungs of FedAvg-fit (batch 8: plain, accum:2, accum:4 and each with ckpt), and of
+    ProFL-accum's first growing step and a basic-layer fit (plain, accum:2, accum:4 each; the
+    others are built by the same code): the same required bytes as the case text."""
+    reports = reports_of(name)
+    rungs = [rung for rung in reports if rung.split("+", 1)[0] in bases]
+    assert len(rungs) == count
+    cases = {rung: case_from_text(SPEC, rung, batch_size=BATCH) for rung in rungs}
+    expected = required_bytes_table(cases.values())
+    for rung, case in cases.items():
+        assert reports[rung].required_bytes == expected[case.key], rung
+
+
+@pytest.mark.slow
+def test_rungs_hand_out_their_own_step_options() -> None:
+    """A rung's handed-out task runs the step its memory-plan entry was measured with."""
+    for name in ("fedavg-fit", "profl-accum"):
+        method = make(name)
+        table = {sub: r.required_bytes for sub, r in reports_of(name).items()}
+        for state, task in handed_out(method, table):
+            planned = method.memory_plan(state)[task.submodel]
+            assert task.micro_batches == planned.micro_batches, task.submodel
+            assert task.checkpoint == planned.checkpoint, task.submodel
+            assert task.trainable == planned.trainable, task.submodel
