@@ -53,6 +53,7 @@ used when the measured step plus the cache fit the device.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -306,7 +307,8 @@ class TrainingCase:
 
     @property
     def key(self) -> str:
-        """A stable unique name, e.g. ``resnet18/grow:2/bs64`` or ``resnet18@w0.5/full/bs64``.
+        """A stable unique name, e.g. ``resnet18/grow:2/bs64``, ``resnet18@w0.5/full/bs64`` or
+        ``resnet18@b5-1a2b3c4d/grow:2/bs64`` (5 blocks of its own partition, the groups' digest).
 
         Non-default spec fields and options are appended so distinct cases never collide.
         """
@@ -318,6 +320,9 @@ class TrainingCase:
             model += f"@k{spec.num_classes}"
         if spec.input_shape != native.input_shape:
             model += "@in" + "x".join(map(str, spec.input_shape))
+        if spec.blocks:  # a partition of its own: the groups' digest, short and stable
+            digest = hashlib.sha256(",".join(spec.blocks).encode()).hexdigest()[:8]
+            model += f"@b{len(spec.blocks) - 1}-{digest}"
         parts = [model, self.label, f"bs{self.batch_size}"]
         if self.optimizer != "sgd":
             parts.append(self.optimizer)

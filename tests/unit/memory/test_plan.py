@@ -200,3 +200,14 @@ def test_the_tensor_objective_minimises_the_largest_tensor_peak() -> None:
         every.append(max(measure(c, probe="dispatch").tensor_peak_bytes
                          for c in _profl_cases(spec)))
     assert by_tensor.peak_tensor_bytes == min(every)
+
+
+def test_cases_of_two_partitions_have_distinct_keys() -> None:
+    spec = native_spec("resnet18")
+    units = layer_units(build_model(spec))
+    first = TrainingCase(model=partition_spec(spec, units, [2, 5]), kind="grow", step=2,
+                         batch_size=BATCH)
+    second = TrainingCase(model=partition_spec(spec, units, [3, 5]), kind="grow", step=2,
+                          batch_size=BATCH)
+    assert first.key.startswith("resnet18@b3-")
+    assert first.key != second.key
