@@ -55,7 +55,9 @@ def suite_file(tmp_path: Path) -> Path:
 def test_committed_baseline_covers_this_torch_version() -> None:
     data = json.loads(DEFAULT_BASELINE.read_text(encoding="utf-8"))
     cases = data["torch"][torch_minor()]["cases"]
-    assert len(cases) == 52  # 6 models x (full + shrink T..2 + grow 1..T)
+    # 6 models x (full + shrink T..2 + grow 1..T) = 52, + 6 x (accum:4, ckpt, amp) = 18,
+    # + every ProFL step with accum:4 (52 - 6 = 46)
+    assert len(cases) == 116
 
 
 def test_committed_baseline_defines_every_case_as_the_shipped_suite_does() -> None:
