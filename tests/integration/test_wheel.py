@@ -117,12 +117,16 @@ def test_check_without_a_baseline_asks_for_one(installed: Installed) -> None:
     assert "give --baseline PATH" in done.stderr
 
 
-def test_check_passes_the_shipped_suite_on_the_committed_baseline(
-    installed: Installed,
-) -> None:
-    baseline = installed.work / "memory-ci.json"
-    shutil.copy(REPO / "results" / "baselines" / "memory-ci.json", baseline)
-    assert "0 failing" in _stdout(installed.run("check", "--baseline", str(baseline)))
+def test_check_writes_then_passes_a_users_suite_and_baseline(installed: Installed) -> None:
+    """The gate of a user's repository from the wheel (the committed baseline on the shipped
+    suite is CI's own ``profl check``)."""
+    suite, baseline = installed.work / "mine.toml", installed.work / "mine.json"
+    suite.write_text('name = "mine"\n[memory]\nmodels = ["cnn"]\nbatch_size = 8\n'
+                     'probe = "predict"\nalternatives = ["accum:2"]\n', encoding="utf-8")
+    _stdout(installed.run("check", "--suite", str(suite), "--baseline", str(baseline),
+                          "--update"))
+    out = _stdout(installed.run("check", "--suite", str(suite), "--baseline", str(baseline)))
+    assert "0 failing" in out
 
 
 def test_train_writes_a_run_folder_under_results_runs_here(installed: Installed) -> None:
