@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from tabulate import tabulate
-
+from bench.trace_text import render
 from profl_core.errors import ConfigError
 from profl_core.memory import MemoryReport, TrainingCase, case_from_text, measure
 from profl_core.models import ModelSpec, native_spec
@@ -54,19 +53,6 @@ def measure_case(
     return measure(training, probe=probe, threads=threads)
 
 
-def block_table(report: MemoryReport) -> str:
-    """The per-block tensor and heap peaks (MiB) and the case's peaks, as text."""
-    rows = [[b.block, b.phase, f"{b.tensor_peak_bytes / MIB:,.2f}",
-             "" if b.heap_peak_bytes is None else f"{b.heap_peak_bytes / MIB:,.2f}"]
-            for b in report.blocks]
-    table = tabulate(rows, headers=["block", "phase", "tensor peak MiB", "heap peak MiB"],
-                     tablefmt="github", disable_numparse=True)
-    heap = ("" if report.heap_peak_bytes is None
-            else f", heap peak {report.heap_peak_bytes / MIB:,.2f} MiB")
-    return (f"{table}\ntensor peak {report.tensor_peak_bytes / MIB:,.2f} MiB{heap}, "
-            f"required {report.required_bytes / MIB:,.2f} MiB")
-
-
 def over_limit(report: MemoryReport, max_mib: float) -> str | None:
     """``None`` when ``report.required_bytes`` is within ``max_mib`` MiB, else the failure
     message with the per-block table."""
@@ -74,7 +60,7 @@ def over_limit(report: MemoryReport, max_mib: float) -> str | None:
         return None
     return (f"{report.case_key} needs {report.required_bytes / MIB:,.2f} MiB "
             f"(required_bytes, {report.probe} probe) > max_mib={max_mib:g}\n"
-            f"{block_table(report)}")
+            f"{render(report)}")
 
 
 def measure_limited(
