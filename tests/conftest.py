@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,15 @@ def user_devices(tmp_path: Path) -> Path:
     (root / "profiles" / "lab-phone.toml").write_text(PROFILE, encoding="utf-8")
     (root / "fleets" / "mine.toml").write_text(FLEET, encoding="utf-8")
     return root
+
+
+@contextmanager
+def importable_module(folder: Path, name: str, source: str) -> Iterator[None]:
+    """A user's module ``name`` with ``source``, written into ``folder`` and importable (on
+    ``sys.path``) until the block ends; then it is forgotten."""
+    (folder / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        yield
+        sys.modules.pop(name, None)
+

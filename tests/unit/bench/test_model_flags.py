@@ -4,8 +4,6 @@ suite TOML (``[memory] models`` and ``[memory.model_spec."NAME"]`` tables)."""
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from bench.cli import main
 from bench.suites import load_suite
 from profl_core.errors import ConfigError
+from tests.conftest import importable_module
 
 MODULE = "profl_test_cli_models"
 SOURCE = '''
@@ -29,12 +28,8 @@ def build(num_classes):
 
 @pytest.fixture(scope="module", autouse=True)
 def user_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    folder = tmp_path_factory.mktemp("user")
-    (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(folder))
+    with importable_module(tmp_path_factory.mktemp("user"), MODULE, SOURCE):
         yield
-        sys.modules.pop(MODULE, None)
 
 
 def _trace_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

@@ -7,8 +7,6 @@ torchvision's ResNet18 a hand count from ``numel * element_size`` and autograd's
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +15,7 @@ import torch
 from profl_core.memory import case_from_text, dispatch, heap, predict
 from profl_core.memory.case import PreparedStep, build_step
 from profl_core.memory.report import MemoryReport
+from tests.conftest import importable_module
 
 MODULE = "profl_test_user_memory_models"
 SOURCE = '''
@@ -55,12 +54,8 @@ def listed(num_classes):
 @pytest.fixture(scope="module", autouse=True)
 def user_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The user's module, importable from a temporary folder."""
-    folder = tmp_path_factory.mktemp("user")
-    (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(folder))
+    with importable_module(tmp_path_factory.mktemp("user"), MODULE, SOURCE):
         yield
-        sys.modules.pop(MODULE, None)
 
 
 #: Every case of a model with T = 3 blocks: each kind at each of its steps.

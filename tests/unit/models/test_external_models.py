@@ -8,8 +8,6 @@ out by hand from the convolution arithmetic.
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +27,7 @@ from profl_core.models import (
     parse_blocks,
 )
 from profl_core.models.external import stand_in
+from tests.conftest import importable_module
 
 MODULE = "profl_test_user_models"
 SOURCE = '''
@@ -128,12 +127,8 @@ NOT_CALLABLE = 3
 @pytest.fixture(scope="module", autouse=True)
 def user_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """``profl_test_user_models`` importable from a temporary folder."""
-    folder = tmp_path_factory.mktemp("user")
-    (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(folder))
+    with importable_module(tmp_path_factory.mktemp("user"), MODULE, SOURCE):
         yield
-        sys.modules.pop(MODULE, None)
 
 
 def _name(factory: str) -> str:
