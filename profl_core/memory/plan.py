@@ -43,7 +43,7 @@ from typing import Literal
 from torch import nn
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import TrainingCase, all_cases
+from profl_core.memory.case import TrainingCase, all_cases, case_from_text
 from profl_core.memory.report import MemoryReport
 from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
 
@@ -274,7 +274,8 @@ def plan_partition(
                              head=head)
         t = 1 if i == 0 else 2
         labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
-        return max(_peak(measure(_case(cut, label, batch_size)), objective) for label in labels)
+        return max(_peak(measure(case_from_text(cut, label, batch_size=batch_size)), objective)
+                   for label in labels)
 
     later: tuple[int, ...] = ()  # the previous search's cuts; none at first
     best: Plan | None = None
@@ -302,12 +303,6 @@ def _rank(plan: Plan, objective: Objective) -> tuple[int, int, int]:
     """Plans compare by their largest step, then the sum of their steps, then block count."""
     peaks = [_peak(s, objective) for s in plan.steps]
     return (max(peaks), sum(peaks), len(plan.bounds))
-
-
-def _case(spec: ModelSpec, label: str, batch_size: int) -> TrainingCase:
-    kind, _, step = label.partition(":")
-    return TrainingCase(model=spec, kind=kind, step=int(step) if step else None,
-                        batch_size=batch_size)
 
 
 def exact_plan(
