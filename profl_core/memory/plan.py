@@ -127,7 +127,7 @@ def join(units: Sequence[Unit]) -> str:
     pieces: list[Unit] = []
     for unit in units:
         if pieces and pieces[-1].parent == unit.parent:
-            pieces[-1] = Unit(unit.parent, pieces[-1].first, unit.last)
+            pieces[-1] = Unit(unit.parent, pieces[-1].first, unit.last or unit.first)
         else:
             pieces.append(unit)
     return "+".join(piece.text for piece in pieces)

@@ -16,8 +16,10 @@ from profl_core.errors import ConfigError
 from profl_core.memory import measure
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.plan import (
+    Unit,
     _best_bounds,
     head_group,
+    join,
     layer_units,
     partition_spec,
     plan_partition,
@@ -211,3 +213,8 @@ def test_cases_of_two_partitions_have_distinct_keys() -> None:
                           batch_size=BATCH)
     assert first.key.startswith("resnet18@b3-")
     assert first.key != second.key
+
+
+def test_joining_leaf_units_keeps_every_one() -> None:
+    assert join([Unit("features", "4", ""), Unit("features", "5", "")]) == "features.4-5"
+    assert join([Unit("layer1", "1", ""), Unit("layer2", "0", "1")]) == "layer1.1+layer2.0-1"
