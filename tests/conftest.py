@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 PROFILE = """\
 name = "lab-phone"
@@ -49,4 +50,15 @@ def importable_module(folder: Path, name: str, source: str) -> Iterator[None]:
         patch.syspath_prepend(str(folder))
         yield
         sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test, restored after: tiny steps are dominated by
+    thread hand-offs, the CI machine is shared, and bitwise comparisons with one-thread
+    subprocesses need it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 

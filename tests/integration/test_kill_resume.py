@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import kill_driver
@@ -63,14 +62,6 @@ def _records(path: Path) -> list[dict[str, object]]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
 
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread here, as in the killed processes (bitwise equality needs it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -22,7 +22,7 @@ import torch
 from profl_core.data import partition, synthetic_dataset
 from profl_core.devices import Device, Fleet
 from profl_core.errors import ConfigError
-from profl_core.fl import FederatedData, RoundRecord, RunConfig, run_federated
+from profl_core.fl import FederatedData, RunConfig, run_federated
 from profl_core.fl.selection import select_clients
 from profl_core.fl.types import ClientUpdate
 from profl_core.memory.case import case_from_text
@@ -32,6 +32,7 @@ from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import build_model, native_spec
+from tests.integration.tiny_fl import ListSink
 
 SPEC = native_spec("cnn", width=0.25)
 BATCH = 8
@@ -229,20 +230,6 @@ CLASSES = 4
 TINY = native_spec("cnn", width=0.25, num_classes=CLASSES, input_size=8)
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
-
-    def write(self, record: RoundRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_data(clients: int, samples: int) -> FederatedData:

@@ -7,13 +7,14 @@ import torch
 from profl_core.data import partition, synthetic_dataset
 from profl_core.devices import Device, Fleet
 from profl_core.errors import ConfigError
-from profl_core.fl import FederatedData, RoundRecord, RunConfig, run_federated
+from profl_core.fl import FederatedData, RunConfig, run_federated
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
 from profl_core.models import build_model, native_spec
+from tests.integration.tiny_fl import ListSink
 
 CLASSES = 4
 SPEC = native_spec("cnn", width=0.25, num_classes=CLASSES, input_size=8)
@@ -105,23 +106,6 @@ def test_alllarge_ignores_memory() -> None:
     assert {t for t in seen if BUDGETS[t] < 100}
 
 
-class ListSink:
-    """Collects records in memory."""
-
-    def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
-
-    def write(self, record: RoundRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models train far faster on one intra-op thread (and the CI machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")
