@@ -83,11 +83,18 @@ def micro_batch_counts(batch_size: int, min_micro_batch: int) -> tuple[int, ...]
     return tuple(counts)
 
 
+def check_min_micro_batch(min_micro_batch: int, where: str = "") -> None:
+    """Raise a one-line ConfigError (prefixed ``where: `` when given) for fewer than one
+    sample per micro-batch."""
+    if min_micro_batch < 1:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}min_micro_batch={min_micro_batch}; use 1 or more samples")
+
+
 def ladder(batch_size: int, *, min_micro_batch: int, checkpointing: bool) -> tuple[Rung, ...]:
     """Plain, ``accum:k`` (fewest first), then ``ckpt`` and ``ckpt+accum:k`` when
     ``checkpointing``."""
-    if min_micro_batch < 1:
-        raise ConfigError(f"min_micro_batch={min_micro_batch}; use 1 or more samples")
+    check_min_micro_batch(min_micro_batch)
     counts = micro_batch_counts(batch_size, min_micro_batch)
     rungs = [PLAIN, *(Rung(micro_batches=k) for k in counts)]
     if checkpointing:

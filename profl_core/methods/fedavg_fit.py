@@ -39,7 +39,7 @@ from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import alternatives
-from profl_core.methods.alternatives import Rung
+from profl_core.methods.alternatives import Rung, check_min_micro_batch
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 
 FULL = "full"
@@ -77,9 +77,7 @@ class FedAvgFitConfig:
         if min(self.rounds, self.per_round, self.local_epochs, self.batch_size) < 1:
             raise ConfigError("fedavg-fit: rounds, per_round, local_epochs, batch_size must "
                               "be >= 1")
-        if self.min_micro_batch < 1:
-            raise ConfigError(f"fedavg-fit: min_micro_batch={self.min_micro_batch}; use 1 or "
-                              "more samples")
+        check_min_micro_batch(self.min_micro_batch, "fedavg-fit")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FedAvgFitConfig:

@@ -72,7 +72,7 @@ from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import alternatives
-from profl_core.methods.alternatives import PLAIN, Rung
+from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
 from profl_core.models import BlockedModel
 from profl_core.models.exits import DISTILL_TEMPERATURE
@@ -156,9 +156,7 @@ class ProFLConfig:
         too_few = self.max_rounds is not None and self.max_rounds < self.min_rounds
         if self.min_rounds < 1 or too_few:
             raise ConfigError("profl: need 1 <= min_rounds <= max_rounds")
-        if self.min_micro_batch < 1:
-            raise ConfigError(f"profl: min_micro_batch={self.min_micro_batch}; use 1 or more "
-                              "samples")
+        check_min_micro_batch(self.min_micro_batch, "profl")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProFLConfig:
