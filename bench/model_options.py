@@ -1,8 +1,9 @@
 """The model flags shared by ``profl trace``, ``profl memory`` and ``profl models``.
 
 ``--model`` takes a zoo name, ``torchvision:NAME`` or ``pkg.module:factory``; ``--blocks``,
-``--in-channels`` and ``--input-size`` (and ``--num-classes`` where a command has no own
-default) override the model's native spec (:func:`profl_core.models.native_spec`).
+``--in-channels``, ``--input-size`` and ``--identity-standins`` (and ``--num-classes`` where a
+command has no own default) override the model's native spec
+(:func:`profl_core.models.native_spec`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, num_classes: bool = T
                         help="input channels (default: the model's, 3; cnn 1)")
     parser.add_argument("--input-size", type=int, default=None,
                         help="input height and width (default: the model's, 32; cnn 28)")
+    parser.add_argument("--identity-standins", action="store_true",
+                        help="ProFL's stand-in for a block that keeps its input's shape is the "
+                             "identity (nothing to fit; no activations at that resolution)")
 
 
 def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,6 +43,8 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.blocks is not None:
         out["blocks"] = parse_blocks(args.blocks, where="--blocks")
+    if args.identity_standins:
+        out["identity_standins"] = True
     for name, least in (("num_classes", 2), ("in_channels", 1), ("input_size", 1)):
         value = getattr(args, name, None)
         if value is None:

@@ -119,8 +119,9 @@ def render_plan(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_plan(path: Path, model: str) -> tuple[str, ...]:
-    """The planned block groups of a plan file, for a run training ``model``.
+def read_plan(path: Path, model: str) -> tuple[tuple[str, ...], bool]:
+    """The planned block groups of a plan file, for a run training ``model``, and whether it
+    was planned with identity stand-ins.
 
     Raises:
         ConfigError: naming the file and field: not a plan, or a plan of another model.
@@ -139,4 +140,4 @@ def read_plan(path: Path, model: str) -> tuple[str, ...]:
     if len(groups) < 3 or not all(isinstance(g, str) and g for g in groups):
         fields.bad("blocks", "use a list of at least three block-group strings, the last the "
                              "head")
-    return tuple(groups)
+    return tuple(groups), spec.has("identity_standins") and spec.boolean("identity_standins")

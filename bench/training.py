@@ -82,7 +82,10 @@ class TrainingConfig:
             torchvision:NAME or pkg.module:factory.
         blocks: Block groups of the model, comma-separated, the last the head (default: the
             model's own partition); see profl trace --blocks.
-        partition_plan: A plan file from profl plan: train on its planned partition.
+        partition_plan: A plan file from profl plan: train on its planned partition (and its
+            identity stand-ins when it was planned with them).
+        identity_standins: ProFL's stand-in for a block that keeps its input's shape is the
+            identity: nothing to fit for it (see profl trace --identity-standins).
         width: Model width multiplier in (0, 1].
         dataset: Dataset: fashion-mnist, cifar10, cifar100 or synthetic.
         data_dir: Folder holding the dataset (default: $PROFL_DATA_DIR, then the system's).
@@ -117,6 +120,7 @@ class TrainingConfig:
     model: str = "cnn"
     blocks: str = ""
     partition_plan: Path | None = None
+    identity_standins: bool = False
     width: float = 1.0
     dataset: str = "fashion-mnist"
     data_dir: Path | None = None
@@ -240,10 +244,13 @@ def model_spec(config: TrainingConfig, train: ArrayDataset) -> ModelSpec:
     if h != w:
         raise ConfigError(f"dataset {config.dataset}: {h}x{w} images; models need square inputs")
     blocks = parse_blocks(config.blocks, where="blocks") if config.blocks else ()
+    identity = config.identity_standins
     if config.partition_plan is not None:
-        blocks = read_plan(config.partition_plan, config.model)
+        blocks, planned_identity = read_plan(config.partition_plan, config.model)
+        identity = identity or planned_identity
     return native_spec(config.model, num_classes=train.num_classes, in_channels=c,
-                       input_size=h, width=config.width, blocks=blocks)
+                       input_size=h, width=config.width, blocks=blocks,
+                       identity_standins=identity)
 
 
 def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dict[str, int]:

@@ -96,6 +96,7 @@ __all__ = [
     "build_fake_step",
     "build_step",
     "case_from_text",
+    "fitted_steps",
     "method_step",
     "modifier_texts",
     "num_blocks",
@@ -110,6 +111,20 @@ def num_blocks(spec: ModelSpec) -> int:
     """T for a model spec, from a model built on the meta device (nothing is allocated)."""
     with unset_fake_temporarily(), torch.device("meta"):
         return build_model(spec).num_blocks
+
+
+@functools.lru_cache(maxsize=64)
+def fitted_steps(spec: ModelSpec) -> tuple[int, ...]:
+    """The shrinking steps t (2..T) whose basic layer ``basic<t>`` has parameters to fit (all
+    of them unless identity stand-ins, :attr:`ModelSpec.identity_standins`, replace some), on
+    the meta device."""
+    with unset_fake_temporarily(), torch.device("meta"):
+        model = build_model(spec)
+        if model.num_blocks < 2:
+            return ()
+        first = model.output_module(1)
+    return tuple(t for t in range(2, model.num_blocks + 1)
+                 if any(True for _ in first.get_submodule(f"basic{t}").parameters()))
 
 
 @dataclass(eq=False, kw_only=True)
@@ -262,6 +277,10 @@ class TrainingCase:
                                       or not isinstance(self.step, int)):
             raise ConfigError(f"case step={self.step!r}; use a whole number")  # bool is not int
         check_step(self.kind, self.step, num_blocks(self.model))
+        if self.kind == "shrink" and self.step not in fitted_steps(self.model):
+            raise ConfigError(f"case shrink:{self.step}: block {self.step}'s stand-in is the "
+                              "identity (identity_standins), so ProFL fits nothing there; "
+                              "drop the case")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
             raise ConfigError(f"case batch_size={self.batch_size!r}; use a whole number")
         if self.batch_size < 1:
@@ -323,6 +342,8 @@ class TrainingCase:
         if spec.blocks:  # a partition of its own: the groups' digest, short and stable
             digest = hashlib.sha256(",".join(spec.blocks).encode()).hexdigest()[:8]
             model += f"@b{len(spec.blocks) - 1}-{digest}"
+        if spec.identity_standins:
+            model += "@id"
         parts = [model, self.label, f"bs{self.batch_size}"]
         if self.optimizer != "sgd":
             parts.append(self.optimizer)
@@ -477,10 +498,12 @@ def parse_case(text: str, *, blocks: int | None = None) -> tuple[str, int | None
 
 
 def all_cases(spec: ModelSpec, *, batch_size: int, **options: Any) -> list[TrainingCase]:
-    """``full`` then every ``grow`` and ``shrink`` step of a model, in ProFL's order."""
+    """``full`` then every ``shrink`` step with a basic layer to fit (:func:`fitted_steps`) and
+    every ``grow`` step of a model, in ProFL's order."""
     blocks = num_blocks(spec)
     cases = [TrainingCase(model=spec, kind="full", batch_size=batch_size, **options)]
-    for t in range(blocks, 1, -1):
+    fitted = fitted_steps(spec)
+    for t in reversed(fitted):
         cases.append(TrainingCase(model=spec, kind="shrink", step=t, batch_size=batch_size,
                                   **options))
     for t in range(1, blocks + 1):

@@ -43,7 +43,7 @@ from typing import Literal
 from torch import nn
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import TrainingCase, all_cases, case_from_text
+from profl_core.memory.case import TrainingCase, all_cases, case_from_text, fitted_steps
 from profl_core.memory.report import MemoryReport
 from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
 
@@ -273,7 +273,7 @@ def plan_partition(
         cut = partition_spec(base, units, [b for b in (i, j) if 0 < b < n] + list(rest),
                              head=head)
         t = 1 if i == 0 else 2
-        labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
+        labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t in fitted_steps(cut) else [])
         return max(_peak(measure(case_from_text(cut, label, batch_size=batch_size)), objective)
                    for label in labels)
 

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -188,12 +188,16 @@ class Phase:
         return self.submodel.startswith("shrink:")
 
 
-def plan(num_blocks: int, *, shrink: bool) -> list[Phase]:
-    """Shrink T..2 (train B_t, then fit basic<t>), then grow 1..T."""
+def plan(num_blocks: int, *, shrink: bool,
+         fitted: Collection[int] | None = None) -> list[Phase]:
+    """Shrink T..2 (train B_t, then fit basic<t> where ``fitted`` holds t; default: every t),
+    then grow 1..T."""
     phases: list[Phase] = []
     if shrink:
         for t in range(num_blocks, 1, -1):
-            phases += [Phase("shrink", t, f"grow:{t}"), Phase("shrink", t, f"shrink:{t}")]
+            phases.append(Phase("shrink", t, f"grow:{t}"))
+            if fitted is None or t in fitted:
+                phases.append(Phase("shrink", t, f"shrink:{t}"))
     phases += [Phase("grow", t, f"grow:{t}") for t in range(1, num_blocks + 1)]
     return phases
 
@@ -296,7 +300,9 @@ class ProFL:
         self._modules = container
         self._num_blocks = base.num_blocks
         self._param_keys = frozenset(k for k, _ in container.named_parameters())
-        self._phases = plan(base.num_blocks, shrink=self.config.shrink)
+        fitted = [t for t in range(2, base.num_blocks + 1)  # identity stand-ins: nothing to fit
+                  if any(True for _ in container.get_submodule(f"om{t - 1}.basic{t}").parameters())]
+        self._phases = plan(base.num_blocks, shrink=self.config.shrink, fitted=fitted)
         weights = {k: v.detach().clone() for k, v in container.state_dict().items()}
         meta: dict[str, Any] = {
             "em_seed": int(rng.integers(2**62)), "phase": 0, "rounds_used": 0,

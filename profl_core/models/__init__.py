@@ -88,7 +88,7 @@ def check_model_name(name: str) -> None:
 def _builder(spec: ModelSpec) -> Callable[[ModelSpec], BlockedModel]:
     """How to build ``spec``: a zoo class, or a checked torchvision/user builder."""
     check_model_name(spec.name)
-    if spec.name in BUILDERS and not spec.blocks:
+    if spec.name in BUILDERS and not spec.blocks and not spec.identity_standins:
         return BUILDERS[spec.name]
     external: Builder = (_regrouped_zoo_model if spec.name in BUILDERS
                          else build_torchvision_model if is_torchvision_name(spec.name)
@@ -99,9 +99,10 @@ def _builder(spec: ModelSpec) -> Callable[[ModelSpec], BlockedModel]:
 
 def _regrouped_zoo_model(spec: ModelSpec) -> tuple[BlockedModel, nn.Module]:
     """A zoo model cut into ``spec.blocks`` (groups over its ``block<i>`` children, e.g. a
-    planned partition, :mod:`profl_core.memory.plan`), with generic output modules."""
-    zoo = BUILDERS[spec.name](replace(spec, blocks=()))
-    return wrap(spec, zoo, spec.blocks), zoo
+    planned partition, :mod:`profl_core.memory.plan`; its own stages when empty), with generic
+    output modules."""
+    zoo = BUILDERS[spec.name](replace(spec, blocks=(), identity_standins=False))
+    return wrap(spec, zoo, spec.blocks or (*zoo.block_names(), "head")), zoo
 
 
 def build_model(spec: ModelSpec, *, generator: torch.Generator | None = None) -> BlockedModel:

@@ -40,6 +40,12 @@ class ModelSpec:
             last one the head; empty: the model's default partition (a zoo model's stages). For
             a zoo model they are groups over its ``block<i>`` children (a planned partition,
             :mod:`profl_core.memory.plan`).
+        identity_standins: ProFL's stand-in for a block whose output has the shape of its
+            input is the identity (a residual block's skip path) instead of a convolution,
+            batch norm and ReLU, so ProFL has no basic layer to fit for it and its output
+            modules hold no activations at that block's resolution (a deviation from the
+            authors, README "Planning ProFL's partition"). The output modules are then the
+            generic ones of :mod:`profl_core.models.external`, also for a zoo model's stages.
     """
 
     name: str
@@ -48,6 +54,7 @@ class ModelSpec:
     input_size: int = 32
     width: float = 1.0
     blocks: tuple[str, ...] = ()
+    identity_standins: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.blocks, list):  # JSON and TOML have no tuples
@@ -57,6 +64,9 @@ class ModelSpec:
         ):
             raise ConfigError(f"model spec: blocks={self.blocks!r}; use a list of module names "
                               "such as ['features.0-3', 'features.4-6', 'classifier']")
+        if not isinstance(self.identity_standins, bool):
+            raise ConfigError(f"model spec: identity_standins={self.identity_standins!r}; use "
+                              "true or false")
         if self.num_classes < 2:
             raise ConfigError(f"model spec: num_classes={self.num_classes}; use 2 or more")
         if self.in_channels < 1 or self.input_size < 1:

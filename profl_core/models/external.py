@@ -218,8 +218,11 @@ def _stride(size: int, target: int) -> tuple[int, bool]:
 
 
 def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
-             block: int) -> nn.Module:
+             block: int, identity: bool = False) -> nn.Module:
     """ProFL's cheap stand-in for a block taking per-sample shape ``in_shape`` to ``out_shape``.
+
+    With ``identity`` a block that keeps its input's shape is stood in for by ``nn.Identity``
+    (:attr:`ModelSpec.identity_standins`).
 
     ``(C, H, W) -> (C', H', W')``: 3x3 convolution (no bias) with the stride that matches,
     batch norm, ReLU, plus adaptive average pooling to ``(H', W')`` when no stride matches
@@ -228,6 +231,8 @@ def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
     Raises:
         ConfigError: any other pair of shapes.
     """
+    if identity and tuple(in_shape) == tuple(out_shape):
+        return nn.Identity()
     if len(in_shape) == 3 and len(out_shape) == 3:
         (c, h, w), (c_out, h_out, w_out) = in_shape, out_shape
         stride_h, exact_h = _stride(h, h_out)
@@ -289,7 +294,7 @@ class ExternalModel(BlockedModel):
         layers: dict[str, nn.Module] = {}
         for k in range(step + 1, self.num_blocks + 1):
             layers[f"basic{k}"] = stand_in(shapes[k - 2], shapes[k - 1], model=self.spec.name,
-                                           block=k)
+                                           block=k, identity=self.spec.identity_standins)
         layers["head"] = fresh_copy(self.head)
         return nn.Sequential(OrderedDict(layers))
 
