@@ -4,16 +4,22 @@ Input: model names, a batch size, a probe, the device profiles and fleets. Outpu
 run folder: ``cases/<case>.json`` (one MemoryReport each, so an interrupted run resumes where it
 stopped), ``result.json`` (records), ``tables/*.md|csv`` and ``figures/*.png``. Tables and
 figures are rebuilt from ``result.json`` alone (:func:`render_memory`), never from memory state.
+With ``workers`` > 1 the ``predict`` and ``dispatch`` probes measure that many cases at once in
+spawned processes (their reports do not depend on the process, only on the case and the torch
+thread count, which the workers take from the caller).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from tabulate import tabulate
 
 from bench import plots
@@ -29,6 +35,9 @@ from profl_core.models import ModelSpec, native_spec
 from profl_core.results import Record, ResultFile, atomic_write_text, case_hash
 
 MIB = 1 << 20
+#: Probes whose report is a function of the case and the thread count alone (no real
+#: allocator, no device): only these measure cases in parallel worker processes.
+PARALLEL_PROBES = ("predict", "dispatch")
 
 
 def profl_cases(spec: ModelSpec, batch_size: int) -> list[TrainingCase]:
@@ -127,7 +136,9 @@ class MemorySection:
     model, or every ProFL step, with gradient accumulation, checkpointing, autocast).
     ``model_spec`` maps a model name to spec fields over its native spec (``blocks``,
     ``in_channels``, ``input_size``, ``num_classes``, ``width``): a suite's
-    ``[memory.model_spec."NAME"]`` tables, or the flags of ``profl memory``.
+    ``[memory.model_spec."NAME"]`` tables, or the flags of ``profl memory``. ``workers``:
+    cases measured at once, each in its own spawned process, for the :data:`PARALLEL_PROBES`
+    (the others measure one case at a time in this process).
     """
 
     models: tuple[str, ...]
@@ -137,6 +148,7 @@ class MemorySection:
     methods: tuple[str, ...] = ()
     model_spec: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     alternatives: tuple[str, ...] = ()
+    workers: int = 1
 
     def spec(self, name: str) -> ModelSpec:
         """The spec of one model: native, the section's classes, then its ``model_spec``."""
@@ -167,19 +179,56 @@ def measure_section(
     resume: bool,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, MemoryReport]:
-    """Measure every case, reusing ``cases/*.json`` from an earlier run when ``resume``."""
+    """Measure every case, reusing ``cases/*.json`` from an earlier run when ``resume``; in
+    ``section.workers`` processes for the :data:`PARALLEL_PROBES`. Reports come back in the
+    section's case order, each written to its ``cases/*.json`` as it arrives."""
+    cases = section.cases()
     reports: dict[str, MemoryReport] = {}
-    for case in section.cases():
+    todo: list[TrainingCase] = []
+    for case in cases:
         path = _case_file(folder, case)
         if resume and path.exists():
             reports[case.key] = read_case_report(path, case, section.probe)
+            if progress is not None:
+                progress(case.key)
         else:
-            report = measure(case, probe=section.probe)
-            atomic_write_text(path, report.to_json() + "\n")
-            reports[case.key] = report
+            todo.append(case)
+
+    def keep(case: TrainingCase, report: MemoryReport) -> None:
+        atomic_write_text(_case_file(folder, case), report.to_json() + "\n")
+        reports[case.key] = report
         if progress is not None:
             progress(case.key)
-    return reports
+
+    workers = min(section.workers, len(todo))
+    if workers > 1 and section.probe in PARALLEL_PROBES:
+        _measure_in_workers(todo, section.probe, workers, keep)
+    else:
+        for case in todo:
+            keep(case, measure(case, probe=section.probe))
+    return {case.key: reports[case.key] for case in cases}
+
+
+def _measure_in_workers(cases: Sequence[TrainingCase], probe: str, workers: int,
+                        keep: Callable[[TrainingCase, MemoryReport], None]) -> None:
+    """Measure ``cases`` in ``workers`` spawned processes at this process's torch thread
+    count; ``keep`` each report as it arrives. The first error cancels the cases not started
+    and is raised here."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=torch.set_num_threads,
+                             initargs=(torch.get_num_threads(),)) as pool:
+        futures = {pool.submit(measure, case, probe=probe): case for case in cases}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    keep(futures[future], future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def read_case_report(path: Path, case: TrainingCase, probe: str) -> MemoryReport:

@@ -137,6 +137,12 @@ def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
+def _workers(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise ConfigError(f"{where} = {shown(value)}; use a whole number from 1 to 64")
+    return value
+
+
 def _models(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} = {shown(value)}: use a list of model names, e.g. "
@@ -190,6 +196,7 @@ def load_suite(name_or_path: str) -> Suite:
                                    f"{path}: [memory.model_spec"),
             alternatives=parse_alternatives(table.get("alternatives", []), batch,
                                             f"{path}: [memory] alternatives"),
+            workers=_workers(table.get("workers", 1), f"{path}: [memory] workers"),
         )
     speed = None
     if "speed" in data:
