@@ -137,9 +137,13 @@ def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
-def _workers(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
-        raise ConfigError(f"{where} = {shown(value)}; use a whole number from 1 to 64")
+def _whole(table: Mapping[str, Any], key: str, default: int, low: int, high: int,
+           where: str) -> int:
+    """``table[key]`` (``default`` when absent): a whole number from ``low`` to ``high``."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where} {key} = {shown(value)}; use a whole number from {low} to "
+                          f"{high}")
     return value
 
 
@@ -179,15 +183,8 @@ def load_suite(name_or_path: str) -> Suite:
         probe = table.get("probe", "predict")
         if not isinstance(probe, str) or probe not in PROBES:
             raise ConfigError(f"{path}: [memory] probe = {shown(probe)}; use one of {PROBES}")
-        batch = table.get("batch_size", 64)
-        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 2**20:
-            raise ConfigError(f"{path}: [memory] batch_size = {shown(batch)}; use a whole "
-                              f"number from 1 to {2**20}")
-        classes = table.get("num_classes", 10)
-        if isinstance(classes, bool) or not isinstance(classes, int) \
-                or not 2 <= classes <= 100_000:
-            raise ConfigError(f"{path}: [memory] num_classes = {shown(classes)}; use a whole "
-                              "number from 2 to 100000")
+        batch = _whole(table, "batch_size", 64, 1, 2**20, f"{path}: [memory]")
+        classes = _whole(table, "num_classes", 10, 2, 100_000, f"{path}: [memory]")
         models = _models(table.get("models", list(MODEL_NAMES)), f"{path}: [memory] models")
         memory = MemorySection(
             models=models, batch_size=batch, probe=probe, num_classes=classes,
@@ -196,7 +193,7 @@ def load_suite(name_or_path: str) -> Suite:
                                    f"{path}: [memory.model_spec"),
             alternatives=parse_alternatives(table.get("alternatives", []), batch,
                                             f"{path}: [memory] alternatives"),
-            workers=_workers(table.get("workers", 1), f"{path}: [memory] workers"),
+            workers=_whole(table, "workers", 1, 1, 64, f"{path}: [memory]"),
         )
     speed = None
     if "speed" in data:

@@ -73,7 +73,14 @@ from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.inclusivefl import InclusiveFL
 from profl_core.methods.profl import ProFL, ProFLConfig
-from profl_core.models import BlockedModel, ModelSpec, build_model, check_model_name, native_spec
+from profl_core.models import (
+    BlockedModel,
+    ModelSpec,
+    build_model,
+    check_model_name,
+    fitted_basic_layers,
+    native_spec,
+)
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 DTYPES: dict[str, torch.dtype] = {
@@ -115,16 +122,12 @@ def num_blocks(spec: ModelSpec) -> int:
 
 @functools.lru_cache(maxsize=64)
 def fitted_steps(spec: ModelSpec) -> tuple[int, ...]:
-    """The shrinking steps t (2..T) whose basic layer ``basic<t>`` has parameters to fit (all
-    of them unless identity stand-ins, :attr:`ModelSpec.identity_standins`, replace some), on
-    the meta device."""
+    """:func:`~profl_core.models.fitted_basic_layers` of ``spec``, built on the meta device."""
     with unset_fake_temporarily(), torch.device("meta"):
         model = build_model(spec)
         if model.num_blocks < 2:
             return ()
-        first = model.output_module(1)
-    return tuple(t for t in range(2, model.num_blocks + 1)
-                 if any(True for _ in first.get_submodule(f"basic{t}").parameters()))
+        return fitted_basic_layers(model.output_module(1), model.num_blocks)
 
 
 @dataclass(eq=False, kw_only=True)

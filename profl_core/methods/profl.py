@@ -74,7 +74,7 @@ from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerSta
 from profl_core.methods import alternatives
 from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
-from profl_core.models import BlockedModel
+from profl_core.models import BlockedModel, fitted_basic_layers
 from profl_core.models.exits import DISTILL_TEMPERATURE
 
 Schedule = Literal["em", "fixed"]
@@ -300,8 +300,8 @@ class ProFL:
         self._modules = container
         self._num_blocks = base.num_blocks
         self._param_keys = frozenset(k for k, _ in container.named_parameters())
-        fitted = [t for t in range(2, base.num_blocks + 1)  # identity stand-ins: nothing to fit
-                  if any(True for _ in container.get_submodule(f"om{t - 1}.basic{t}").parameters())]
+        fitted = (fitted_basic_layers(container.get_submodule("om1"), base.num_blocks)
+                  if base.num_blocks > 1 else ())
         self._phases = plan(base.num_blocks, shrink=self.config.shrink, fitted=fitted)
         weights = {k: v.detach().clone() for k, v in container.state_dict().items()}
         meta: dict[str, Any] = {

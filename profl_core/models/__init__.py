@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from profl_core.errors import ConfigError
-from profl_core.models.base import BlockedModel, ConvBlockedModel, ModelSpec, PoolHead
+from profl_core.models.base import (
+    BlockedModel,
+    ConvBlockedModel,
+    ModelSpec,
+    PoolHead,
+    fitted_basic_layers,
+)
 from profl_core.models.cnn import CNN
 from profl_core.models.external import (
     Builder,
@@ -125,6 +131,7 @@ __all__ = [
     "PoolHead",
     "build_model",
     "check_model_name",
+    "fitted_basic_layers",
     "native_spec",
     "parse_blocks",
 ]

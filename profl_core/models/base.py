@@ -212,6 +212,14 @@ class ConvBlockedModel(BlockedModel):
         return nn.Sequential(OrderedDict(layers))
 
 
+def fitted_basic_layers(first_output_module: nn.Module, num_blocks: int) -> tuple[int, ...]:
+    """The shrinking steps t (2..T) whose basic layer ``basic<t>`` in the output module of step
+    1 has parameters to fit: all of them unless identity stand-ins
+    (:attr:`ModelSpec.identity_standins`) replace some."""
+    return tuple(t for t in range(2, num_blocks + 1)
+                 if any(True for _ in first_output_module.get_submodule(f"basic{t}").parameters()))
+
+
 def basic_layer(in_channels: int, out_channels: int) -> nn.Sequential:
     """ProFL's stand-in for a conv stage: 3x3 stride-2 conv (no bias), batch norm, ReLU."""
     return nn.Sequential(
