@@ -52,6 +52,7 @@ from profl_core.errors import ConfigError, build_config
 from profl_core.fl.aggregate import fedavg
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import tiers
+from profl_core.methods.module_cache import ModuleCache
 from profl_core.models import BlockedModel
 from profl_core.models.exits import add_exits, exit_name, mutual_distillation_loss
 
@@ -135,6 +136,7 @@ class DepthFL:
         self.config = config
         self.test_data = test_data
         self._net: nn.Module | None = None
+        self._copies = ModuleCache()  # the clients' copy of the network with its exits
         self._blocks = 0
 
     # --- memory ---------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ class DepthFL:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**62)))
             self._net = add_exits(copy.deepcopy(model))
+        self._copies.clear()
         self._blocks = model.num_blocks
         weights = {k: v.detach().clone() for k, v in self._net.state_dict().items()}
         return ServerState(weights=weights, meta={"rounds_used": 0})
@@ -214,9 +217,7 @@ class DepthFL:
 
     def _loaded(self, state: ServerState) -> nn.Module:
         assert self._net is not None
-        net = copy.deepcopy(self._net)
-        net.load_state_dict(state.weights)
-        return net
+        return self._copies.loaded("net", self._net, state.weights)
 
     def _exits_forward(
         self, modules: Mapping[str, nn.Module], k: int

@@ -44,6 +44,7 @@ from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.selection import require_trainable, select_any, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import tiers
+from profl_core.methods.module_cache import ModuleCache
 from profl_core.methods.width import (
     LEVELS,
     build_width_model,
@@ -118,6 +119,7 @@ class FedAvg:
         self.policy = config.resolved_policy
         self.levels = check_levels(config.levels)
         self._model: BlockedModel | None = None
+        self._copies = ModuleCache()  # the clients' copy of the full model
         self._small: str | None = None  # AllSmall's sub-model, fixed by the fleet
 
     @property
@@ -189,6 +191,7 @@ class FedAvg:
         if self.policy == "allsmall":
             require_sliceable(model, "allsmall")
         self._model = copy.deepcopy(model)
+        self._copies.clear()
         weights = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
         return ServerState(weights=weights, meta={"rounds_used": 0})
 
@@ -219,8 +222,7 @@ class FedAvg:
     def _build(self, state: ServerState, submodel: str) -> SubModel:
         assert self._model is not None
         if submodel == "full":
-            model = copy.deepcopy(self._model)
-            model.load_state_dict(state.weights)
+            model = self._copies.loaded("full", self._model, state.weights)
         else:
             level = next(w for w in self.levels if width_name(w) == submodel)
             model = build_width_model(self._model.spec, level)

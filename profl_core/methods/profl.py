@@ -74,6 +74,7 @@ from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerSta
 from profl_core.methods import alternatives
 from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
+from profl_core.methods.module_cache import ModuleCache
 from profl_core.models import BlockedModel, fitted_basic_layers
 from profl_core.models.exits import DISTILL_TEMPERATURE
 
@@ -226,6 +227,7 @@ class ProFL:
         ) if config.accumulate else (PLAIN,)
         self._round: dict[int, Rung] = {}  # client id -> rung, of the round being configured
         self._modules: nn.Module | None = None
+        self._copies = ModuleCache()  # the clients' copies of the modules
         self._param_keys: frozenset[str] = frozenset()
         self._num_blocks = 0
         self._phases: list[Phase] = []
@@ -262,12 +264,10 @@ class ProFL:
         teach = teach if teacher else []
         modules: dict[str, nn.Module] = {}
         for name in [*prefix, *student, *teach]:
-            module = copy.deepcopy(self._container().get_submodule(name))
             start = name + "."
-            module.load_state_dict(
-                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)}
-            )
-            modules[name] = module
+            modules[name] = self._copies.loaded(
+                name, self._container().get_submodule(name),
+                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
         return SubModel(
             modules=modules, prefix=tuple(prefix), student=tuple(student),
             teacher=tuple(teach), trainable=trainable,
@@ -298,6 +298,7 @@ class ProFL:
             for t in range(1, base.num_blocks):
                 container.add_module(f"om{t}", base.output_module(t))
         self._modules = container
+        self._copies.clear()
         self._num_blocks = base.num_blocks
         self._param_keys = frozenset(k for k, _ in container.named_parameters())
         fitted = (fitted_basic_layers(container.get_submodule("om1"), base.num_blocks)
