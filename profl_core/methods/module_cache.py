@@ -1,8 +1,8 @@
 """One reusable copy of each module a method hands to its clients.
 
 A method builds a client's sub-model from its template modules and the round's weights. A
-deep copy of the template per client costs more than the load (8-10 ms per client for ``cnn``
-at width 0.25, a tenth of a FedAvg-with-micro-batching round on one CPU thread); a client
+deep copy of the template per client costs more than the load (about 10 ms per client for
+``cnn`` at width 0.25, 7% of a ``fedavg-fit`` run's client training on one CPU thread); a client
 trains its sub-model in place and returns clones of its state
 (:func:`~profl_core.fl.local.train_client`), so the next client of the same process can take
 the same copy, loaded with the weights it is given. Every value a client sees comes from

@@ -42,13 +42,17 @@ def test_a_reused_copy_holds_the_new_weights_and_no_gradients() -> None:
 
 
 def test_a_pickled_cache_holds_no_copies() -> None:
-    """A Ray worker gets the method without the driver's copies and builds its own."""
+    """A Ray worker gets the method without the driver's copies and builds its own: a new
+    template under the same name is copied, where a carried-over copy of the old one (other
+    shapes) would refuse the new weights."""
     cache = ModuleCache()
-    template = nn.Linear(3, 2)
-    cache.loaded("lin", template, template.state_dict())
+    old = nn.Linear(3, 2)
+    cache.loaded("lin", old, old.state_dict())
     clone = pickle.loads(pickle.dumps(cache))
-    assert clone.loaded("lin", template, template.state_dict()) is not \
-        cache.loaded("lin", template, template.state_dict())
+    new = nn.Linear(5, 4)
+    module = clone.loaded("lin", new, new.state_dict())
+    assert module.weight.shape == (4, 5)
+    assert torch.equal(module.weight, new.weight)
 
 
 def _train(method, state: ServerState, client: int, data) -> dict[str, torch.Tensor]:
