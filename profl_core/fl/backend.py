@@ -15,7 +15,8 @@ from typing import Protocol
 from profl_core.data import ArrayDataset
 from profl_core.fl.client import ClientJob, run_client
 from profl_core.fl.local import LocalConfig
-from profl_core.fl.types import ClientDrop, ClientUpdate, Method, ServerState
+from profl_core.fl.method import SubModels
+from profl_core.fl.types import ClientDrop, ClientUpdate, ServerState
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,12 +34,12 @@ ClientResult = ClientUpdate | ClientDrop
 class Backend(Protocol):
     """Runs a round's client jobs somewhere; one instance serves one run."""
 
-    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
+    def start(self, method: SubModels, data: FederatedData, config: LocalConfig) -> None:
         """Prepare workers for a run (place each client's data once)."""
         ...
 
     def run_round(
-        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
+        self, method: SubModels, state: ServerState, jobs: Sequence[ClientJob]
     ) -> list[ClientResult]:
         """Run ``jobs`` against ``state``; one result per job, in job order."""
         ...
@@ -55,12 +56,12 @@ class LocalBackend:
         self._data: FederatedData | None = None
         self._config = LocalConfig()
 
-    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
+    def start(self, method: SubModels, data: FederatedData, config: LocalConfig) -> None:
         """Keep a reference to the data and the settings."""
         self._data, self._config = data, config
 
     def run_round(
-        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
+        self, method: SubModels, state: ServerState, jobs: Sequence[ClientJob]
     ) -> list[ClientResult]:
         """Run the jobs in order with :func:`~profl_core.fl.client.run_client`."""
         if self._data is None:

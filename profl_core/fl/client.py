@@ -30,7 +30,8 @@ import torch
 from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
 from profl_core.fl.local import LocalConfig, train_client
-from profl_core.fl.types import ClientDrop, ClientTask, ClientUpdate, Method, ServerState
+from profl_core.fl.method import SubModels
+from profl_core.fl.types import ClientDrop, ClientTask, ClientUpdate, ServerState
 
 #: Test-only faults: raise an exception, raise ``MemoryError``, or kill the worker process
 #: (the last only where a worker is a separate process: the Ray backend).
@@ -82,7 +83,7 @@ def refusal(task: ClientTask) -> str | None:
 
 
 def run_client(
-    method: Method,
+    method: SubModels,
     state: ServerState,
     job: ClientJob,
     data: ArrayDataset,

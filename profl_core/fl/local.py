@@ -440,6 +440,7 @@ def train_client(
         state=state,
         num_examples=n,
         metrics={"train_loss": sum(losses) / len(losses)},
+        task=task,
     )
 
 

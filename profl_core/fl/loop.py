@@ -38,31 +38,25 @@ record.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError, build_config
-from profl_core.files import (
-    Fields,
-    atomic_save,
-    atomic_write_text,
-    fail,
-    load_torch,
-    read_jsonl,
-    shown,
-)
 from profl_core.fl.backend import Backend, FederatedData, LocalBackend
+from profl_core.fl.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from profl_core.fl.client import (
     FAULTS,
     ClientJob,
@@ -71,20 +65,18 @@ from profl_core.fl.client import (
     first_non_finite,
 )
 from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
+from profl_core.fl.method import Method
+from profl_core.fl.sinks import JsonlSink, RoundSink
 from profl_core.fl.types import (
     ClientDrop,
     ClientTask,
     ClientUpdate,
     DivergedError,
     MemoryTable,
-    Method,
     RoundFailedError,
     RoundRecord,
     ServerState,
 )
-
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,77 +147,6 @@ class RunConfig:
         )
 
 
-class RoundSink(Protocol):
-    """Where round records go."""
-
-    def write(self, record: RoundRecord) -> None:
-        """Store one record."""
-        ...
-
-
-class JsonlSink:
-    """Round records as JSON lines, appended and flushed one per round."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, record: RoundRecord) -> None:
-        """Append one record and flush it to disk."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record_to_json(record)) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def kept(self, after_round: int) -> tuple[list[str], str | None]:
-        """The lines :meth:`truncate` keeps (rounds ``1 .. after_round``, byte-identical) and
-        its note on a dropped torn last line; reads only, so a resume can check the file
-        before any work.
-
-        Raises:
-            ConfigError: A damaged line but the torn last one, a record without a whole
-                ``round``, or kept records that are not exactly rounds ``1 .. after_round``
-                (the file does not belong with the checkpoint).
-        """
-        fix = "restore it, or start fresh in a new folder"
-        if not self.path.exists():
-            if after_round:
-                raise ConfigError(f"{self.path}: missing, but the checkpoint is at round "
-                                  f"{after_round}; {fix}")
-            return [], None
-        read = read_jsonl(self.path, "rounds file", missing=fix, fix=fix)
-        keep: list[tuple[int, str]] = []
-        for number, record, text in zip(read.lines, read.records, read.texts, strict=True):
-            rnd = record.get("round") if isinstance(record, dict) else None
-            if isinstance(rnd, bool) or not isinstance(rnd, int):
-                raise ConfigError(f"{self.path}: line {number} has no whole round number; {fix}")
-            if rnd <= after_round:
-                keep.append((rnd, text))
-        if [rnd for rnd, _ in keep] != list(range(1, after_round + 1)):
-            raise ConfigError(
-                f"{self.path}: its records up to round {after_round} are not rounds 1 to "
-                f"{after_round}, which the checkpoint holds; {fix}")
-        return [text for _, text in keep], read.torn
-
-    def truncate(self, after_round: int) -> str | None:
-        """Keep only the records of rounds ``1 .. after_round`` (used when resuming; see
-        :meth:`kept`); returns the note on a dropped torn last line, or None."""
-        lines, torn = self.kept(after_round)
-        if self.path.exists():
-            atomic_write_text(self.path, "".join(line + "\n" for line in lines))
-        return torn
-
-
-def record_to_json(record: RoundRecord) -> dict[str, Any]:
-    """A JSON-ready dict of a record."""
-    data = asdict(record)
-    data["participants"] = list(record.participants)
-    data["required_bytes"] = list(record.required_bytes)
-    data["metrics"] = dict(record.metrics)
-    data["dropped"] = [[cid, reason] for cid, reason in record.dropped]
-    return data
-
-
 def _ray_backend() -> Backend:
     try:
         from profl_core.fl.ray_backend import RayBackend  # ray is optional: only for "ray"
@@ -247,106 +168,6 @@ def make_backend(backend: str | Backend) -> Backend:
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is not available; use one of {sorted(BACKENDS)}")
     return BACKENDS[backend]()
-
-
-def save_checkpoint(
-    path: Path, rnd: int, state: ServerState, method: str, np_rng: np.random.Generator,
-    *, loop: Mapping[str, Any] | None = None,
-) -> None:
-    """Write a checkpoint atomically (temp file + ``os.replace``).
-
-    Client shuffling needs no state: its seeds derive from (seed, round, client id). ``loop``
-    is the round loop's own state (the divergence rule's reference loss).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "method": method,
-        "round": rnd,
-        "weights": state.weights,
-        "meta": state.meta,
-        "numpy_rng": np_rng.bit_generator.state,
-        "loop": dict(loop or {}),
-    }
-    atomic_save(path, lambda handle: torch.save(payload, handle))
-
-
-#: What to do with a checkpoint that cannot be resumed.
-CHECKPOINT_FIX = ("start fresh in a new folder, or put back the last good checkpoint.pt (a "
-                  "copy from before the damage)")
-
-_CHECKPOINT_KEYS = ("format", "method", "round", "weights", "meta", "numpy_rng", "loop")
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` and check its structure.
-
-    Raises:
-        ConfigError: One line naming the file, what is wrong and how to recover: a file torch
-            cannot read, another format, a missing key or a value of the wrong type.
-    """
-    payload = load_torch(path, "checkpoint", missing="no checkpoint to resume from",
-                         fix=CHECKPOINT_FIX)
-    version = payload.get("format") if isinstance(payload, dict) else None
-    if type(version) is not int or version != CHECKPOINT_FORMAT:
-        fail(path, f"not a checkpoint of format {CHECKPOINT_FORMAT}; {CHECKPOINT_FIX}")
-    top = Fields(payload, path, table="dict", fix=CHECKPOINT_FIX)
-    top.require(_CHECKPOINT_KEYS)
-    top.string("method")
-    top.integer("round", "use a round number >= 0", minimum=0)
-    weights = top.get("weights")
-    if not isinstance(weights, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
-        top.bad("weights", "not a name -> tensor dict")
-    for key in ("meta", "numpy_rng", "loop"):
-        top.mapping(key)
-    return payload
-
-
-def restore_checkpoint(
-    path: Path, payload: Mapping[str, Any], *, method: Method, fresh: ServerState,
-    np_rng: np.random.Generator, rounds: int,
-) -> ServerState:
-    """The server state of a checkpoint read by :func:`load_checkpoint`, checked against the
-    ``fresh`` state of the run's model and method; sets ``np_rng`` to the saved state.
-
-    Raises:
-        ConfigError: The checkpoint is of another method, a later round than the run has,
-            lacks or reshapes a tensor of the model (another width or model), holds method
-            state this method cannot use, or an RNG state NumPy refuses.
-    """
-    if payload["method"] != method.name:
-        fail(path, f"checkpoint of method {shown(payload['method'])}, not {method.name!r}; "
-                   "resume with the method it was started with, or use a new folder")
-    if int(payload["round"]) > rounds:
-        fail(path, f"checkpoint of round {payload['round']}, but the run has only {rounds} "
-                   "rounds; resume with the settings it was started with")
-    weights = payload["weights"]
-    for key, tensor in fresh.weights.items():
-        saved = weights.get(key)
-        if saved is None:
-            fail(path, f"weights lack {key!r} of this model; {CHECKPOINT_FIX}")
-        if saved.shape != tensor.shape or saved.dtype != tensor.dtype:
-            fail(path, f"weights[{key!r}] is {saved.dtype} {list(saved.shape)}, this model's "
-                       f"is {tensor.dtype} {list(tensor.shape)} (another model or width?); "
-                       "resume with the settings it was started with, or use a new folder")
-    missing = sorted(set(fresh.meta) - set(payload["meta"]))
-    if missing:
-        fail(path, f"meta lacks {missing[0]!r} of method {method.name}; {CHECKPOINT_FIX}")
-    state = ServerState(weights=dict(weights), meta=dict(payload["meta"]))
-    try:
-        np_rng.bit_generator.state = payload["numpy_rng"]
-        method.is_finished(state)
-        method.position(state)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as err:
-        fail(path, f"holds a state {method.name} cannot use ({type(err).__name__}: "
-                   f"{shown(str(err))}); {CHECKPOINT_FIX}")
-    loop = Fields(payload["loop"], path, "loop", table="dict", fix=CHECKPOINT_FIX)
-    if loop.has("step"):
-        loop.items("step", "use [stage, step, submodel]")
-    if loop.has("reference_loss"):
-        loop.number("reference_loss", finite=False)
-    return state
 
 
 def run_federated(
@@ -410,6 +231,7 @@ def run_federated(
         state = restore_checkpoint(ckpt, payload, method=method, fresh=state, np_rng=np_rng,
                                    rounds=config.rounds)
         start = int(payload["round"]) + 1
+    state = method.fit_fleet(state, fleet, memory_table)
     if resume and isinstance(sink, JsonlSink):
         torn = sink.truncate(start - 1)
         if torn is not None and warn is not None:

@@ -6,10 +6,10 @@ for ``--backend ray [--address ADDR]``). Design:
 * One actor per worker slot (default: the cluster's CPUs, ``num_cpus=1`` each). Client ``c``
   lives on actor ``c % num_actors``; each actor receives its clients' data partitions once, at
   start (an object-store reference, so a restarted actor fetches them again).
-* Per round the driver puts the server state in the object store once; every actor reads it
-  from there (one copy per node). The method object (sub-model builders) goes out only when its
-  pickled bytes change, which for ProFL and FedAvg is once per run. Updates come back as
-  name-keyed tensors of the trained modules.
+* Per round the driver puts the server state's weights and meta in the object store once;
+  every actor reads them from there (one copy per node). The client half of the method (the
+  method object, immutable, and the state's ``structure``, built once per run) goes out once
+  per run. Updates come back as name-keyed tensors of the trained modules.
 * Each actor runs one job at a time and gets the next only when the last one is done, so a
   worker that dies takes only its own client with it: the others of that actor go to the
   restarted actor (``max_restarts``).
@@ -23,11 +23,11 @@ for ``--backend ray [--address ADDR]``). Design:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -39,7 +39,8 @@ from profl_core.errors import ConfigError
 from profl_core.fl.backend import ClientResult, FederatedData
 from profl_core.fl.client import ClientJob, one_line, run_client
 from profl_core.fl.local import LocalConfig
-from profl_core.fl.types import ClientDrop, Method, ServerState
+from profl_core.fl.method import SubModels
+from profl_core.fl.types import ClientDrop, ServerState
 
 _PROBE = -1  # marks an actor.ready() call in the round's running set
 _PROBE_PAUSE_S = 0.2
@@ -61,7 +62,8 @@ class ClientActor:
         self._data = data
         self._config = config
         self._method_key: bytes | None = None
-        self._method: Method | None = None
+        self._method: SubModels | None = None
+        self._structure: Any = None
         self._state_key: bytes | None = None
         self._state: ServerState | None = None
 
@@ -72,15 +74,17 @@ class ClientActor:
     def run(
         self, method: list[Any], state: list[Any], job: ClientJob
     ) -> ClientResult:
-        """Run ``job``. ``method`` and ``state`` are ``[key, ObjectRef]``, fetched only when the
-        key changed (wrapped in a list so that Ray does not fetch them for every call)."""
+        """Run ``job``. ``method`` (the method and the state's structure) and ``state`` (the
+        state without it) are ``[key, ObjectRef]``, fetched only when the key changed (wrapped
+        in a list so that Ray does not fetch them for every call)."""
         if job.fault == "crash":
             os._exit(1)  # test-only: the worker dies mid-round
         if method[0] != self._method_key:
-            self._method = cloudpickle.loads(ray.get(method[1]))
+            self._method, self._structure = cloudpickle.loads(ray.get(method[1]))
             self._method_key = method[0]
+            self._state_key = None
         if state[0] != self._state_key:
-            self._state = ray.get(state[1])
+            self._state = replace(ray.get(state[1]), structure=self._structure)
             self._state_key = state[0]
         assert self._method is not None
         assert self._state is not None
@@ -119,7 +123,7 @@ class RayBackend:
         self._round = 0
         self._restarting: set[int] = set()
 
-    def start(self, method: Method, data: FederatedData, config: LocalConfig) -> None:
+    def start(self, method: SubModels, data: FederatedData, config: LocalConfig) -> None:
         """Start the actors, each with the data of its clients, and wait until they are up."""
         if not ray.is_initialized():
             raise ConfigError("ray backend: Ray is not connected; call ray.init(address=...) "
@@ -137,20 +141,23 @@ class RayBackend:
         ]
         self._actors = [actor_cls.remote(ref, config, self.num_threads)
                         for ref in self._data_refs]
+        self._method_key = self._method_ref = None
         ray.get([a.ready.remote() for a in self._actors])
 
     def run_round(
-        self, method: Method, state: ServerState, jobs: Sequence[ClientJob]
+        self, method: SubModels, state: ServerState, jobs: Sequence[ClientJob]
     ) -> list[ClientResult]:
         """Run the jobs on their clients' actors; one result per job, in job order."""
         if not self._actors:
             raise RuntimeError("RayBackend.run_round before start")
-        blob = cloudpickle.dumps(method)
-        key = hashlib.sha256(blob).digest()
+        # Both are fixed for a run (the method is immutable, the structure built once), so
+        # their identity keys them: pickled and shipped once per run.
+        key = f"{id(method)}:{id(state.structure)}".encode()
         if key != self._method_key:
+            blob = cloudpickle.dumps((method, state.structure))
             self._method_key, self._method_ref = key, ray.put(blob)
         self._round += 1
-        state_arg = [self._round.to_bytes(8, "little"), ray.put(state)]
+        state_arg = [self._round.to_bytes(8, "little"), ray.put(replace(state, structure=None))]
         method_arg = [self._method_key, self._method_ref]
         n = len(self._actors)
         queues: list[deque[int]] = [deque() for _ in range(n)]

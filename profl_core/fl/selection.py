@@ -6,12 +6,22 @@ covers the sub-model's required bytes (taken from the measured memory table).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
 
 MIB = 2**20
+
+
+def required(memory_table: Mapping[str, int], name: str) -> int:
+    """``required_bytes`` of sub-model ``name``, or a one-line ConfigError when it is missing."""
+    if name not in memory_table:
+        raise ConfigError(f"memory table has no entry for {name!r}; measure the method's cases "
+                          f"(have: {', '.join(sorted(memory_table))})")
+    return int(memory_table[name])
 
 
 def eligible_ids(fleet: Fleet, required_bytes: int) -> np.ndarray:

@@ -1,8 +1,5 @@
-"""The federated engine's data types and the :class:`Method` protocol (DESIGN §3).
-
-The split follows Flower's strategy: the method configures a round (which clients train which
-sub-model) and aggregates their updates; the engine (:mod:`profl_core.fl.loop`) owns the round
-loop, runs the clients and evaluates. Server state is passed in and returned explicitly.
+"""The federated engine's data types (DESIGN §3); the method contract is
+:mod:`profl_core.fl.method`.
 
 Names used everywhere: a *module name* is a state-dict prefix of the server's weights
 (``block2``, ``head``, ``om1.basic3``); a state dict key is ``<module name>.<param>``.
@@ -12,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import numpy as np
 from torch import Tensor, nn
 
-from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
 
 #: Memory table as the engine sees it: sub-model name ("full", "grow:2", "shrink:3") -> bytes.
@@ -27,7 +22,51 @@ LossKind = Literal["ce", "mse", "kd"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientTask:
+class StepOptions:
+    """How a client runs its step while training the same model: the step options, declared
+    once here for client tasks, alternatives' rungs and memory cases.
+
+    Attributes:
+        micro_batches: Gradient accumulation: each batch is split into this many
+            micro-batches (``torch.tensor_split``: when it does not divide the batch the first
+            ``len % k`` micro-batches get one sample more; a batch smaller than k gives
+            ``len`` micro-batches of one), each runs forward and backward with its loss
+            scaled by its share of the batch, then one ``optimizer.step()``: the accumulated
+            gradient is the full batch's mean-loss gradient (exactly so without batch norm;
+            BN normalises each micro-batch with its own statistics and updates its running
+            statistics once per micro-batch).
+        checkpoint: Activation checkpointing: every trainable module of the student path
+            runs under ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` and is run
+            again in backward; its BN running statistics are updated once (in the forward),
+            not again in the recompute.
+        autocast: ``None`` (off), ``"bfloat16"`` or ``"float16"``: ``torch.autocast`` on the
+            step's device around forward and loss. Parameters, gradients and optimizer state
+            stay in their own dtype (fp32 master weights); ``"float16"`` adds a GradScaler.
+    """
+
+    micro_batches: int = 1
+    checkpoint: bool = False
+    autocast: Literal["bfloat16", "float16"] | None = None
+
+    def __post_init__(self) -> None:
+        where = self._where()
+        if isinstance(self.micro_batches, bool) or not isinstance(self.micro_batches, int) \
+                or self.micro_batches < 1:
+            raise ConfigError(f"{where}micro_batches={self.micro_batches!r}; use a whole "
+                              "number, 1 or more")
+        if not isinstance(self.checkpoint, bool):
+            raise ConfigError(f"{where}checkpoint={self.checkpoint!r}; use true or false")
+        if self.autocast not in (None, "bfloat16", "float16"):
+            raise ConfigError(f"{where}autocast={self.autocast!r}; use bfloat16, float16 "
+                              "or leave it out")
+
+    def _where(self) -> str:
+        """The prefix of this object's error messages."""
+        return ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientTask(StepOptions):
     """What one client trains in one round.
 
     Attributes:
@@ -55,21 +94,9 @@ class ClientTask:
         foreach: PyTorch's multi-tensor optimizer kernels: None picks the device's default
             (foreach on CUDA, a per-parameter loop on the CPU); True/False forces it. The
             foreach kernels hold temporaries for every parameter at once (more memory).
-        micro_batches: Gradient accumulation: each batch is split into this many
-            micro-batches (``torch.tensor_split``: when it does not divide the batch the first
-            ``len % k`` micro-batches get one sample more; a batch smaller than k gives
-            ``len`` micro-batches of one), each runs forward and backward with its loss
-            scaled by its share of the batch, then one ``optimizer.step()``: the accumulated
-            gradient is the full batch's mean-loss gradient (exactly so without batch norm;
-            BN normalises each micro-batch with its own statistics and updates its running
-            statistics once per micro-batch).
-        checkpoint: Activation checkpointing: every trainable module of the student path
-            runs under ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` and is run
-            again in backward; its BN running statistics are updated once (in the forward),
-            not again in the recompute.
-        autocast: ``None`` (off), ``"bfloat16"`` or ``"float16"``: ``torch.autocast`` on the
-            step's device around forward and loss. Parameters, gradients and optimizer state
-            stay in their own dtype (fp32 master weights); ``"float16"`` adds a GradScaler.
+
+        Step options (``micro_batches``, ``checkpoint``, ``autocast``): see
+        :class:`StepOptions`.
     """
 
     client_id: int
@@ -87,21 +114,9 @@ class ClientTask:
     budget_bytes: int | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
     foreach: bool | None = None
-    micro_batches: int = 1
-    checkpoint: bool = False
-    autocast: Literal["bfloat16", "float16"] | None = None
 
-    def __post_init__(self) -> None:
-        where = f"client task {self.submodel!r}"
-        if isinstance(self.micro_batches, bool) or not isinstance(self.micro_batches, int) \
-                or self.micro_batches < 1:
-            raise ConfigError(f"{where}: micro_batches={self.micro_batches!r}; use a whole "
-                              "number, 1 or more")
-        if not isinstance(self.checkpoint, bool):
-            raise ConfigError(f"{where}: checkpoint={self.checkpoint!r}; use true or false")
-        if self.autocast not in (None, "bfloat16", "float16"):
-            raise ConfigError(f"{where}: autocast={self.autocast!r}; use bfloat16, float16 "
-                              "or leave it out")
+    def _where(self) -> str:
+        return f"client task {self.submodel!r}: "
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,12 +164,14 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class ClientUpdate:
-    """A client's result: name-keyed (possibly partial) weights plus metrics."""
+    """A client's result: name-keyed (possibly partial) weights plus metrics, and the task it
+    answers (None for updates made by hand)."""
 
     client_id: int
     state: Mapping[str, Tensor]
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    task: ClientTask | None = None
 
 
 @dataclass(kw_only=True)
@@ -205,14 +222,19 @@ class SubModel:
 
 @dataclass(kw_only=True)
 class ServerState:
-    """The server's state: global weights plus the method's bookkeeping.
+    """The server's state: global weights, the method's bookkeeping and its run structure.
 
-    ``meta`` holds only what ``torch.load(weights_only=True)`` can read back: numbers,
-    strings, bools, None, lists, dicts and tensors.
+    ``weights`` and ``meta`` are checkpointed; ``meta`` holds only what
+    ``torch.load(weights_only=True)`` can read back: numbers, strings, bools, None, lists,
+    dicts and tensors. ``structure`` is what the method's ``init_state`` builds once per run
+    from the model (template modules, the step list) and never changes; it is not
+    checkpointed (a resumed run builds it again). Methods derive a new state with
+    ``dataclasses.replace(state, weights=..., meta=...)``, which keeps it.
     """
 
     weights: dict[str, Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    structure: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,82 +276,3 @@ class RoundRecord:
     metrics: Mapping[str, float | None] = field(default_factory=dict)
     dropped: tuple[tuple[int, str], ...] = ()
     step_end: str | None = None
-
-
-class Method(Protocol):
-    """An FL algorithm: Flower's configure/aggregate split with explicit server state.
-
-    The memory contract: :meth:`memory_plan` declares every sub-model the method hands out as
-    a template :class:`ClientTask`; the memory table measures exactly those tasks' client steps
-    (``method.submodel`` + :class:`~profl_core.fl.local.LocalStep`, the code that trains
-    them), and ``configure_round`` selects clients with those numbers.
-    """
-
-    name: str
-    #: False when clients train whatever their budget says (FedAvg's AllLarge): the round loop
-    #: then gives tasks no ``budget_bytes`` and nobody refuses.
-    enforces_memory: bool
-
-    def memory_plan(self, state: ServerState) -> Mapping[str, ClientTask]:
-        """Sub-model name -> the task a client gets for it (``client_id`` 0, ``required_bytes``
-        0): every sub-model this method can hand out, with its loss, frozen set and optimizer
-        settings. The memory table is measured from these tasks."""
-        ...
-
-    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
-        """Raise a one-line ConfigError when the method cannot run on ``fleet`` (e.g. a ProFL
-        step that fits no device), before any training."""
-        ...
-
-    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
-        """Share of the fleet that may take part in the next round."""
-        ...
-
-    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
-        """The trained model's own weights, keyed like the model's state dict."""
-        ...
-
-    def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
-        """The initial server state for ``model`` (a BlockedModel)."""
-        ...
-
-    def configure_round(
-        self,
-        rnd: int,
-        state: ServerState,
-        fleet: Fleet,
-        memory_table: MemoryTable,
-        rng: np.random.Generator,
-    ) -> list[ClientTask]:
-        """The round's client tasks; ``state`` is not changed."""
-        ...
-
-    def aggregate(
-        self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
-    ) -> ServerState:
-        """The new state after the round's updates."""
-        ...
-
-    def is_finished(self, state: ServerState) -> bool:
-        """True when training is complete."""
-        ...
-
-    def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
-        """The sub-model a client trains for ``task``, loaded with the server weights."""
-        ...
-
-    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
-        """The global sub-model named ``submodel`` (the one a round trained), to evaluate."""
-        ...
-
-    def position(self, state: ServerState) -> tuple[str, int, str]:
-        """``(stage, step, submodel)`` that the next (or last) round trains."""
-        ...
-
-    def round_metrics(self, state: ServerState) -> Mapping[str, float | str | None]:
-        """Method numbers to record for the round just aggregated (e.g. EM).
-
-        The key ``step_end`` (a reason string, see :attr:`RoundRecord.step_end`) goes to the
-        record's own field.
-        """
-        ...

@@ -27,27 +27,24 @@ train the same model; measure it with the memory kinds (``full+amp``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
-from profl_core.fl.selection import require_trainable
-from profl_core.fl.types import ClientTask, MemoryTable
-from profl_core.methods import tiers
+from profl_core.fl.selection import require_trainable, required
+from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, StepOptions
 
 #: Keys of :func:`cost_metrics` in a round's ``metrics``.
 COST_METRICS: tuple[str, ...] = ("extra_forward", "micro_batch", "micro_batch_min")
 
 
-@dataclass(frozen=True)
-class Rung:
-    """One way to run a sub-model's step: ``micro_batches`` and activation ``checkpoint``."""
-
-    micro_batches: int = 1
-    checkpoint: bool = False
+@dataclass(frozen=True, kw_only=True)
+class Rung(StepOptions):
+    """One way to run a sub-model's step: ``micro_batches`` and activation ``checkpoint``
+    (never ``autocast``: it changes the numerics)."""
 
     @property
     def modifiers(self) -> tuple[str, ...]:
@@ -112,7 +109,7 @@ def first_fit(budget_bytes: int, base: str, rungs: Sequence[Rung],
               memory_table: MemoryTable) -> Rung | None:
     """The first of ``rungs`` whose measured ``required_bytes`` fit ``budget_bytes``."""
     for rung in rungs:
-        if tiers.required(memory_table, rung.name(base)) <= budget_bytes:
+        if required(memory_table, rung.name(base)) <= budget_bytes:
             return rung
     return None
 
@@ -139,10 +136,10 @@ def eligible_share(fleet: Fleet, base: str, rungs: Sequence[Rung],
 def require_some_fit(fleet: Fleet, base: str, rungs: Sequence[Rung],
                      memory_table: MemoryTable) -> None:
     """A one-line ConfigError when no device of ``fleet`` fits any rung of ``base``."""
-    smallest = min(rungs, key=lambda r: tiers.required(memory_table, r.name(base)))
+    smallest = min(rungs, key=lambda r: required(memory_table, r.name(base)))
     what = smallest.name(base) if len(rungs) == 1 \
         else f"{base} on any of its {len(rungs)} rungs (the smallest is {smallest.name(base)})"
-    require_trainable(fleet, tiers.required(memory_table, smallest.name(base)), what)
+    require_trainable(fleet, required(memory_table, smallest.name(base)), what)
 
 
 def select(
@@ -177,7 +174,7 @@ def tasks(template: ClientTask, chosen: Iterable[tuple[int, Rung]],
     for cid, rung in chosen:
         task = rung.task(template)
         out.append(replace(task, client_id=cid,
-                           required_bytes=tiers.required(memory_table, task.submodel)))
+                           required_bytes=required(memory_table, task.submodel)))
     return out
 
 
@@ -195,6 +192,7 @@ def cost_metrics(rungs: Sequence[Rung], batch_size: int) -> dict[str, float | No
     }
 
 
-def rungs_of(chosen: Mapping[int, Rung], client_ids: Iterable[int]) -> list[Rung]:
-    """The rungs of ``client_ids`` (those that returned an update) in a round's assignment."""
-    return [chosen[cid] for cid in client_ids if cid in chosen]
+def rungs_of(updates: Iterable[ClientUpdate]) -> list[Rung]:
+    """The rungs the clients of ``updates`` trained on (from the tasks they answer)."""
+    return [Rung(micro_batches=u.task.micro_batches, checkpoint=u.task.checkpoint)
+            for u in updates if u.task is not None]

@@ -39,8 +39,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -48,8 +48,10 @@ from torch import Tensor, nn
 
 from profl_core.data import ArrayDataset
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, build_config
+from profl_core.errors import ConfigError
 from profl_core.fl.aggregate import fedavg
+from profl_core.fl.method import LocalTraining, Method
+from profl_core.fl.selection import required
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import tiers
 from profl_core.methods.module_cache import ModuleCache
@@ -60,17 +62,10 @@ Weighting = Literal["count", "examples"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class DepthFLConfig:
-    """Settings of DepthFL (and InclusiveFL, which shares them).
+class DepthFLConfig(LocalTraining):
+    """Settings of DepthFL (and InclusiveFL, which shares them): the local training, and
 
     Attributes:
-        rounds: Number of rounds.
-        per_round: Clients per round.
-        local_epochs: Local epochs per round.
-        batch_size: Local batch size (also the memory table's).
-        lr: SGD learning rate.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
         kd: Mutual self-distillation between exits (DepthFL); False: sum of exit CEs.
         kd_ramp_rounds: ``R`` of the KD weight ramp; None: 30 % of ``rounds`` (at least 1).
         weighting: ``"count"`` (the authors' per-tensor mean) or ``"examples"``.
@@ -78,32 +73,21 @@ class DepthFLConfig:
             is given.
     """
 
-    rounds: int
-    per_round: int = 20
-    local_epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    where: ClassVar[str] = "depthfl"
+
     kd: bool = True
     kd_ramp_rounds: int | None = None
     weighting: Weighting = "count"
     metrics_every: int = 1
 
     def __post_init__(self) -> None:
-        if min(self.rounds, self.per_round, self.local_epochs, self.batch_size,
-               self.metrics_every) < 1:
-            raise ConfigError("depthfl: rounds, per_round, local_epochs, batch_size and "
-                              "metrics_every must be >= 1")
+        super().__post_init__()
+        if self.metrics_every < 1:
+            raise ConfigError(f"depthfl: metrics_every={self.metrics_every}; use 1 or more")
         if self.kd_ramp_rounds is not None and self.kd_ramp_rounds < 1:
             raise ConfigError(f"depthfl: kd_ramp_rounds={self.kd_ramp_rounds}; use 1 or more")
         if self.weighting not in ("count", "examples"):
             raise ConfigError(f"depthfl: weighting={self.weighting!r}; use 'count' or 'examples'")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DepthFLConfig:
-        """Build from a mapping; unknown keys are a ConfigError."""
-        return build_config(cls, data, "depthfl config")
 
     @property
     def ramp_rounds(self) -> int:
@@ -118,8 +102,29 @@ def kd_weight(rnd: int, ramp_rounds: int) -> float:
     return math.exp(-5.0 * (1.0 - min(rnd, ramp_rounds) / ramp_rounds) ** 2)
 
 
-class DepthFL:
-    """DepthFL as a :class:`~profl_core.fl.types.Method`.
+@dataclass(frozen=True)
+class MultiExit:
+    """A run's structure for the depth methods: the model with its exits, the number of
+    blocks T and the clients' reused copy."""
+
+    net: nn.Module
+    blocks: int
+    copies: ModuleCache = field(default_factory=ModuleCache)
+
+    def loaded(self, weights: Mapping[str, Tensor]) -> nn.Module:
+        """The clients' copy of the network, loaded with ``weights``."""
+        return self.copies.loaded("net", self.net, weights)
+
+
+def multi_exit(state: ServerState) -> MultiExit:
+    """The :class:`MultiExit` of a depth method's state."""
+    if not isinstance(state.structure, MultiExit):
+        raise ConfigError("this state has no multi-exit structure; build it with init_state")
+    return state.structure
+
+
+class DepthFL(Method):
+    """DepthFL.
 
     Args:
         config: The settings.
@@ -129,116 +134,61 @@ class DepthFL:
 
     name = "depthfl"
     #: Memory-table kind of a depth-k sub-model.
-    kind = "depth"
-    enforces_memory = True
+    kind: ClassVar[str] = "depth"
+    config: DepthFLConfig
 
     def __init__(self, config: DepthFLConfig, *, test_data: ArrayDataset | None = None) -> None:
-        self.config = config
+        super().__init__(config)
         self.test_data = test_data
-        self._net: nn.Module | None = None
-        self._copies = ModuleCache()  # the clients' copy of the network with its exits
-        self._blocks = 0
 
-    # --- memory ---------------------------------------------------------------------------------
+    # --- the client half --------------------------------------------------------------------------
 
-    def _num_blocks(self) -> int:
-        if self._net is None:
-            raise ConfigError(f"{self.name}: call init_state(model, rng) first")
-        return self._blocks
+    def options(self, blocks: int) -> list[str]:
+        """Sub-model names of a T-block model, deepest first."""
+        return [f"{self.kind}:{k}" for k in range(blocks, 0, -1)]
 
-    def options(self) -> list[str]:
-        """Sub-model names, deepest first."""
-        return [f"{self.kind}:{k}" for k in range(self._num_blocks(), 0, -1)]
+    def module_names(self, k: int, blocks: int) -> list[str]:
+        """Blocks 1..k and exits 1..k (the modules a depth-k client holds and trains)."""
+        return [n for i in range(1, k + 1) for n in (f"block{i}", exit_name(i, blocks))]
+
+    def _task(self, state: ServerState, client_id: int, submodel: str,
+              required_bytes: int) -> ClientTask:
+        blocks = multi_exit(state).blocks
+        names = self.module_names(self._k(submodel, blocks), blocks)
+        return self.config.task(client_id, submodel, frozenset(names), required_bytes)
 
     def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
         """Every depth's task, deepest first."""
-        return {name: self._task(0, name, 0) for name in self.options()}
+        return {name: self._task(state, 0, name, 0)
+                for name in self.options(multi_exit(state).blocks)}
 
-    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
-        """Depth 1 fits at least one device."""
-        tiers.require_some_fit(fleet, self.options(), memory_table)
-
-    def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
-        """Share of the fleet that fits depth 1."""
-        return tiers.eligible_share(fleet, self.options(), memory_table)
-
-    def model_weights(self, state: ServerState) -> dict[str, Tensor]:
-        """Blocks, exits and head of the multi-exit model."""
-        return dict(state.weights)
-
-    # --- Method protocol --------------------------------------------------------------------------
-
-    def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
-        """The model's weights plus fresh exits ``exit1 .. exit<T-1>`` drawn from ``rng``."""
-        if not isinstance(model, BlockedModel):
-            raise ConfigError(f"{self.name} needs a BlockedModel")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**62)))
-            self._net = add_exits(copy.deepcopy(model))
-        self._copies.clear()
-        self._blocks = model.num_blocks
-        weights = {k: v.detach().clone() for k, v in self._net.state_dict().items()}
-        return ServerState(weights=weights, meta={"rounds_used": 0})
-
-    def position(self, state: ServerState) -> tuple[str, int, str]:
-        """The whole multi-exit model is evaluated."""
-        return "depth", 0, f"{self.kind}:{self._num_blocks()}"
-
-    def configure_round(
-        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
-        rng: np.random.Generator,
-    ) -> list[ClientTask]:
-        """``per_round`` devices that fit some depth, each with the deepest depth it fits."""
-        return [
-            self._task(cid, name, tiers.required(memory_table, name))
-            for cid, name in tiers.select_tiered(fleet, self.options(), memory_table,
-                                                 self.config.per_round, rng)
-        ]
-
-    def _task(self, client_id: int, submodel: str, required: int) -> ClientTask:
-        cfg = self.config
-        return ClientTask(
-            client_id=client_id, submodel=submodel,
-            trainable=frozenset(self.module_names(self._k(submodel))), required_bytes=required,
-            local_epochs=cfg.local_epochs, lr=cfg.lr, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-        )
-
-    def _k(self, submodel: str) -> int:
+    def _k(self, submodel: str, blocks: int) -> int:
         kind, _, depth = submodel.partition(":")
-        if kind != self.kind or not depth.isdigit() or not 1 <= int(depth) <= self._blocks:
-            raise ConfigError(f"{self.name}: unknown sub-model {submodel!r}; use {self.options()}")
+        if kind != self.kind or not depth.isdigit() or not 1 <= int(depth) <= blocks:
+            raise ConfigError(f"{self.name}: unknown sub-model {submodel!r}; use "
+                              f"{self.options(blocks)}")
         return int(depth)
 
-    def module_names(self, k: int) -> list[str]:
-        """Blocks 1..k and exits 1..k (the modules a depth-k client holds and trains)."""
-        t = self._num_blocks()
-        return [n for i in range(1, k + 1) for n in (f"block{i}", exit_name(i, t))]
-
-    def _loaded(self, state: ServerState) -> nn.Module:
-        assert self._net is not None
-        return self._copies.loaded("net", self._net, state.weights)
-
+    @staticmethod
     def _exits_forward(
-        self, modules: Mapping[str, nn.Module], k: int
+        modules: Mapping[str, nn.Module], k: int, blocks: int
     ) -> Callable[[Tensor], Tensor]:
         """Forward of a depth-k model returning every exit's logits stacked: ``(k, B, classes)``."""
-        t = self._num_blocks()
-
         def forward(x: Tensor) -> Tensor:
             outputs = []
             for i in range(1, k + 1):
                 x = modules[f"block{i}"](x)
-                outputs.append(modules[exit_name(i, t)](x))
+                outputs.append(modules[exit_name(i, blocks)](x))
             return torch.stack(outputs)
 
         return forward
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
         """Blocks 1..k with all their exits, trained on the mutual-distillation loss."""
-        k = self._k(task.submodel)
-        net = self._loaded(state)
-        names = self.module_names(k)
+        structure = multi_exit(state)
+        k = self._k(task.submodel, structure.blocks)
+        net = structure.loaded(state.weights)
+        names = self.module_names(k, structure.blocks)
         modules = {n: net.get_submodule(n) for n in names}
         rnd = int(state.meta["rounds_used"]) + 1
         weight = kd_weight(rnd, self.config.ramp_rounds) if self.config.kd else 0.0
@@ -247,38 +197,65 @@ class DepthFL:
             return mutual_distillation_loss(list(stacked.unbind(0)), labels, kd_weight=weight)
 
         return SubModel(modules=modules, prefix=(), student=tuple(names),
-                        trainable=frozenset(names), forward=self._exits_forward(modules, k),
+                        trainable=frozenset(names),
+                        forward=self._exits_forward(modules, k, structure.blocks),
                         criterion=criterion)
+
+    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
+        """The full-depth model predicting the mean of all exits' logits (the ensemble)."""
+        structure = multi_exit(state)
+        t = structure.blocks
+        net = structure.loaded(state.weights)
+        names = self.module_names(t, t)
+        modules = {n: net.get_submodule(n) for n in names}
+        stacked = self._exits_forward(modules, t, t)
+        return SubModel(modules=modules, prefix=(), student=tuple(names),
+                        forward=lambda x: stacked(x).mean(dim=0))
+
+    # --- the server half --------------------------------------------------------------------------
+
+    def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
+        """The model's weights plus fresh exits ``exit1 .. exit<T-1>`` drawn from ``rng``."""
+        if not isinstance(model, BlockedModel):
+            raise ConfigError(f"{self.name} needs a BlockedModel")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(0, 2**62)))
+            net = add_exits(copy.deepcopy(model))
+        weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        return ServerState(weights=weights, meta={"rounds_used": 0},
+                           structure=MultiExit(net, model.num_blocks))
+
+    def position(self, state: ServerState) -> tuple[str, int, str]:
+        """The whole multi-exit model is evaluated."""
+        return "depth", 0, f"{self.kind}:{multi_exit(state).blocks}"
+
+    def configure_round(
+        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
+        rng: np.random.Generator,
+    ) -> list[ClientTask]:
+        """``per_round`` devices that fit some depth, each with the deepest depth it fits."""
+        options = self.options(multi_exit(state).blocks)
+        return [
+            self._task(state, cid, name, required(memory_table, name))
+            for cid, name in tiers.select_tiered(fleet, options, memory_table,
+                                                 self.config.per_round, rng)
+        ]
 
     def aggregate(
         self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
     ) -> ServerState:
         """Per-tensor mean over the clients holding it; the rest keeps its value."""
         weighting = "uniform" if self.config.weighting == "count" else "examples"
-        weights = fedavg(state.weights, updates, weighting=weighting)
-        return ServerState(weights=weights,
-                           meta={"rounds_used": int(state.meta["rounds_used"]) + 1})
-
-    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
-        """The full-depth model predicting the mean of all exits' logits (the ensemble)."""
-        t = self._num_blocks()
-        net = self._loaded(state)
-        names = self.module_names(t)
-        modules = {n: net.get_submodule(n) for n in names}
-        stacked = self._exits_forward(modules, t)
-        return SubModel(modules=modules, prefix=(), student=tuple(names),
-                        forward=lambda x: stacked(x).mean(dim=0))
-
-    def is_finished(self, state: ServerState) -> bool:
-        """True after ``rounds`` rounds."""
-        return int(state.meta["rounds_used"]) >= self.config.rounds
+        return replace(state, weights=fedavg(state.weights, updates, weighting=weighting),
+                       meta={"rounds_used": int(state.meta["rounds_used"]) + 1})
 
     def exit_accuracies(self, state: ServerState, data: ArrayDataset) -> dict[str, float]:
         """Test accuracy of every exit (``exit<k>_acc``) and of their mean (``ensemble_acc``)."""
-        t = self._num_blocks()
-        net = self._loaded(state).eval()
-        modules = {n: net.get_submodule(n) for n in DepthFL.module_names(self, t)}
-        stacked = self._exits_forward(modules, t)
+        structure = multi_exit(state)
+        t = structure.blocks
+        net = structure.loaded(state.weights).eval()
+        modules = {n: net.get_submodule(n) for n in DepthFL.module_names(self, t, t)}
+        stacked = self._exits_forward(modules, t, t)
         correct = torch.zeros(t + 1, dtype=torch.long)
         with torch.no_grad():
             for start in range(0, len(data), 512):

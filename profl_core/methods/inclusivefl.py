@@ -23,32 +23,34 @@ optimizer instead of AdamW.
 from __future__ import annotations
 
 from profl_core.fl.types import ClientTask, ServerState, SubModel
-from profl_core.methods.depthfl import DepthFL, DepthFLConfig
+from profl_core.methods.depthfl import DepthFL, DepthFLConfig, multi_exit
 from profl_core.models.exits import exit_name
 
 InclusiveFLConfig = DepthFLConfig
 
 
 class InclusiveFL(DepthFL):
-    """InclusiveFL (DepthFL's CNN re-implementation) as a :class:`~profl_core.fl.types.Method`."""
+    """InclusiveFL (DepthFL's CNN re-implementation)."""
 
     name = "inclusivefl"
     kind = "trunc"
 
-    def module_names(self, k: int) -> list[str]:
+    def module_names(self, k: int, blocks: int) -> list[str]:
         """Blocks 1..k and the exit after block k."""
-        return [*(f"block{i}" for i in range(1, k + 1)), exit_name(k, self._num_blocks())]
+        return [*(f"block{i}" for i in range(1, k + 1)), exit_name(k, blocks)]
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
         """Blocks 1..k then exit k, trained with cross-entropy."""
-        names = self.module_names(self._k(task.submodel))
-        net = self._loaded(state)
+        structure = multi_exit(state)
+        names = self.module_names(self._k(task.submodel, structure.blocks), structure.blocks)
+        net = structure.loaded(state.weights)
         return SubModel(modules={n: net.get_submodule(n) for n in names}, prefix=(),
                         student=tuple(names), trainable=frozenset(names))
 
     def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
         """The full-depth model through its last exit (the head)."""
-        names = self.module_names(self._num_blocks())
-        net = self._loaded(state)
+        structure = multi_exit(state)
+        names = self.module_names(structure.blocks, structure.blocks)
+        net = structure.loaded(state.weights)
         return SubModel(modules={n: net.get_submodule(n) for n in names}, prefix=(),
                         student=tuple(names))

@@ -9,8 +9,10 @@ the same copy, loaded with the weights it is given. Every value a client sees co
 ``load_state_dict`` with ``strict=True`` (parameters and persistent buffers, all of them), and
 gradients are dropped, so the sub-model equals a fresh copy.
 
-Not pickled (a Ray worker keeps its own copies), and cleared by the method's ``init_state``
-(the memory probes build each case after ``init_state``, so they never reuse a copy).
+A cache belongs to the run structure that a method's ``init_state`` builds
+(:attr:`~profl_core.fl.types.ServerState.structure`), so every ``init_state`` starts with no
+copies (the memory probes build each case after its own ``init_state``, so they never reuse a
+copy). Not pickled: a Ray worker keeps its own copies.
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ class ModuleCache:
             param.grad = None
         module.load_state_dict(weights)
         return module
-
-    def clear(self) -> None:
-        """Forget every copy (a new template)."""
-        self._copies.clear()
 
     def __getstate__(self) -> dict[str, object]:
         return {"_copies": {}}

@@ -60,16 +60,17 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from profl_core.devices import Fleet
-from profl_core.errors import ConfigError, build_config
+from profl_core.errors import ConfigError
 from profl_core.fl.aggregate import Weighting, fedavg
+from profl_core.fl.method import LocalTraining, Method
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods import alternatives
 from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
@@ -86,17 +87,12 @@ EM_NOISE_MULTIPLE = 1.35
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProFLConfig:
-    """ProFL's settings (defaults from the authors' code and config, profl-paper.md §2).
+class ProFLConfig(LocalTraining):
+    """ProFL's settings (defaults from the authors' code and config, profl-paper.md §2): the
+    local training (``rounds`` is the budget of all steps together, ``lr`` that of block
+    training), and
 
     Attributes:
-        rounds: Total round budget of the run (all steps together).
-        per_round: Clients per round.
-        local_epochs: Local epochs per round.
-        batch_size: Local batch size.
-        lr: SGD learning rate of block training.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
         distill_lr: SGD learning rate of the basic-layer fit (authors: 1e-5).
         distill_loss: Loss of the basic-layer fit: ``"kd"`` (soft targets) or ``"mse"``
             (the authors' logit MSE).
@@ -118,13 +114,8 @@ class ProFLConfig:
         min_micro_batch: Fewest samples per micro-batch when accumulating.
     """
 
-    rounds: int
-    per_round: int = 20
-    local_epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    where: ClassVar[str] = "profl"
+
     distill_lr: float = 0.05
     distill_loss: Literal["kd", "mse"] = "kd"
     distill_temperature: float = DISTILL_TEMPERATURE
@@ -142,8 +133,7 @@ class ProFLConfig:
     min_micro_batch: int = 2
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"profl: rounds={self.rounds}; use 1 or more")
+        super().__post_init__()
         if self.schedule not in ("em", "fixed"):
             raise ConfigError(f"profl: schedule={self.schedule!r}; use 'em' or 'fixed'")
         if self.distill_loss not in ("kd", "mse"):
@@ -152,17 +142,12 @@ class ProFLConfig:
             raise ConfigError("profl: distill_lr and distill_temperature must be positive")
         if self.weighting not in ("examples", "uniform"):
             raise ConfigError(f"profl: weighting={self.weighting!r}; use 'examples' or 'uniform'")
-        if min(self.per_round, self.local_epochs, self.batch_size, self.em_window) < 1:
-            raise ConfigError("profl: per_round, local_epochs, batch_size, em_window must be >= 1")
+        if self.em_window < 1:
+            raise ConfigError(f"profl: em_window={self.em_window}; use 1 or more")
         too_few = self.max_rounds is not None and self.max_rounds < self.min_rounds
         if self.min_rounds < 1 or too_few:
             raise ConfigError("profl: need 1 <= min_rounds <= max_rounds")
         check_min_micro_batch(self.min_micro_batch, "profl")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProFLConfig:
-        """Build from a mapping; unknown keys are a ConfigError."""
-        return build_config(cls, data, "profl config")
 
     def freeze_rule(self) -> FreezeRule:
         """The EM freeze rule of these settings."""
@@ -211,78 +196,120 @@ def parse_submodel(submodel: str) -> tuple[str, int]:
     return kind, int(step)
 
 
-class ProFL:
-    """ProFL as a :class:`~profl_core.fl.types.Method`."""
+@dataclass(frozen=True)
+class ProFLStructure:
+    """A run's structure: the template modules (blocks, head, output modules ``om<t>``), the
+    number of blocks T, the plan of steps, the parameter keys and the clients' copies."""
 
-    name = "profl"
-    enforces_memory = True
+    modules: nn.Module
+    num_blocks: int
+    phases: tuple[Phase, ...]
+    param_keys: frozenset[str]
+    copies: ModuleCache = field(default_factory=ModuleCache)
 
-    def __init__(self, config: ProFLConfig) -> None:
-        self.config = config
-        if config.accumulate:
-            self.name = "profl-accum"
-        #: How a step's client may run it: the plain step, or each micro-batch count too.
-        self.rungs: tuple[Rung, ...] = alternatives.ladder(
-            config.batch_size, min_micro_batch=config.min_micro_batch, checkpointing=False,
-        ) if config.accumulate else (PLAIN,)
-        self._round: dict[int, Rung] = {}  # client id -> rung, of the round being configured
-        self._modules: nn.Module | None = None
-        self._copies = ModuleCache()  # the clients' copies of the modules
-        self._param_keys: frozenset[str] = frozenset()
-        self._num_blocks = 0
-        self._phases: list[Phase] = []
-
-    # ----------------------------------------------------------------- structure
-
-    def _container(self) -> nn.Module:
-        if self._modules is None:
-            raise ConfigError("profl: call init_state(model, rng) first")
-        return self._modules
-
-    def _om(self, t: int) -> list[str]:
+    def om(self, t: int) -> list[str]:
         """Module names of the output module of block t (the real head for t = T)."""
-        if t == self._num_blocks:
+        if t == self.num_blocks:
             return ["head"]
-        om = self._container().get_submodule(f"om{t}")
+        om = self.modules.get_submodule(f"om{t}")
         return [f"om{t}.{child}" for child, _ in om.named_children()]
 
-    def _paths(self, submodel: str) -> tuple[list[str], list[str], list[str], frozenset[str]]:
+    def paths(self, submodel: str) -> tuple[list[str], list[str], list[str], frozenset[str]]:
         """(prefix, student, teacher, trainable) of a sub-model."""
         kind, t = parse_submodel(submodel)
-        if not 1 <= t <= self._num_blocks or (kind == "shrink" and t < 2):
+        if not 1 <= t <= self.num_blocks or (kind == "shrink" and t < 2):
             raise ConfigError(f"profl: sub-model {submodel!r} out of range")
         prefix = [f"block{i}" for i in range(1, t)]
         if kind == "grow":
-            student = [f"block{t}", *self._om(t)]
+            student = [f"block{t}", *self.om(t)]
             return prefix, student, [], frozenset(student)
-        student = self._om(t - 1)
-        teacher = [f"block{t}", *self._om(t)]
+        student = self.om(t - 1)
+        teacher = [f"block{t}", *self.om(t)]
         return prefix, student, teacher, frozenset({f"om{t - 1}.basic{t}"})
 
-    def _build(self, weights: Mapping[str, Tensor], submodel: str, *, teacher: bool) -> SubModel:
-        prefix, student, teach, trainable = self._paths(submodel)
+    def build(self, weights: Mapping[str, Tensor], submodel: str, *, teacher: bool) -> SubModel:
+        """The sub-model's modules (reused copies) loaded with ``weights``."""
+        prefix, student, teach, trainable = self.paths(submodel)
         teach = teach if teacher else []
         modules: dict[str, nn.Module] = {}
         for name in [*prefix, *student, *teach]:
             start = name + "."
-            modules[name] = self._copies.loaded(
-                name, self._container().get_submodule(name),
+            modules[name] = self.copies.loaded(
+                name, self.modules.get_submodule(name),
                 {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
-        return SubModel(
-            modules=modules, prefix=tuple(prefix), student=tuple(student),
-            teacher=tuple(teach), trainable=trainable,
-        )
+        return SubModel(modules=modules, prefix=tuple(prefix), student=tuple(student),
+                        teacher=tuple(teach), trainable=trainable)
 
-    def _active(self, phase: Phase) -> str:
-        """The block whose effective movement ends the step."""
-        return f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
-
-    def _active_vector(self, weights: Mapping[str, Tensor], phase: Phase) -> Tensor:
-        start = self._active(phase) + "."
-        keys = sorted(k for k in self._param_keys if k.startswith(start))
+    def active_vector(self, weights: Mapping[str, Tensor], phase: Phase) -> Tensor:
+        """The parameters of the block whose effective movement ends ``phase`` (``B_t``, or
+        ``basic<t>`` while fitting), flattened."""
+        active = f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
+        keys = sorted(k for k in self.param_keys if k.startswith(active + "."))
         return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
 
-    # ----------------------------------------------------------------- Method protocol
+
+def structure_of(state: ServerState) -> ProFLStructure:
+    """The :class:`ProFLStructure` of a ProFL state."""
+    if not isinstance(state.structure, ProFLStructure):
+        raise ConfigError("profl: this state has no ProFL structure; build it with init_state")
+    return state.structure
+
+
+class ProFL(Method):
+    """ProFL (``profl``; ``profl-accum`` with ``accumulate``)."""
+
+    config: ProFLConfig
+
+    def __init__(self, config: ProFLConfig) -> None:
+        super().__init__(config)
+        #: How a step's client may run it: the plain step, or each micro-batch count too.
+        self.rungs: tuple[Rung, ...] = alternatives.ladder(
+            config.batch_size, min_micro_batch=config.min_micro_batch, checkpointing=False,
+        ) if config.accumulate else (PLAIN,)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """``profl``, or ``profl-accum`` when accumulating."""
+        return "profl-accum" if self.config.accumulate else "profl"
+
+    # ----------------------------------------------------------------- the client half
+
+    def _task(self, structure: ProFLStructure, stage: str, submodel: str) -> ClientTask:
+        """The task of ``submodel`` in ``stage`` (client 0, no bytes yet)."""
+        fitting = submodel.startswith("shrink:")
+        prefix, _, _, trainable = structure.paths(submodel)
+        # While shrinking, the frozen prefix has never been trained: its batch norm keeps
+        # updating its statistics (as in the authors' code), else its features collapse.
+        bn_update = frozenset(prefix) if stage == "shrink" else frozenset()
+        cfg = self.config
+        return cfg.task(0, submodel, trainable, 0,
+                        lr=cfg.distill_lr if fitting else cfg.lr,
+                        loss=cfg.distill_loss if fitting else "ce",
+                        temperature=cfg.distill_temperature, bn_update=bn_update)
+
+    def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
+        """Every step's task (each of its rungs when accumulating), in plan order. ``grow:t``
+        is the growing stage's task (frozen BN fixed); the shrinking stage's ``grow:t``
+        differs only in updating the prefix's BN statistics, which holds no activations under
+        ``no_grad``."""
+        structure = structure_of(state)
+        out: dict[str, ClientTask] = {}
+        for phase in structure.phases:
+            if phase.submodel not in out or phase.stage == "grow":
+                task = self._task(structure, phase.stage, phase.submodel)
+                out |= {rung.name(phase.submodel): rung.task(task) for rung in self.rungs}
+        return out
+
+    def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
+        """The client's sub-model (with the teacher path while fitting a basic layer)."""
+        return structure_of(state).build(state.weights, alternatives.base_name(task.submodel),
+                                         teacher=True)
+
+    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
+        """The global sub-model ``submodel`` (block-trained or with the fitted basic layer)."""
+        return structure_of(state).build(state.weights, submodel, teacher=False)
+
+    # ----------------------------------------------------------------- the server half
 
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """Model weights plus freshly initialized output modules ``om1 .. om<T-1>``."""
@@ -297,59 +324,32 @@ class ProFL:
             torch.manual_seed(int(rng.integers(2**62)))
             for t in range(1, base.num_blocks):
                 container.add_module(f"om{t}", base.output_module(t))
-        self._modules = container
-        self._copies.clear()
-        self._num_blocks = base.num_blocks
-        self._param_keys = frozenset(k for k, _ in container.named_parameters())
         fitted = (fitted_basic_layers(container.get_submodule("om1"), base.num_blocks)
                   if base.num_blocks > 1 else ())
-        self._phases = plan(base.num_blocks, shrink=self.config.shrink, fitted=fitted)
+        structure = ProFLStructure(
+            modules=container, num_blocks=base.num_blocks,
+            phases=tuple(plan(base.num_blocks, shrink=self.config.shrink, fitted=fitted)),
+            param_keys=frozenset(k for k, _ in container.named_parameters()))
         weights = {k: v.detach().clone() for k, v in container.state_dict().items()}
         meta: dict[str, Any] = {
             "em_seed": int(rng.integers(2**62)), "phase": 0, "rounds_used": 0,
             "finished": False, "last_em": None,
         }
-        self._enter_phase(weights, meta)
-        return ServerState(weights=weights, meta=meta)
+        self._enter_phase(structure, weights, meta)
+        return ServerState(weights=weights, meta=meta, structure=structure)
 
     def position(self, state: ServerState) -> tuple[str, int, str]:
         """``(stage, step, submodel)`` of the current phase."""
-        phase = self._phases[min(int(state.meta["phase"]), len(self._phases) - 1)]
+        phases = structure_of(state).phases
+        phase = phases[min(int(state.meta["phase"]), len(phases) - 1)]
         return phase.stage, phase.step, phase.submodel
 
-    def _task(self, client_id: int, stage: str, submodel: str, required: int) -> ClientTask:
-        """The task of ``submodel`` in ``stage`` for one client."""
-        fitting = submodel.startswith("shrink:")
-        prefix, _, _, trainable = self._paths(submodel)
-        # While shrinking, the frozen prefix has never been trained: its batch norm keeps
-        # updating its statistics (as in the authors' code), else its features collapse.
-        bn_update = frozenset(prefix) if stage == "shrink" else frozenset()
-        cfg = self.config
-        return ClientTask(
-            client_id=client_id, submodel=submodel, trainable=trainable,
-            required_bytes=required, local_epochs=cfg.local_epochs,
-            lr=cfg.distill_lr if fitting else cfg.lr, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-            loss=cfg.distill_loss if fitting else "ce", temperature=cfg.distill_temperature,
-            bn_update=bn_update,
-        )
-
-    def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
-        """Every step's task (each of its rungs when accumulating), in plan order. ``grow:t``
-        is the growing stage's task (frozen BN fixed); the shrinking stage's ``grow:t``
-        differs only in updating the prefix's BN statistics, which holds no activations under
-        ``no_grad``."""
-        plan: dict[str, ClientTask] = {}
-        for phase in self._phases:
-            if phase.submodel not in plan or phase.stage == "grow":
-                task = self._task(0, phase.stage, phase.submodel, 0)
-                plan |= {rung.name(phase.submodel): rung.task(task) for rung in self.rungs}
-        return plan
-
-    def check_fleet(self, fleet: Fleet, memory_table: MemoryTable) -> None:
+    def fit_fleet(self, state: ServerState, fleet: Fleet,
+                  memory_table: MemoryTable) -> ServerState:
         """Every step must fit at least one device (on some rung)."""
-        for phase in self._phases:
+        for phase in structure_of(state).phases:
             alternatives.require_some_fit(fleet, phase.submodel, self.rungs, memory_table)
+        return state
 
     def eligible_share(self, state: ServerState, fleet: Fleet, memory_table: MemoryTable) -> float:
         """The share of the fleet whose budget fits the current step (on some rung)."""
@@ -369,27 +369,20 @@ class ProFL:
         stage, _, submodel = self.position(state)
         chosen = alternatives.select(fleet, submodel, self.rungs, memory_table,
                                      self.config.per_round, rng)
-        self._round = dict(chosen)
-        return alternatives.tasks(self._task(0, stage, submodel, 0), chosen, memory_table)
-
-    def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
-        """The client's sub-model (with the teacher path while fitting a basic layer)."""
-        return self._build(state.weights, alternatives.base_name(task.submodel), teacher=True)
-
-    def eval_submodel(self, state: ServerState, submodel: str) -> SubModel:
-        """The global sub-model ``submodel`` (block-trained or with the fitted basic layer)."""
-        return self._build(state.weights, submodel, teacher=False)
+        return alternatives.tasks(self._task(structure_of(state), stage, submodel), chosen,
+                                  memory_table)
 
     def aggregate(
         self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
     ) -> ServerState:
         """FedAvg the trained part; log the active block; end the step when it has converged."""
+        structure = structure_of(state)
         weights = fedavg(state.weights, updates, weighting=self.config.weighting)
         meta = dict(state.meta)
-        phase = self._phases[int(meta["phase"])]
+        phase = structure.phases[int(meta["phase"])]
         meta["rounds_in_phase"] = int(meta["rounds_in_phase"]) + 1
         meta["rounds_used"] = int(meta["rounds_used"]) + 1
-        row = self._active_vector(weights, phase)[meta["em_indices"]]
+        row = structure.active_vector(weights, phase)[meta["em_indices"]]
         rule = self.config.freeze_rule()
         keep = rule.window + rule.evaluation_number
         trajectory = torch.cat([meta["em_trajectory"], row[None]])[-keep:]
@@ -399,7 +392,7 @@ class ProFL:
             effective_movement(history, rule.window) if history.shape[0] > rule.window else None
         )
         done_rounds, cap = int(meta["rounds_in_phase"]), int(meta["phase_max"])
-        last = int(meta["phase"]) == len(self._phases) - 1
+        last = int(meta["phase"]) == len(structure.phases) - 1
         if self.config.schedule == "fixed":
             reason = "fixed" if done_rounds >= cap else None
         elif last:  # the final model keeps training until the budget is spent
@@ -408,12 +401,12 @@ class ProFL:
             reason = rule.decide(history, done_rounds, cap)
         meta["step_end"] = reason
         if self.config.accumulate:
-            rungs = alternatives.rungs_of(self._round, (u.client_id for u in updates))
-            meta["cost"] = alternatives.cost_metrics(rungs, self.config.batch_size)
+            meta["cost"] = alternatives.cost_metrics(alternatives.rungs_of(updates),
+                                                     self.config.batch_size)
         if reason is not None:
             meta["phase"] = int(meta["phase"]) + 1
-            self._enter_phase(weights, meta)
-        return ServerState(weights=weights, meta=meta)
+            self._enter_phase(structure, weights, meta)
+        return replace(state, weights=weights, meta=meta)
 
     def is_finished(self, state: ServerState) -> bool:
         """True after the last growing step."""
@@ -432,27 +425,28 @@ class ProFL:
 
     # ----------------------------------------------------------------- stage transitions
 
-    def _enter_phase(self, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    def _enter_phase(self, structure: ProFLStructure, weights: dict[str, Tensor],
+                     meta: dict[str, Any]) -> None:
         """Start ``meta["phase"]``: build OM_{t-1} when fitting, fix the EM sample, set the cap."""
         index = int(meta["phase"])
-        if index >= len(self._phases):
+        if index >= len(structure.phases):
             meta["finished"] = True
             return
-        phase = self._phases[index]
+        phase = structure.phases[index]
         if phase.fitting:
             # OM_{t-1} = fresh basic<t> followed by a copy of OM_t (the real head for t = T).
             t = phase.step
-            for src in self._om(t):
+            for src in structure.om(t):
                 child = src.rsplit(".", 1)[-1] if "." in src else "head"
                 for key in [k for k in weights if k.startswith(src + ".")]:
                     weights[f"om{t - 1}.{child}{key[len(src):]}"] = weights[key].clone()
-        left = len(self._phases) - index
+        left = len(structure.phases) - index
         cap = max(1, (self.config.rounds - int(meta["rounds_used"])) // left)
         if self.config.max_rounds is not None:
             cap = min(cap, self.config.max_rounds)
         meta["phase_max"] = max(cap, 1)
         meta["rounds_in_phase"] = 0
-        vector = self._active_vector(weights, phase)
+        vector = structure.active_vector(weights, phase)
         rng = np.random.default_rng([int(meta["em_seed"]), index])
         indices = sample_indices(vector.numel(), self.config.em_samples, rng=rng)
         meta["em_indices"] = torch.from_numpy(indices)

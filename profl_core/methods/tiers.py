@@ -15,16 +15,8 @@ import numpy as np
 
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
-from profl_core.fl.selection import require_trainable
+from profl_core.fl.selection import require_trainable, required
 from profl_core.fl.types import MemoryTable
-
-
-def required(memory_table: MemoryTable, name: str) -> int:
-    """``required_bytes`` of sub-model ``name``, or a one-line ConfigError when it is missing."""
-    if name not in memory_table:
-        raise ConfigError(f"memory table has no entry for {name!r}; measure the method's cases "
-                          f"(have: {', '.join(sorted(memory_table))})")
-    return int(memory_table[name])
 
 
 def largest_fitting(

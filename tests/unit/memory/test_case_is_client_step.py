@@ -24,16 +24,18 @@ import pytest
 import torch
 
 from profl_core.devices import Device, Fleet
-from profl_core.fl.types import ClientTask, Method, ServerState
-from profl_core.memory.case import case_from_text
+from profl_core.fl.method import Method
+from profl_core.fl.types import ClientTask, ServerState
+from profl_core.memory.case_text import case_from_text
 from profl_core.memory.report import MemoryReport
 from profl_core.memory.table import method_table, required_bytes_table
+from profl_core.methods.allsmall import AllSmall, AllSmallConfig
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
-from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.methods.profl import ProFL, ProFLConfig, structure_of
 from profl_core.models import build_model, native_spec
 
 SPEC = native_spec("cnn", width=0.25)
@@ -45,7 +47,7 @@ def make(name: str) -> Method:
     common = {"rounds": 20, "per_round": 20, "batch_size": BATCH}
     return {
         "fedavg": lambda: FedAvg(FedAvgConfig(**common)),
-        "allsmall": lambda: FedAvg(FedAvgConfig(**common, policy="allsmall")),
+        "allsmall": lambda: AllSmall(AllSmallConfig(**common)),
         "heterofl": lambda: HeteroFL(HeteroFLConfig(**common)),
         "fedrolex": lambda: FedRolex(HeteroFLConfig(**common)),
         "depthfl": lambda: DepthFL(DepthFLConfig(**common)),
@@ -69,6 +71,7 @@ def handed_out(method: Method, table: dict[str, int]) -> Iterator[tuple[ServerSt
                                  for i, b in enumerate(sorted(table.values()))))
     state = method.init_state(build_model(SPEC, generator=torch.Generator().manual_seed(0)),
                               np.random.default_rng(0))
+    state = method.fit_fleet(state, fleet, table)
     rnd = 1
     while not method.is_finished(state) and rnd <= 20:
         for task in method.configure_round(rnd, state, fleet, table, np.random.default_rng(rnd)):
@@ -110,7 +113,8 @@ def test_profl_fit_counts_both_copies_of_the_output_module() -> None:
     """shrink:3 on cnn (T = 4): teacher block3 + om3, student om2 = basic3 + a copy of om3."""
     method = make("profl")
     report = method_table(method, SPEC, batch_size=BATCH)["shrink:3"]
-    container = method._container()
+    state = method.init_state(build_model(SPEC), np.random.default_rng(0))
+    container = structure_of(state).modules
     om3 = sum(p.numel() * p.element_size() for p in container.get_submodule("om3").parameters())
     basic3 = sum(p.numel() * p.element_size()
                  for p in container.get_submodule("om2.basic3").parameters())

@@ -25,7 +25,7 @@ from profl_core.errors import ConfigError
 from profl_core.fl import FederatedData, RunConfig, run_federated
 from profl_core.fl.selection import select_clients
 from profl_core.fl.types import ClientUpdate
-from profl_core.memory.case import case_from_text
+from profl_core.memory.case_text import case_from_text
 from profl_core.memory.table import method_table
 from profl_core.methods.alternatives import Rung, ladder
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
@@ -181,8 +181,9 @@ def plan_table(method: Any, bytes_of: dict[int, int]) -> dict[str, int]:
 def test_fedavg_fit_refuses_a_fleet_that_fits_no_rung() -> None:
     method = fit()
     table = plan_table(method, {1: 100, 2: 60, 4: 30})
+    state = method.init_state(build_model(SPEC), np.random.default_rng(0))
     with pytest.raises(ConfigError) as err:
-        method.check_fleet(fleet(20, 29), table)
+        method.fit_fleet(state, fleet(20, 29), table)
     message = str(err.value)
     assert "\n" not in message
     assert "fleet 'hand'" in message
@@ -192,8 +193,9 @@ def test_fedavg_fit_refuses_a_fleet_that_fits_no_rung() -> None:
 def test_profl_accum_refuses_a_fleet_where_a_step_fits_no_rung() -> None:
     method = accum()
     table = plan_table(method, {1: 100, 2: 60, 4: 30}) | {"grow:1+accum:4": 40}
+    state = method.init_state(build_model(SPEC), np.random.default_rng(0))
     with pytest.raises(ConfigError, match=r"grow:1 on any of its 3 rungs") as err:
-        method.check_fleet(fleet(35, 39), table)
+        method.fit_fleet(state, fleet(35, 39), table)
     assert "\n" not in str(err.value)
 
 
@@ -217,7 +219,8 @@ def test_round_metrics_are_the_participants_compute_cost() -> None:
     state = method.init_state(build_model(SPEC), np.random.default_rng(0))
     tasks = method.configure_round(1, state, fleet(100, 25), table, np.random.default_rng(0))
     assert [t.submodel for t in tasks] == ["full", "full+ckpt+accum:4"]
-    updates = [ClientUpdate(client_id=t.client_id, state={}, num_examples=1) for t in tasks]
+    updates = [ClientUpdate(client_id=t.client_id, state={}, num_examples=1, task=t)
+               for t in tasks]
     metrics = method.round_metrics(method.aggregate(1, state, updates))
     assert metrics["extra_forward"] == 0.5
     assert metrics["micro_batch"] == 5.0
@@ -228,8 +231,6 @@ def test_round_metrics_are_the_participants_compute_cost() -> None:
 
 CLASSES = 4
 TINY = native_spec("cnn", width=0.25, num_classes=CLASSES, input_size=8)
-
-
 
 
 def tiny_data(clients: int, samples: int) -> FederatedData:

@@ -8,7 +8,9 @@ from profl_core.data import partition, synthetic_dataset
 from profl_core.devices import Device, Fleet
 from profl_core.errors import ConfigError
 from profl_core.fl import FederatedData, RunConfig, run_federated
+from profl_core.methods.allsmall import AllSmall, AllSmallConfig
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
+from profl_core.methods.exclusivefl import ExclusiveFL
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
@@ -31,8 +33,8 @@ def methods(rounds: int, client_data=None, test=None) -> dict[str, object]:
     common = {"rounds": rounds, "per_round": 4, "local_epochs": 2, "batch_size": 16, "lr": 0.05}
     return {
         "alllarge": FedAvg(FedAvgConfig(**common)),
-        "exclusivefl": FedAvg(FedAvgConfig(**common, policy="exclusivefl")),
-        "allsmall": FedAvg(FedAvgConfig(**common, policy="allsmall")),
+        "exclusivefl": ExclusiveFL(FedAvgConfig(**common)),
+        "allsmall": AllSmall(AllSmallConfig(**common)),
         "heterofl": HeteroFL(HeteroFLConfig(**common), client_data=client_data),
         "fedrolex": FedRolex(HeteroFLConfig(**common), client_data=client_data),
         "depthfl": DepthFL(DepthFLConfig(**common), test_data=test),
@@ -74,10 +76,12 @@ def test_allsmall_uses_the_widest_level_the_weakest_device_fits() -> None:
     method = methods(1)["allsmall"]
     state = method.init_state(build_model(SPEC), np.random.default_rng(0))
     fleet = Fleet("hand", FLEET.devices[1:])
+    state = method.fit_fleet(state, fleet, WIDTH_TABLE)
     tasks = method.configure_round(1, state, fleet, WIDTH_TABLE, np.random.default_rng(0))
     assert {t.submodel for t in tasks} == {"w0.0625"}
     assert len(tasks) == 4
-    assert method.small_model(FLEET, WIDTH_TABLE) == "w0.0625"
+    assert method.position(state) == ("full", 0, "w0.0625")
+    assert method.fit_fleet(state, FLEET, WIDTH_TABLE).meta["small"] == "w0.0625"
     assert method.eligible_share(state, FLEET, WIDTH_TABLE) == 0.9
 
 
@@ -88,12 +92,13 @@ def test_allsmall_leaves_out_devices_that_fit_no_level() -> None:
     state = method.init_state(build_model(SPEC), np.random.default_rng(0))
     strong = Fleet("strong", tuple(Device(device_id=i, budget_bytes=b)
                                    for i, b in enumerate([3, 60, 75])))
-    assert method.small_model(strong, WIDTH_TABLE) == "w0.5"
+    state = method.fit_fleet(state, strong, WIDTH_TABLE)
+    assert state.meta["small"] == "w0.5"
     tasks = method.configure_round(1, state, strong, WIDTH_TABLE, np.random.default_rng(0))
     assert sorted(t.client_id for t in tasks) == [1, 2]
     weak = Fleet("weak", (Device(device_id=0, budget_bytes=5),))
     with pytest.raises(ConfigError, match=r"allsmall: even w0\.0625"):
-        method.small_model(weak, WIDTH_TABLE)
+        method.fit_fleet(state, weak, WIDTH_TABLE)
 
 
 def test_alllarge_ignores_memory() -> None:
@@ -106,6 +111,21 @@ def test_alllarge_ignores_memory() -> None:
     assert {t for t in seen if BUDGETS[t] < 100}
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_allsmall_records_its_one_sub_model_from_round_one() -> None:
+    """The fleet fixes AllSmall's width before round 1: every record names it (w0.0625 for
+    budgets from 8), so the blow-up guard and the step summary see one step."""
+    gen = torch.Generator().manual_seed(0)
+    train = synthetic_dataset(num_samples=90, input_shape=(1, 8, 8), num_classes=CLASSES,
+                              generator=gen)
+    parts = partition("iid", train.y.numpy(), 9, np.random.default_rng(0))
+    data = FederatedData(clients=tuple(train.subset(p) for p in parts), test=train)
+    fleet = Fleet("hand", FLEET.devices[1:])
+    sink = ListSink()
+    run_federated(methods(3)["allsmall"], fleet, data, RunConfig(rounds=3, seed=0),
+                  model=build_model(SPEC), memory_table=WIDTH_TABLE, sink=sink)
+    assert [r.round for r in sink.records] == [1, 2, 3]
+    assert {r.submodel for r in sink.records} == {"w0.0625"}
 
 
 @pytest.mark.usefixtures("one_thread")
