@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -112,6 +113,13 @@ def test_debian_fashion_mnist_has_the_published_sizes_and_is_normalized() -> Non
     assert set(train.y.unique().tolist()) == set(range(10))
     assert abs(float(train.x.mean())) < 0.01
     assert abs(float(train.x.std()) - 1.0) < 0.01
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true",
+                    reason="only CI (make test as root) promises a run without the dataset")
+def test_ci_runs_the_tests_without_the_machines_dataset() -> None:
+    """make test hides Debian's Fashion-MNIST folder, so CI proves a fresh machine passes."""
+    assert not any(DEBIAN_FASHION_MNIST_DIR.glob("*"))
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "cifar10", "cifar100"])
