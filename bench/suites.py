@@ -23,7 +23,7 @@ from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.files import read_toml, shown
 from profl_core.memory import PROBES
 from profl_core.models import MODEL_NAMES, ModelSpec, check_model_name
-from profl_core.models.external import check_group_syntax
+from profl_core.models.block_groups import check_group_syntax
 
 #: TrainingConfig fields an ``[accuracy]`` table does not share, and where they go instead.
 PER_RUN: dict[str, str] = {

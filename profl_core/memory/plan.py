@@ -9,7 +9,7 @@ Layers (:func:`layer_units`): the children of every block of the model, cut so t
 starts at each child holding a weight layer (convolution, linear, attention) and the
 parameter-free children (batch norm, ReLU, pooling) stay with the weight layer before them
 (``conv, bn, relu`` is one unit; a ResNet BasicBlock is one unit). A partition is a list of
-block *groups* over those units (:mod:`profl_core.models.external` syntax, ``+`` joining
+block *groups* over those units (:mod:`profl_core.models.block_groups` syntax, ``+`` joining
 pieces of different stages) plus the model's head; it is an ordinary
 :class:`~profl_core.models.ModelSpec` with ``blocks`` set, so ProFL trains on it like on any
 model and its output modules are the generic stand-ins.

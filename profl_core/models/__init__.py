@@ -11,7 +11,9 @@ A name is one of three kinds:
   BlockedModel or a plain module whose blocks are ``spec.blocks`` or its top-level children.
 
 Torchvision and user models are checked once per spec (blocks compose to the forward on a
-small real input) before they are built.
+small real input, :mod:`profl_core.models.composition`) before they are built; their blocks are
+block groups (:mod:`profl_core.models.block_groups`) of the model's own modules, wrapped with
+generic output modules (:mod:`profl_core.models.wrapper`).
 """
 
 from __future__ import annotations
@@ -30,17 +32,10 @@ from profl_core.models.base import (
     PoolHead,
     fitted_basic_layers,
 )
+from profl_core.models.block_groups import parse_blocks
 from profl_core.models.cnn import CNN
-from profl_core.models.external import (
-    Builder,
-    ExternalModel,
-    build_factory_model,
-    is_factory_name,
-    load_factory,
-    parse_blocks,
-    verify,
-    wrap,
-)
+from profl_core.models.composition import Builder, verify
+from profl_core.models.external import build_factory_model, is_factory_name, load_factory
 from profl_core.models.resnet import ResNet
 from profl_core.models.torchvision_zoo import (
     TORCHVISION_MODELS,
@@ -50,6 +45,7 @@ from profl_core.models.torchvision_zoo import (
 )
 from profl_core.models.vgg import VGG
 from profl_core.models.vit import ViT
+from profl_core.models.wrapper import ExternalModel, wrap
 
 BUILDERS: dict[str, Callable[[ModelSpec], BlockedModel]] = {
     "cnn": CNN,

@@ -36,7 +36,7 @@ class ModelSpec:
         width: channel multiplier; every hidden width ``c`` becomes ``ceil(c * width)``
             (HeteroFL's rule, so a narrow model is a channel prefix of the wide one). A user
             factory receives it as ``width=`` and a torchvision family as its own multiplier.
-        blocks: block groups (:func:`~profl_core.models.external.parse_blocks` syntax), the
+        blocks: block groups (:func:`~profl_core.models.block_groups.parse_blocks` syntax), the
             last one the head; empty: the model's default partition (a zoo model's stages). For
             a zoo model they are groups over its ``block<i>`` children (a planned partition,
             :mod:`profl_core.memory.plan`).
@@ -45,7 +45,7 @@ class ModelSpec:
             batch norm and ReLU, so ProFL has no basic layer to fit for it and its output
             modules hold no activations at that block's resolution (a deviation from the
             authors, README "Planning ProFL's partition"). The output modules are then the
-            generic ones of :mod:`profl_core.models.external`, also for a zoo model's stages.
+            generic ones of :mod:`profl_core.models.wrapper`, also for a zoo model's stages.
     """
 
     name: str

@@ -37,7 +37,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
 from profl_core.models.base import BlockedModel, ModelSpec
-from profl_core.models.external import wrap
+from profl_core.models.wrapper import wrap
 
 PREFIX = "torchvision:"
 
@@ -189,7 +189,7 @@ def default_groups(spec: ModelSpec) -> tuple[str, ...]:
 
 def build_torchvision_model(spec: ModelSpec) -> tuple[BlockedModel, nn.Module]:
     """The BlockedModel of ``torchvision:NAME`` and torchvision's model (a
-    :data:`~profl_core.models.external.Builder`)."""
+    :data:`~profl_core.models.composition.Builder`)."""
     net = torchvision_net(spec)
     body = FAMILIES[family_of(spec.name)].restructure(net)
     return wrap(spec, body, spec.blocks or default_groups(spec)), net

@@ -26,7 +26,7 @@ from profl_core.models import (
     native_spec,
     parse_blocks,
 )
-from profl_core.models.external import stand_in
+from profl_core.models.wrapper import stand_in
 from tests.conftest import importable_module
 
 MODULE = "profl_test_user_models"

@@ -20,7 +20,7 @@ from profl_core.memory import measure
 from profl_core.memory.case import TrainingCase, all_cases, fitted_steps
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import build_model, native_spec
-from profl_core.models.external import stand_in
+from profl_core.models.wrapper import stand_in
 
 HERE = Path(__file__).resolve().parents[1] / "memory"
 TOY = "plan_toy_model:build"

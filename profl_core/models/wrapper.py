@@ -1,0 +1,134 @@
+"""The wrapper: a BlockedModel over someone else's modules, with generic output modules.
+
+:class:`ExternalModel` is a BlockedModel whose blocks *share* the modules of a user's (or
+torchvision's, or a regrouped zoo) model, cut into block groups
+(:mod:`profl_core.models.block_groups`; a range becomes an ``nn.Sequential`` of the same
+children, keeping their names), so its state dict is ``block<i>.*`` and ``head.*``. ProFL's
+output module of step t is generic: from the block output shapes (a meta-device forward), one
+cheap stand-in per missing block k named ``basic<k>`` (:func:`stand_in`: a 3x3 convolution with
+the stride that matches the shape, batch norm and ReLU for image-shaped outputs, adaptive
+average pooling added only when no stride matches exactly; a linear map when only the last
+dimension differs), then a fresh copy of the head (deep copy, every ``reset_parameters``
+called).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from profl_core.errors import ConfigError
+from profl_core.models.base import BlockedModel, ModelSpec
+from profl_core.models.block_groups import check_disjoint, resolve_group
+
+
+def _stride(size: int, target: int) -> tuple[int, bool]:
+    """The stride of a 3x3, padding-1 convolution taking ``size`` to ``target`` and whether it
+    is exact; else the largest stride that keeps at least ``target`` (pooling finishes it)."""
+    best = 1
+    for stride in range(1, max(size, 1) + 1):
+        out = (size - 1) // stride + 1
+        if out == target:
+            return stride, True
+        if out >= target:
+            best = stride
+    return best, False
+
+
+def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
+             block: int, identity: bool = False) -> nn.Module:
+    """ProFL's cheap stand-in for a block taking per-sample shape ``in_shape`` to ``out_shape``.
+
+    With ``identity`` a block that keeps its input's shape is stood in for by ``nn.Identity``
+    (:attr:`ModelSpec.identity_standins`).
+
+    ``(C, H, W) -> (C', H', W')``: 3x3 convolution (no bias) with the stride that matches,
+    batch norm, ReLU, plus adaptive average pooling to ``(H', W')`` when no stride matches
+    exactly. Same rank, only the last dimension differs (or nothing does): one ``nn.Linear``.
+
+    Raises:
+        ConfigError: any other pair of shapes.
+    """
+    if identity and tuple(in_shape) == tuple(out_shape):
+        return nn.Identity()
+    if len(in_shape) == 3 and len(out_shape) == 3:
+        (c, h, w), (c_out, h_out, w_out) = in_shape, out_shape
+        stride_h, exact_h = _stride(h, h_out)
+        stride_w, exact_w = _stride(w, w_out)
+        layers: list[nn.Module] = [
+            nn.Conv2d(c, c_out, 3, stride=(stride_h, stride_w), padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+        if not (exact_h and exact_w):
+            layers.append(nn.AdaptiveAvgPool2d((h_out, w_out)))
+        return nn.Sequential(*layers)
+    if len(in_shape) == len(out_shape) >= 1 and tuple(in_shape[:-1]) == tuple(out_shape[:-1]):
+        return nn.Linear(in_shape[-1], out_shape[-1])
+    raise ConfigError(f"model {model!r}: no stand-in for block{block}, which maps per-sample "
+                      f"shape {tuple(in_shape)} to {tuple(out_shape)} (only (C,H,W) -> (C,H,W) "
+                      "and last-dimension changes are supported); move the reshape into the "
+                      "head or return a BlockedModel with its own output_module")
+
+
+def fresh_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every submodule's ``reset_parameters`` called."""
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return clone
+
+
+class ExternalModel(BlockedModel):
+    """A BlockedModel over a user's (or torchvision's) modules, with generic output modules.
+
+    Args:
+        spec: the model spec (its name is the model string).
+        blocks: the block modules in forward order (shared, not copied).
+        head: the head module (shared).
+        groups: the group text of every block and then the head (for tables and errors).
+    """
+
+    def __init__(self, spec: ModelSpec, blocks: Sequence[nn.Module], head: nn.Module, *,
+                 groups: Sequence[str]) -> None:
+        super().__init__(spec)
+        self._set_blocks(blocks, head)
+        self.groups: tuple[str, ...] = tuple(groups)
+        self._shapes: tuple[tuple[int, ...], ...] | None = None
+
+    def output_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-sample output shape of every block (meta-device forward, computed once)."""
+        if self._shapes is None:
+            with unset_fake_temporarily():
+                self._shapes = tuple(self.block_output_shapes())
+        return self._shapes
+
+    def output_module(self, step: int) -> nn.Module:
+        """``basic<k>`` for every missing block k (:func:`stand_in`), then a fresh head."""
+        self._check_step(step)
+        shapes = self.output_shapes()
+        layers: dict[str, nn.Module] = {}
+        for k in range(step + 1, self.num_blocks + 1):
+            layers[f"basic{k}"] = stand_in(shapes[k - 2], shapes[k - 1], model=self.spec.name,
+                                           block=k, identity=self.spec.identity_standins)
+        layers["head"] = fresh_copy(self.head)
+        return nn.Sequential(OrderedDict(layers))
+
+
+def wrap(spec: ModelSpec, module: nn.Module, groups: Sequence[str]) -> ExternalModel:
+    """The :class:`ExternalModel` of ``module`` cut into ``groups`` (the last is the head)."""
+    model = spec.name
+    if len(groups) < 3:
+        raise ConfigError(f"model {model!r}: {len(groups)} block group(s) "
+                          f"({', '.join(groups) or 'none'}); give at least two blocks and a "
+                          "head, e.g. --blocks features.0-3,features.4-7,classifier")
+    resolved = [resolve_group(module, group, model=model) for group in groups]
+    check_disjoint(resolved, model=model)
+    return ExternalModel(spec, [g.module for g in resolved[:-1]], resolved[-1].module,
+                         groups=groups)
