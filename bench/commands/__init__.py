@@ -10,6 +10,7 @@ from bench.commands import (
     compare,
     data,
     devices,
+    gpu_check,
     memory,
     models,
     plan,
@@ -20,4 +21,4 @@ from bench.commands import (
 )
 
 COMMANDS = [bench, report, compare, memory, trace, plan, check, devices, models, data, train,
-            speed]
+            speed, gpu_check]
