@@ -1,8 +1,11 @@
-"""Figures (seaborn styles) from long-form data frames, themselves read from result files."""
+"""Figures (seaborn styles): the report's, from long-form data frames themselves read from
+result files, and one training run's learning curve."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+from bench.run_summary import step_label
 from bench.stats import t_interval
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -292,3 +296,29 @@ def accuracy_figures(
         accuracy_vs_memory(summary, folder / "accuracy_vs_memory.png", labels=labels),
         participation_by_method(runs, folder / "participation.png", labels=labels),
     ]
+
+
+# ------------------------------------------------------------------------------ one training run
+
+
+def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy per round with a dashed line at every step boundary, labelled with the
+    step that starts and, at the bottom, why the step before ended (``em``, ``cap``...)."""
+    evaluated = [r for r in rounds if r["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(x=[r["round"] for r in evaluated], y=[r["accuracy"] for r in evaluated], ax=ax,
+                 marker="o" if len(evaluated) < 40 else None)
+    for prev, cur in itertools.pairwise(rounds):
+        if (prev["stage"], prev["submodel"]) != (cur["stage"], cur["submodel"]):
+            ax.axvline(cur["round"] - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(cur["round"] - 0.5, 1.0, f" {step_label(cur['stage'], cur['submodel'])}",
+                    fontsize=7, va="top", rotation=90, color="grey")
+            if prev.get("step_end"):
+                ax.text(cur["round"] - 0.5, 0.01, f"{prev['step_end']} ", fontsize=6,
+                        va="bottom", ha="right", rotation=90, color="grey")
+    ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title=title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

@@ -21,8 +21,9 @@ from tabulate import tabulate
 
 from bench import plots
 from bench.memory_suite import render_memory, summary_frame, summary_text
+from bench.run_files import RUN_FILE, read_rounds, read_run_result
+from bench.run_settings import METHODS
 from bench.stats import compare_to, format_interval, t_interval
-from bench.training import METHODS, RUN_FILE, read_rounds, read_run_result
 from profl_core.errors import ConfigError
 from profl_core.files import read_text
 from profl_core.results import ResultFile, atomic_write_text, read_result

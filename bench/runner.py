@@ -27,20 +27,17 @@ from tqdm import tqdm
 from bench.memory_suite import fleets_for, measure_with_progress, memory_records
 from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.report import build_report, run_folders
-from bench.speed import run_speed
-from bench.suites import AccuracySection, Suite, run_name
-from bench.training import (
+from bench.run_files import (
     RUN_FILE,
-    TrainingConfig,
-    check_device,
     check_resume,
     config_changes,
-    fleet_inputs,
-    load_data,
     read_run_record,
     read_run_result,
-    run_training,
 )
+from bench.run_settings import TrainingConfig, check_device
+from bench.speed import run_speed
+from bench.suites import AccuracySection, Suite, run_name
+from bench.training import fleet_inputs, load_data, run_training
 from bench.zoo import render as render_zoo
 from bench.zoo import write_zoo, zoo_table
 from profl_core.data import ArrayDataset

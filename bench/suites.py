@@ -11,7 +11,7 @@ from typing import Any
 from bench.config_fields import FieldSpec, check_value, field_specs
 from bench.memory_suite import BASELINE_METHODS, MemorySection, parse_alternatives
 from bench.paths import SUITES_DIR
-from bench.training import (
+from bench.run_settings import (
     METHODS,
     TRAINING_FIELDS,
     TrainingConfig,

@@ -28,18 +28,16 @@ from tqdm import tqdm
 from bench.backends import add_backend_arguments, backend_session
 from bench.config_fields import FieldSpec, add_flag
 from bench.paths import CHECKOUT, RESULTS_DIR
-from bench.training import (
+from bench.run_files import RUN_FILE, check_resume
+from bench.run_settings import (
     METHODS,
-    RUN_FILE,
     TRAINING_FIELDS,
     TrainingConfig,
     all_option_specs,
     check_device,
-    check_resume,
-    fleet_inputs,
     option_specs,
-    run_training,
 )
+from bench.training import fleet_inputs, run_training
 from profl_core.errors import ConfigError
 from profl_core.files import check_writable_dir
 from profl_core.fl import RoundFailedError, RoundRecord

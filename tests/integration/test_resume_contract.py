@@ -24,9 +24,10 @@ import torch
 
 import bench.gate
 from bench.cli import main
+from bench.run_files import run_record
+from bench.run_settings import TrainingConfig
 from bench.runner import accuracy_jobs
 from bench.suites import AccuracySection
-from bench.training import TrainingConfig, run_record
 from profl_core.errors import ConfigError
 from profl_core.fl import JsonlSink
 

@@ -31,16 +31,10 @@ from bench.cli import main
 from bench.gate import read_baseline, torch_minor
 from bench.memory_suite import read_case_report
 from bench.paths import DEVICES_DIR, SUITES_DIR
+from bench.run_files import check_resume, read_rounds, read_run_result, run_record
+from bench.run_settings import TrainingConfig
+from bench.run_summary import step_summary, summary_records
 from bench.suites import load_suite
-from bench.training import (
-    TrainingConfig,
-    check_resume,
-    read_rounds,
-    read_run_result,
-    run_record,
-    step_summary,
-    summary_records,
-)
 from profl_core.devices import MIB, load_fleet, load_profile, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.fl import load_checkpoint, restore_checkpoint, save_checkpoint

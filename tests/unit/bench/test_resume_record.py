@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.memory_suite import read_case_report
-from bench.training import TrainingConfig, check_resume, run_record
+from bench.run_files import check_resume, run_record
+from bench.run_settings import TrainingConfig
 from profl_core.errors import ConfigError
 from profl_core.memory import TrainingCase, measure
 from profl_core.models import native_spec

@@ -13,8 +13,9 @@ import pytest
 import bench.commands.train
 import bench.runner
 from bench.cli import main
+from bench.run_files import run_record
+from bench.run_settings import TrainingConfig
 from bench.suites import AccuracySection
-from bench.training import TrainingConfig, run_record
 from profl_core.results import Record, ResultFile
 
 

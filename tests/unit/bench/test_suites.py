@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.run_settings import TrainingConfig
 from bench.suites import SUITES_DIR, load_suite, run_name, suite_names
-from bench.training import TrainingConfig
 from profl_core.errors import ConfigError
 
 GOOD = """

@@ -12,7 +12,7 @@ import pytest
 from bench.cli import build_parser
 from bench.commands.train import config_from_args
 from bench.config_fields import add_flag, check_value, field_specs
-from bench.training import (
+from bench.run_settings import (
     METHODS,
     TRAINING_FIELDS,
     TrainingConfig,
