@@ -28,7 +28,8 @@ from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.files import Fields, read_json, shown
 from profl_core.memory import MemoryReport, TrainingCase, all_cases, measure
-from profl_core.memory.case import case_from_text, num_blocks, parse_case_text
+from profl_core.memory.case import num_blocks
+from profl_core.memory.case_text import case_from_text, parse_case_text
 from profl_core.memory.categories import Category
 from profl_core.methods.width import LEVELS, level_spec
 from profl_core.models import ModelSpec, native_spec

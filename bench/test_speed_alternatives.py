@@ -26,7 +26,8 @@ import torch
 
 from profl_core.errors import ConfigError
 from profl_core.memory import build_step, case_from_text
-from profl_core.memory.case import PreparedStep, num_blocks
+from profl_core.memory.case import num_blocks
+from profl_core.memory.step import PreparedStep
 from profl_core.methods.width import level_spec
 from profl_core.models import native_spec
 

@@ -22,19 +22,13 @@ from __future__ import annotations
 import torch
 
 from profl_core.errors import ConfigError
+from profl_core.fl.observer import StepObserver
 from profl_core.memory import cuda, dispatch, heap, predict, rss
-from profl_core.memory.case import (
-    KINDS,
-    PreparedStep,
-    StepObserver,
-    TrainingCase,
-    all_cases,
-    build_step,
-    case_from_text,
-    parse_case,
-)
+from profl_core.memory.case import KINDS, TrainingCase, all_cases
+from profl_core.memory.case_text import case_from_text, parse_case
 from profl_core.memory.categories import Category
 from profl_core.memory.report import BlockPeak, MemoryReport
+from profl_core.memory.step import PreparedStep, build_step
 
 PROBES: tuple[str, ...] = ("dispatch", "predict", "heap", "cuda", "rss")
 CPU_ONLY_PROBES: tuple[str, ...] = ("predict", "heap", "rss")

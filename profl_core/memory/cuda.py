@@ -38,8 +38,10 @@ from typing import Any
 import torch
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase
+from profl_core.fl.observer import SegmentObserver
+from profl_core.memory.case import TrainingCase
 from profl_core.memory.report import BlockPeak, MemoryReport, Phase
+from profl_core.memory.step import PreparedStep
 from profl_core.memory.subprocess_probe import run_fresh
 
 REQUESTED_PEAK_STAT = "requested_bytes.all.peak"
@@ -47,7 +49,8 @@ REQUESTED_PEAK_STAT = "requested_bytes.all.peak"
 _CHILD = """
 import json, sys
 import torch
-from profl_core.memory.case import TrainingCase, build_step
+from profl_core.memory.case import TrainingCase
+from profl_core.memory.step import build_step
 from profl_core.memory.cuda import measure_step
 request = json.loads(sys.stdin.read())
 device = torch.device(request["device"])

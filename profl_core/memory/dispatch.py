@@ -44,9 +44,11 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase, build_step
+from profl_core.fl.observer import SegmentObserver
+from profl_core.memory.case import TrainingCase
 from profl_core.memory.categories import Category
 from profl_core.memory.report import BlockPeak, MemoryReport, Phase
+from profl_core.memory.step import PreparedStep, build_step
 
 CUDA_BLOCK_BYTES = 512
 CHECKPOINTS: tuple[str, ...] = (

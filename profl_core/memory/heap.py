@@ -52,9 +52,11 @@ from torch.autograd import (
 from torch.autograd.profiler import record_function
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import PreparedStep, SegmentObserver, TrainingCase, build_step
+from profl_core.fl.observer import SegmentObserver
+from profl_core.memory.case import TrainingCase
 from profl_core.memory.dispatch import HeapPeaks, StorageTracker
 from profl_core.memory.report import MemoryReport
+from profl_core.memory.step import PreparedStep, build_step
 
 MARK_PREFIX = "profl.heap.mark:"
 

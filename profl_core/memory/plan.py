@@ -43,7 +43,8 @@ from typing import Literal
 from torch import nn
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import TrainingCase, all_cases, case_from_text, fitted_steps
+from profl_core.memory.case import TrainingCase, all_cases, fitted_steps
+from profl_core.memory.case_text import case_from_text
 from profl_core.memory.report import MemoryReport
 from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
 

@@ -38,11 +38,12 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from profl_core.memory.case import PreparedStep, TrainingCase, build_fake_step
+from profl_core.memory.case import TrainingCase
 from profl_core.memory.dispatch import StorageTracker
 from profl_core.memory.heap import intra_op_threads
 from profl_core.memory.report import MemoryReport
 from profl_core.memory.scratch import ScratchModel
+from profl_core.memory.step import PreparedStep, build_fake_step
 
 aten = torch.ops.aten
 

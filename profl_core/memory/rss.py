@@ -35,7 +35,8 @@ _CHILD = """
 import gc, json, sys
 import torch
 from memory_profiler import memory_usage
-from profl_core.memory.case import TrainingCase, build_step
+from profl_core.memory.case import TrainingCase
+from profl_core.memory.step import build_step
 request = json.loads(sys.stdin.read())
 torch.set_num_threads(request["threads"])
 case = TrainingCase.from_params(request["case"])

@@ -49,8 +49,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_leaves, tree_map
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import PreparedStep
 from profl_core.memory.heap import intra_op_threads, transient_bytes
+from profl_core.memory.step import PreparedStep
 from profl_core.results import atomic_write_text
 
 aten = torch.ops.aten

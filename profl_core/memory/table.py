@@ -13,10 +13,11 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
-from profl_core.fl.types import Method
+from profl_core.fl.method import Method
 from profl_core.memory import dispatch, measure, predict
-from profl_core.memory.case import TrainingCase, method_step
+from profl_core.memory.case import TrainingCase
 from profl_core.memory.report import MemoryReport
+from profl_core.memory.step import method_step
 from profl_core.models import ModelSpec, build_model
 
 

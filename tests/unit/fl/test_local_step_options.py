@@ -26,7 +26,8 @@ from profl_core.fl.local import (
 )
 from profl_core.fl.observer import StepObserver
 from profl_core.fl.types import ClientTask, SubModel
-from profl_core.memory.case import build_step, case_from_text
+from profl_core.memory.case_text import case_from_text
+from profl_core.memory.step import build_step
 
 #: float32 sums in another order: what accumulation may change in a gradient.
 ATOL, RTOL = 1e-6, 1e-5

@@ -16,12 +16,9 @@ import pytest
 from bench.cli import main
 from profl_core.errors import ConfigError
 from profl_core.memory import dispatch, heap, measure, predict
-from profl_core.memory.case import (
-    TrainingCase,
-    build_step,
-    case_from_text,
-    parse_case_text,
-)
+from profl_core.memory.case import TrainingCase
+from profl_core.memory.case_text import case_from_text, parse_case_text
+from profl_core.memory.step import build_step
 from profl_core.models import native_spec
 
 # --- case text --------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from profl_core.errors import ConfigError
-from profl_core.memory.case import TrainingCase, all_cases, build_step, case_from_text, parse_case
+from profl_core.memory.case import TrainingCase, all_cases
+from profl_core.memory.case_text import case_from_text, parse_case
+from profl_core.memory.step import build_step
 from profl_core.models import native_spec
 
 

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from profl_core.memory import Category, MemoryReport, case_from_text
-from profl_core.memory.case import (
+from profl_core.memory.dispatch import measure_step
+from profl_core.memory.step import (
     PreparedStep,
     build_step,
     construct_model,
     prepare_step,
 )
-from profl_core.memory.dispatch import measure_step
 from profl_core.models import native_spec
 from profl_core.models.cnn import conv_bn_relu
 

@@ -33,7 +33,8 @@ from profl_core.models import native_spec
 CHILD = """
 import gc, json, sys
 import memray, torch
-from profl_core.memory.case import TrainingCase, build_step
+from profl_core.memory.case import TrainingCase
+from profl_core.memory.step import build_step
 torch.set_num_threads(1)
 out = {}
 for key, (params, path) in json.loads(sys.stdin.read()).items():

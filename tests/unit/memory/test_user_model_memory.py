@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from profl_core.memory import case_from_text, dispatch, heap, predict
-from profl_core.memory.case import PreparedStep, build_step
 from profl_core.memory.report import MemoryReport
+from profl_core.memory.step import PreparedStep, build_step
 from tests.conftest import importable_module
 
 MODULE = "profl_test_user_memory_models"
