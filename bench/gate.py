@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from bench.memory_suite import MemorySection, measure_with_progress, memory_records
+from bench.memory_cases import MemorySection
+from bench.memory_measure import measure_with_progress, memory_records
 from bench.suites import Suite
 from profl_core.compare import (
     CASE_METRIC,

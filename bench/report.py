@@ -20,7 +20,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench import plots
-from bench.memory_suite import render_memory, summary_frame, summary_text
+from bench.memory_render import render_memory, summary_frame, summary_text
 from bench.run_files import RUN_FILE, read_rounds, read_run_result
 from bench.run_settings import METHODS
 from bench.stats import compare_to, format_interval, t_interval

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.memory_suite import fleets_for, measure_with_progress, memory_records
+from bench.memory_measure import fleets_for, measure_with_progress, memory_records
 from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.report import build_report, run_folders
 from bench.run_files import (

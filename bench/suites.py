@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config_fields import FieldSpec, check_value, field_specs
-from bench.memory_suite import BASELINE_METHODS, MemorySection, parse_alternatives
+from bench.memory_cases import BASELINE_METHODS, MemorySection, parse_alternatives
 from bench.paths import SUITES_DIR
 from bench.run_settings import (
     METHODS,

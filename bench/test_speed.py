@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from bench.memory_suite import profl_cases
+from bench.memory_cases import profl_cases
 from profl_core.memory import TrainingCase, build_step, measure
 from profl_core.memory.dispatch import StorageTracker
 from profl_core.models import MODEL_NAMES, native_spec

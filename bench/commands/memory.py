@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.memory_suite import MemorySection
+from bench.memory_cases import MemorySection
 from bench.model_options import MODEL_HELP, add_spec_arguments, spec_overrides
 from bench.runner import check_run_folder, latest_run, new_run_folder, run_suite
 from bench.suites import Suite

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from bench.cli import main
 from bench.gate import read_baseline, torch_minor
-from bench.memory_suite import read_case_report
+from bench.memory_measure import read_case_report
 from bench.paths import DEVICES_DIR, SUITES_DIR
 from bench.run_files import check_resume, read_rounds, read_run_result, run_record
 from bench.run_settings import TrainingConfig

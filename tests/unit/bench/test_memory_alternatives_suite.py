@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.memory_suite import (
-    MemorySection,
-    alternatives_frame,
-    measure_section,
-    memory_records,
-    parse_alternatives,
-    summary_text,
-)
+from bench.memory_cases import MemorySection, parse_alternatives
+from bench.memory_measure import measure_section, memory_records
+from bench.memory_render import alternatives_frame, summary_text
 from bench.suites import load_suite
 from profl_core.errors import ConfigError
 from profl_core.memory import MemoryReport

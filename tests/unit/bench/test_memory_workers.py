@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.memory_suite import MemorySection, measure_section
+from bench.memory_cases import MemorySection
+from bench.memory_measure import measure_section
 from bench.suites import load_suite
 from profl_core.errors import ConfigError
 

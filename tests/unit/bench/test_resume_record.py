@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.memory_suite import read_case_report
+from bench.memory_measure import read_case_report
 from bench.run_files import check_resume, run_record
 from bench.run_settings import TrainingConfig
 from profl_core.errors import ConfigError

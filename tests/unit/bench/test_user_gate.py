@@ -22,7 +22,7 @@ import torch
 import bench.gate
 from bench.cli import main
 from bench.gate import Measured, torch_minor
-from bench.memory_suite import MemorySection
+from bench.memory_cases import MemorySection
 
 SUITE = """
 name = "my-gate"
