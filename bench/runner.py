@@ -34,10 +34,10 @@ from bench.run_files import (
     read_run_record,
     read_run_result,
 )
-from bench.run_settings import TrainingConfig, check_device
+from bench.run_settings import TrainingConfig
 from bench.speed import run_speed
 from bench.suites import AccuracySection, Suite, run_name
-from bench.training import fleet_inputs, load_data, run_training
+from bench.training import check_inputs, load_data, run_training
 from bench.zoo import render as render_zoo
 from bench.zoo import write_zoo, zoo_table
 from profl_core.data import ArrayDataset
@@ -219,10 +219,12 @@ def accuracy_jobs(
     section: AccuracySection, folder: Path, *, resume: bool, suite: str,
     data_dir: Path | None = None, backend: str = "local", devices: Path | None = None,
 ) -> list[_Job]:
-    """The runs of ``section`` still to do, every one checked before any starts: its device
-    exists here and, with ``resume``, a finished run was made with the same settings
-    (:func:`check_finished`) and an unfinished one may continue (:func:`check_resume`); a run
-    folder the suite no longer has is refused.
+    """The runs of ``section`` still to do, every one checked before any starts (and before
+    the data is loaded): its device exists here, the files it names are good
+    (:func:`~bench.training.check_inputs`: devices folder, fleet, partition plan) and, with
+    ``resume``, a finished run was made with the same settings (:func:`check_finished`) and an
+    unfinished one may continue (:func:`check_resume`); a run folder the suite no longer has
+    is refused.
 
     Raises:
         ConfigError: The first run that cannot go on, naming it and the fix.
@@ -245,8 +247,7 @@ def accuracy_jobs(
             check_finished(config, out)
             continue
         try:
-            check_device(config.device)
-            fleet_inputs(config)
+            check_inputs(config)
         except ConfigError as err:
             raise ConfigError(f"suite {suite}: run {name}: {err}") from None
         if resume:

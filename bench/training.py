@@ -1,13 +1,15 @@
 """One federated training run from a :class:`~bench.run_settings.TrainingConfig`, shared by
 ``profl train`` and suites.
 
-:func:`run_training` loads the data (or takes it ready), partitions it, builds the method, its
-memory table and the fleet, runs :func:`~profl_core.fl.run_federated` and writes into one
-folder: ``run.json`` (first: the full resolved configuration and the code version),
-``rounds.jsonl``, ``checkpoint.pt``, ``model.pt``, ``result.json`` (summary records read back
-from ``rounds.jsonl``), ``learning_curve.png`` and ``README.txt``. ``result.json`` is written
-last, so its presence marks a finished run; ``resume=True`` continues an unfinished one from
-its checkpoint and ends with the weights of an uninterrupted run. Resuming is a contract
+:func:`check_inputs` reads and checks every file the settings name (devices folder, fleet,
+partition plan) before any work; :func:`run_training` then loads the data (or takes it
+ready), partitions it, builds the method, its memory table and the fleet, runs
+:func:`~profl_core.fl.run_federated` and writes into one folder: ``run.json`` (first: the
+full resolved configuration and the code version), ``rounds.jsonl``, ``checkpoint.pt``,
+``model.pt``, ``result.json`` (summary records read back from ``rounds.jsonl``),
+``learning_curve.png`` and ``README.txt``. ``result.json`` is written last, so its presence
+marks a finished run; ``resume=True`` continues an unfinished one from its checkpoint and
+ends with the weights of an uninterrupted run. Resuming is a contract
 (:func:`bench.run_files.check_resume`): a setting that would change the result is refused,
 naming it, before any work.
 """
@@ -142,6 +144,25 @@ def make_fleet(config: TrainingConfig, full_bytes: int) -> Fleet:
     return fleet.spread(config.clients)
 
 
+#: Any positive reference peak reads and checks a relative fleet's file (its budgets are
+#: fractions of it); the run's own, known once the model is built, scales it for training.
+CHECK_REFERENCE_BYTES = 1 << 30
+
+
+def check_inputs(config: TrainingConfig) -> None:
+    """Read and check everything ``config`` names, before any work (the data's loading
+    included): the torch device, the devices folder's profiles, the fleet file (and that it
+    has ``clients`` devices) and the partition plan.
+
+    Raises:
+        ConfigError: The first bad input, naming its file and the fix.
+    """
+    check_device(config.device)
+    path, profiles = fleet_inputs(config)
+    load_fleet(path, profiles, reference_peak_bytes=CHECK_REFERENCE_BYTES).spread(config.clients)
+    if config.partition_plan is not None:
+        read_plan(config.partition_plan, config.model)
+
 
 # ------------------------------------------------------------------------------------ the run
 
@@ -180,8 +201,7 @@ def run_training(
 
     if (out / "rounds.jsonl").exists() and not resume:
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")
-    check_device(config.device)
-    fleet_inputs(config)
+    check_inputs(config)  # every file it names is read before the data
     resuming = resume and check_resume(config, out, warn=say)
     if not resuming and (out / RUN_FILE).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume or a new --out")

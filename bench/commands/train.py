@@ -34,10 +34,9 @@ from bench.run_settings import (
     TRAINING_FIELDS,
     TrainingConfig,
     all_option_specs,
-    check_device,
     option_specs,
 )
-from bench.training import fleet_inputs, run_training
+from bench.training import check_inputs, run_training
 from profl_core.errors import ConfigError
 from profl_core.files import check_writable_dir
 from profl_core.fl import RoundFailedError, RoundRecord
@@ -108,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or run_dir(RESULTS_DIR, f"train-{config.label}", repo=CHECKOUT)
     # Everything that can be checked without work is checked before it (DESIGN §6).
     check_writable_dir(out)
-    check_device(config.device)
-    fleet_inputs(config)
+    check_inputs(config)
     if args.resume:
         check_resume(config, out, required=True)
     elif (out / "rounds.jsonl").exists() or (out / RUN_FILE).exists():
