@@ -54,8 +54,8 @@ class AccuracySection:
 
     Each (label, partition, seed) is one :func:`bench.training.run_training` run in the run
     folder's ``runs/<label>-<partition>-s<seed>/`` (:func:`run_name`). The shared settings are
-    a :class:`bench.training.TrainingConfig` (``base``); a label is a registry method name or a
-    variant's.
+    a :class:`bench.run_settings.TrainingConfig` (``base``); a label is a registry method name
+    or a variant's.
 
     Attributes:
         base: The shared run settings (any TrainingConfig field but those in PER_RUN).

@@ -11,7 +11,7 @@ and at the end), ``model.pt`` (the final model's weights), ``result.json`` and
 in the same ``--out`` and ends with the weights of an uninterrupted one. The work itself is
 :func:`bench.training.run_training`, which the suites' accuracy sections use too.
 
-The flags are made from :class:`bench.training.TrainingConfig`'s fields (``per_round`` ->
+The flags are made from :class:`bench.run_settings.TrainingConfig`'s fields (``per_round`` ->
 ``--per-round``, ``feature_cache`` -> ``--feature-cache/--no-feature-cache``) and from the
 method configs' own fields (``--em-window 10``, ``--shrink/--no-shrink``, ``--schedule fixed``),
 which go into ``TrainingConfig.options``. A diverged run prints its reason and exits 1.
