@@ -16,6 +16,7 @@ from profl_core.files import shown
 from profl_core.memory import TrainingCase, all_cases
 from profl_core.memory.case import num_blocks
 from profl_core.memory.case_text import case_from_text, parse_case_text
+from profl_core.methods.registry import METHODS, check_methods
 from profl_core.methods.width import LEVELS, level_spec
 from profl_core.models import ModelSpec, native_spec
 
@@ -25,29 +26,25 @@ def profl_cases(spec: ModelSpec, batch_size: int) -> list[TrainingCase]:
     return all_cases(spec, batch_size=batch_size)
 
 
-#: Baseline families a memory section can add: ``heterofl`` (the ``full`` case of every width
-#: level below 1, shared by HeteroFL, FedRolex and AllSmall; convolutional models only),
-#: ``depthfl`` (``depth:k``: blocks 1..k with all exits) and ``inclusivefl`` (``trunc:k``:
-#: blocks 1..k with the last exit).
-BASELINE_METHODS: tuple[str, ...] = ("heterofl", "depthfl", "inclusivefl")
-
-
-def baseline_cases(
+def method_cases(
     spec: ModelSpec, batch_size: int, methods: Sequence[str]
 ) -> list[TrainingCase]:
-    """The sub-model cases of the baselines in ``methods`` (see :data:`BASELINE_METHODS`)."""
-    unknown = sorted(set(methods) - set(BASELINE_METHODS))
-    if unknown:
-        raise ConfigError(f"memory methods: unknown {unknown[0]!r}; use some of "
-                          f"{', '.join(BASELINE_METHODS)}")
+    """The sub-model cases of the registered ``methods``
+    (:data:`~profl_core.methods.registry.METHODS`), in their order: with ``widths`` the
+    ``full`` case of every width level below 1 (convolutional models only: HeteroFL, FedRolex,
+    AllSmall), then every step of each memory kind they declare (DepthFL's ``depth:k``: blocks
+    1..k with all exits; InclusiveFL's ``trunc:k``: blocks 1..k with the last exit).
+    :meth:`MemorySection.model_cases` drops those ProFL's cases already hold."""
     cases: list[TrainingCase] = []
-    if "heterofl" in methods and spec.name in CONV_MODELS:
-        cases += [TrainingCase(model=level_spec(spec, w), kind="full", batch_size=batch_size)
-                  for w in LEVELS if w < 1.0]
-    for method, kind in (("depthfl", "depth"), ("inclusivefl", "trunc")):
-        if method in methods:
-            cases += [TrainingCase(model=spec, kind=kind, step=k, batch_size=batch_size)
-                      for k in range(1, num_blocks(spec) + 1)]
+    for name in check_methods(methods, "memory methods"):
+        info = METHODS[name]
+        if info.widths and spec.name in CONV_MODELS:
+            cases += [TrainingCase(model=level_spec(spec, w), kind="full",
+                                   batch_size=batch_size) for w in LEVELS if w < 1.0]
+        for kind in info.kinds:
+            steps = kind.steps(num_blocks(spec))
+            cases += [TrainingCase(model=spec, kind=kind.name, step=k, batch_size=batch_size)
+                      for k in (steps or [None])]
     return cases
 
 
@@ -111,7 +108,7 @@ def alternative_cases(
 class MemorySection:
     """What to measure: models on their native inputs at one batch size with one probe.
 
-    ``methods`` adds the baselines' sub-models (:data:`BASELINE_METHODS`) to ProFL's cases,
+    ``methods`` adds the sub-models of registered methods (:func:`method_cases`) to ProFL's,
     ``alternatives`` the single-device alternatives (:func:`parse_alternatives`: the full
     model, or every ProFL step, with gradient accumulation, checkpointing, autocast).
     ``model_spec`` maps a model name to spec fields over its native spec (``blocks``,
@@ -137,12 +134,16 @@ class MemorySection:
                                     **self.model_spec.get(name, {})})
 
     def model_cases(self, name: str) -> list[TrainingCase]:
-        """ProFL's cases of one model, the baselines' sub-models in ``methods``, then the
-        cases of ``alternatives``."""
+        """ProFL's cases of one model, the sub-models of ``methods``, then the cases of
+        ``alternatives``; each case once."""
         spec = self.spec(name)
-        return profl_cases(spec, self.batch_size) + baseline_cases(
+        cases = profl_cases(spec, self.batch_size) + method_cases(
             spec, self.batch_size, self.methods
         ) + alternative_cases(spec, self.batch_size, self.alternatives)
+        unique: dict[str, TrainingCase] = {}
+        for case in cases:
+            unique.setdefault(case.key, case)
+        return list(unique.values())
 
     def cases(self) -> list[TrainingCase]:
         """Every case of every model."""

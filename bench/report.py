@@ -22,10 +22,10 @@ from tabulate import tabulate
 from bench import plots
 from bench.memory_render import render_memory, summary_frame, summary_text
 from bench.run_files import RUN_FILE, read_rounds, read_run_result
-from bench.run_settings import METHODS
 from bench.stats import compare_to, format_interval, t_interval
 from profl_core.errors import ConfigError
 from profl_core.files import read_text
+from profl_core.methods.registry import METHODS
 from profl_core.results import ResultFile, atomic_write_text, read_result
 
 MIB = 1 << 20
@@ -166,7 +166,7 @@ def _run_order(column: pd.Series) -> pd.Series:
 
 
 def _label_key(label: str) -> tuple[int, str]:
-    """Registry methods in :data:`bench.training.METHODS` order, then the others by name."""
+    """Registered methods in registry order, then the others by name."""
     order = list(METHODS)
     return (order.index(label) if label in order else len(order), label)
 

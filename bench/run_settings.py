@@ -2,15 +2,15 @@
 each method's own options, all checked when the settings are made, before any work.
 
 ``profl train`` flags and a suite's ``[accuracy]`` values are made from the fields here
-(:data:`TRAINING_FIELDS`); :data:`METHODS` is the method registry, and :func:`method_config`
-turns the settings into the chosen method's own config. :func:`run_config` gives the round
-loop's :class:`~profl_core.fl.RunConfig` of a run.
+(:data:`TRAINING_FIELDS`); the methods are those of :mod:`profl_core.methods.registry`, and
+:func:`method_config` turns the settings into the chosen method's own config.
+:func:`run_config` gives the round loop's :class:`~profl_core.fl.RunConfig` of a run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,13 +22,7 @@ from profl_core.data import DATASET_NAMES
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl import FederatedData, RunConfig
 from profl_core.fl.method import Method
-from profl_core.methods.depthfl import DepthFL, DepthFLConfig
-from profl_core.methods.fedavg import FedAvg, FedAvgConfig
-from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
-from profl_core.methods.fedrolex import FedRolex
-from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
-from profl_core.methods.inclusivefl import InclusiveFL
-from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.methods.registry import METHODS, method_info
 from profl_core.models import check_model_name, parse_blocks
 
 
@@ -42,7 +36,7 @@ class TrainingConfig:
     ``options``.
 
     Attributes:
-        method: Federated method, a name in METHODS (profl, fedavg, heterofl, depthfl...).
+        method: Federated method, a registered name (profl, fedavg, heterofl, depthfl...).
         label: Name of the run in reports and suite run folders (default: the method name).
         model: Model: a zoo name (cnn, resnet18, resnet34, vgg11, vgg16, vit),
             torchvision:NAME or pkg.module:factory.
@@ -203,54 +197,12 @@ def run_config(config: TrainingConfig) -> RunConfig:
 # ------------------------------------------------------------------------------------ methods
 
 
-@dataclass(frozen=True)
-class MethodEntry:
-    """A registry method: its config class (with ``from_dict``), how to build it from that
-    config and the run's data, and config values the name fixes (FedAvg's ``policy``)."""
-
-    config_class: type[Any]
-    build: Callable[[Any, FederatedData], Method]
-    fixed: Mapping[str, Any] = field(default_factory=dict)
-    #: Config values taken from TrainingConfig fields of another name: config key -> field.
-    renamed: Mapping[str, str] = field(default_factory=dict)
-
-
-def _fedavg(policy: str) -> MethodEntry:
-    return MethodEntry(FedAvgConfig, lambda cfg, data: FedAvg(cfg), fixed={"policy": policy})
-
-
-def _width(cls: type[HeteroFL]) -> MethodEntry:
-    return MethodEntry(HeteroFLConfig, lambda cfg, data: cls(cfg, client_data=data.clients))
-
-
-def _depth(cls: type[DepthFL]) -> MethodEntry:
-    return MethodEntry(DepthFLConfig, lambda cfg, data: cls(cfg, test_data=data.test),
-                       renamed={"metrics_every": "eval_every"})
-
-
-#: Method name -> its config class and builder.
-METHODS: dict[str, MethodEntry] = {
-    "profl": MethodEntry(ProFLConfig, lambda cfg, data: ProFL(cfg)),
-    "profl-accum": MethodEntry(ProFLConfig, lambda cfg, data: ProFL(cfg),
-                               fixed={"accumulate": True}),
-    "fedavg": _fedavg("alllarge"),
-    "alllarge": _fedavg("alllarge"),
-    "exclusivefl": _fedavg("exclusivefl"),
-    "allsmall": _fedavg("allsmall"),
-    "fedavg-fit": MethodEntry(FedAvgFitConfig, lambda cfg, data: FedAvgFit(cfg)),
-    "heterofl": _width(HeteroFL),
-    "fedrolex": _width(FedRolex),
-    "depthfl": _depth(DepthFL),
-    "inclusivefl": _depth(InclusiveFL),
-}
-
-
 def option_specs(method: str) -> dict[str, FieldSpec]:
     """The options ``method`` takes: its config's fields that are not TrainingConfig fields
     (nor fixed by the method's name), with their types, defaults and help."""
-    entry = METHODS[method]
-    return {name: spec for name, spec in field_specs(entry.config_class).items()
-            if name not in TRAINING_FIELDS and name not in entry.fixed}
+    info = method_info(method)
+    return {name: spec for name, spec in field_specs(info.config_class).items()
+            if name not in TRAINING_FIELDS and name not in info.fixed}
 
 
 def all_option_specs() -> dict[str, tuple[FieldSpec, dict[str, FieldSpec]]]:
@@ -267,7 +219,7 @@ def method_config(config: TrainingConfig) -> Any:
         ConfigError: An option the method does not take (naming the method and its options),
             or an option value of the wrong type.
     """
-    entry = METHODS[config.method]
+    entry = method_info(config.method)
     specs = option_specs(config.method)
     where = f"{config.method} options"
     reject_unknown_keys(config.options, specs, where)
@@ -284,5 +236,5 @@ def method_config(config: TrainingConfig) -> Any:
 def make_method(config: TrainingConfig, data: FederatedData) -> Method:
     """The method with the run's settings (HeteroFL/FedRolex see the client data for label
     masks and sBN; DepthFL/InclusiveFL see the test set for per-exit accuracy)."""
-    return METHODS[config.method].build(method_config(config), data)
+    return method_info(config.method).build(method_config(config), data)
 

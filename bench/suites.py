@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.config_fields import FieldSpec, check_value, field_specs
-from bench.memory_cases import BASELINE_METHODS, MemorySection, parse_alternatives
+from bench.memory_cases import MemorySection, parse_alternatives
 from bench.paths import SUITES_DIR
 from bench.run_settings import (
-    METHODS,
     TRAINING_FIELDS,
     TrainingConfig,
     all_option_specs,
@@ -22,6 +21,7 @@ from profl_core.data.partition import partition as split
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.files import read_toml, shown
 from profl_core.memory import PROBES
+from profl_core.methods.registry import METHODS
 from profl_core.models import MODEL_NAMES, ModelSpec, check_model_name
 from profl_core.models.block_groups import check_group_syntax
 
@@ -237,10 +237,10 @@ def _model_spec(value: Any, models: tuple[str, ...], where: str) -> dict[str, di
 
 
 def _memory_methods(value: Any, where: str) -> tuple[str, ...]:
-    """Baseline families whose sub-models the memory section also measures."""
-    if not isinstance(value, list) or any(not isinstance(v, str) or v not in BASELINE_METHODS
+    """Registered methods whose sub-models the memory section also measures."""
+    if not isinstance(value, list) or any(not isinstance(v, str) or v not in METHODS
                                           for v in value):
-        raise ConfigError(f"{where}: use a list of some of {', '.join(BASELINE_METHODS)}")
+        raise ConfigError(f"{where}: use a list of some of {', '.join(METHODS)}")
     return tuple(value)
 
 

@@ -95,12 +95,11 @@ def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dic
     the client steps its clients run: the heap peak (live tensors plus kernel scratch) at this
     process's torch thread count, the count the clients train with.
 
-    ``method`` must be a fresh instance (its ``init_state`` is called); the table is computed
-    once per process for each method, settings, model, batch size and thread count (suite
-    workers share it).
+    The table is computed once per process for each method, settings, model, batch size and
+    thread count (suite workers share it).
     """
     frozen_bn = config.frozen_bn
-    key = (method.name, method.config, spec, config.batch_size, frozen_bn,  # type: ignore[attr-defined]
+    key = (method.name, method.config, spec, config.batch_size, frozen_bn,
            torch.get_num_threads())
     if key not in _TABLES:
         reports = method_table(method, spec, batch_size=config.batch_size, frozen_bn=frozen_bn)
@@ -219,10 +218,10 @@ def run_training(
                                np_rng=np.random.default_rng(), rounds=config.rounds)
             done = int(payload["round"])
         JsonlSink(out / "rounds.jsonl").kept(done)
-    table = memory_table(spec, config, make_method(config, fed))
+    table = memory_table(spec, config, method)
     full_bytes = reference_bytes(spec, config)
     fleet = make_fleet(config, full_bytes)
-    method.check_fleet(fleet, table)  # fail before training when the method fits no device
+    method.fit_fleet(fresh, fleet, table)  # fail before training when the method fits no device
     out.mkdir(parents=True, exist_ok=True)
     if not resuming:
         atomic_write_text(out / RUN_FILE, json.dumps(run_record(config), indent=1) + "\n")

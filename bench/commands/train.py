@@ -1,8 +1,9 @@
 """``profl train``: one federated run (ProFL or a baseline) with results and a curve.
 
-Methods come from :data:`bench.training.METHODS` (``--method``): ProFL, full-model FedAvg with
-its three policies (``fedavg`` = ``alllarge``, ``exclusivefl``, ``allsmall``), ``heterofl``,
-``fedrolex``, ``depthfl`` and ``inclusivefl``. Each baseline names its own memory-table cases.
+Methods are the registered ones (:data:`profl_core.methods.registry.METHODS`, ``--method``):
+ProFL, full-model FedAvg (``fedavg`` = ``alllarge``), ``exclusivefl``, ``allsmall``,
+``heterofl``, ``fedrolex``, ``depthfl``, ``inclusivefl`` and the single-device alternatives.
+Each names its own memory-table cases.
 
 Writes into ``--out`` (default ``results/runs/<machine>/<utc>_<sha>_train-<label>/``):
 ``rounds.jsonl`` (one record per round), ``checkpoint.pt`` (every ``--checkpoint-every`` rounds
@@ -30,7 +31,6 @@ from bench.config_fields import FieldSpec, add_flag
 from bench.paths import CHECKOUT, RESULTS_DIR
 from bench.run_files import RUN_FILE, check_resume
 from bench.run_settings import (
-    METHODS,
     TRAINING_FIELDS,
     TrainingConfig,
     all_option_specs,
@@ -40,12 +40,13 @@ from bench.training import check_inputs, run_training
 from profl_core.errors import ConfigError
 from profl_core.files import check_writable_dir
 from profl_core.fl import RoundFailedError, RoundRecord
+from profl_core.methods.registry import METHODS
 from profl_core.results import run_dir
 
 NAME = "train"
 HELP = "run federated training (profl or a baseline) on a fleet; write rounds, result, a curve"
 
-__all__ = ["METHODS", "add_arguments", "config_from_args", "run"]
+__all__ = ["add_arguments", "config_from_args", "run"]
 
 
 #: TrainingConfig fields with no flag of their own: ``backend`` comes from bench/backends.py,

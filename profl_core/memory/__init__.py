@@ -24,7 +24,7 @@ import torch
 from profl_core.errors import ConfigError
 from profl_core.fl.observer import StepObserver
 from profl_core.memory import cuda, dispatch, heap, predict, rss
-from profl_core.memory.case import KINDS, TrainingCase, all_cases
+from profl_core.memory.case import TrainingCase, all_cases
 from profl_core.memory.case_text import case_from_text, parse_case
 from profl_core.memory.categories import Category
 from profl_core.memory.report import BlockPeak, MemoryReport
@@ -79,7 +79,6 @@ def measure(
 
 
 __all__ = [
-    "KINDS",
     "PROBES",
     "BlockPeak",
     "Category",

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,12 +44,9 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
-from profl_core.fl.method import Method
-from profl_core.memory.modifiers import AUTOCAST, modifier_texts
-from profl_core.methods.depthfl import DepthFL, DepthFLConfig
-from profl_core.methods.fedavg import FedAvg, FedAvgConfig
-from profl_core.methods.inclusivefl import InclusiveFL
-from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.fl.types import StepOptions
+from profl_core.memory.modifiers import modifier_texts
+from profl_core.methods.registry import memory_kinds
 from profl_core.models import (
     ModelSpec,
     build_model,
@@ -68,9 +65,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 __all__ = [
     "DTYPES",
-    "KINDS",
     "OPTIMIZERS",
-    "Kind",
     "TrainingCase",
     "all_cases",
     "check_step",
@@ -96,55 +91,16 @@ def fitted_steps(spec: ModelSpec) -> tuple[int, ...]:
         return fitted_basic_layers(model.output_module(1), model.num_blocks)
 
 
-def _fedavg(case: TrainingCase) -> Method:
-    return FedAvg(FedAvgConfig(rounds=1, batch_size=case.batch_size))
-
-
-def _profl(case: TrainingCase) -> Method:
-    return ProFL(ProFLConfig(rounds=1, batch_size=case.batch_size))
-
-
-def _depthfl(case: TrainingCase) -> Method:
-    return DepthFL(DepthFLConfig(rounds=1, batch_size=case.batch_size))
-
-
-def _inclusivefl(case: TrainingCase) -> Method:
-    return InclusiveFL(DepthFLConfig(rounds=1, batch_size=case.batch_size))
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A family of sub-models: how its steps are numbered and whose clients train them.
-
-    Attributes:
-        name: the case text prefix (``full``, ``grow``, ``shrink``).
-        steps: the valid steps for a model with T blocks (empty: the kind takes no step).
-        method: the method (default settings, the case's batch size) whose memory plan holds
-            the kind's sub-models under the case's label.
-    """
-
-    name: str
-    steps: Callable[[int], range]
-    method: Callable[[TrainingCase], Method]
-
-
-KINDS: dict[str, Kind] = {
-    "full": Kind(name="full", steps=lambda blocks: range(0), method=_fedavg),
-    "grow": Kind(name="grow", steps=lambda blocks: range(1, blocks + 1), method=_profl),
-    "shrink": Kind(name="shrink", steps=lambda blocks: range(2, blocks + 1), method=_profl),
-    "depth": Kind(name="depth", steps=lambda blocks: range(1, blocks + 1), method=_depthfl),
-    "trunc": Kind(name="trunc", steps=lambda blocks: range(1, blocks + 1),
-                  method=_inclusivefl),
-}
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingCase:
+class TrainingCase(StepOptions):
     """One training configuration to measure or run.
 
     Attributes:
         model: the model spec (width multiplier included).
-        kind: a key of :data:`KINDS` (``full``, ``grow``, ``shrink``, ``depth``, ``trunc``).
+        kind: a memory kind of a registered method (``full``, ``grow``, ``shrink``, ``depth``,
+            ``trunc``: :func:`~profl_core.methods.registry.memory_kinds`).
         step: 1-based step (or depth) for every kind but ``full``; ``None`` for ``full``.
         batch_size: samples per step.
         optimizer: ``sgd`` (momentum 0.9, weight decay 5e-4) or ``adam``.
@@ -153,10 +109,10 @@ class TrainingCase:
         foreach: the optimizer's multi-tensor kernels (:attr:`ClientTask.foreach`): None is
             the device's default (foreach on CUDA, a per-parameter loop on the CPU); True
             models a CUDA step's optimizer with ``predict``.
-        micro_batches: gradient accumulation over this many micro-batches of
-            ``batch_size / micro_batches`` (``accum:k``; must divide ``batch_size``).
-        checkpoint: activation checkpointing of the student's trainable modules (``ckpt``).
-        autocast: ``None``, ``"bfloat16"`` (``amp``) or ``"float16"`` (``amp:fp16``).
+
+        Step options (:class:`~profl_core.fl.types.StepOptions`): ``micro_batches``
+        (``accum:k``; here it must divide ``batch_size``), ``checkpoint`` (``ckpt``) and
+        ``autocast`` (``amp``: ``"bfloat16"``, ``amp:fp16``: ``"float16"``).
     """
 
     model: ModelSpec
@@ -167,14 +123,15 @@ class TrainingCase:
     dtype: str = "float32"
     frozen_bn_eval: bool = True
     foreach: bool | None = None
-    micro_batches: int = 1
-    checkpoint: bool = False
-    autocast: str | None = None
+
+    def _where(self) -> str:
+        return "case "
 
     def __post_init__(self) -> None:
         check_model_name(self.model.name)
-        if not isinstance(self.kind, str) or self.kind not in KINDS:
-            raise ConfigError(f"case kind={self.kind!r}; use one of {', '.join(KINDS)}")
+        kinds = memory_kinds()
+        if not isinstance(self.kind, str) or self.kind not in kinds:
+            raise ConfigError(f"case kind={self.kind!r}; use one of {', '.join(kinds)}")
         if self.step is not None and (isinstance(self.step, bool)
                                       or not isinstance(self.step, int)):
             raise ConfigError(f"case step={self.step!r}; use a whole number")  # bool is not int
@@ -193,9 +150,8 @@ class TrainingCase:
             raise ConfigError(f"case dtype={self.dtype!r}; use one of {', '.join(DTYPES)}")
         if self.foreach not in (None, True, False):
             raise ConfigError(f"case foreach={self.foreach!r}; use true, false or leave it out")
+        super().__post_init__()  # the step options
         k = self.micro_batches
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"case micro_batches={k!r}; use a whole number, 1 or more")
         if self.batch_size % k:
             divisors = [d for d in range(2, self.batch_size + 1) if self.batch_size % d == 0]
             fix = (f"use a k that divides it ({', '.join(map(str, divisors[:6]))}"
@@ -203,11 +159,6 @@ class TrainingCase:
                    else "a batch of 1 has no micro-batches; drop accum")
             raise ConfigError(f"case {self.base_label}+accum:{k}: {k} does not divide the batch "
                               f"size {self.batch_size}; {fix}")
-        if not isinstance(self.checkpoint, bool):
-            raise ConfigError(f"case checkpoint={self.checkpoint!r}; use true or false")
-        if self.autocast not in AUTOCAST:
-            raise ConfigError(f"case autocast={self.autocast!r}; use bfloat16, float16 or "
-                              "leave it out")
 
     @property
     def base_label(self) -> str:
@@ -276,7 +227,7 @@ class TrainingCase:
 
 def check_step(kind: str, step: int | None, blocks: int) -> None:
     """Raise a one-line ConfigError when ``step`` is invalid for ``kind`` and T = ``blocks``."""
-    valid = KINDS[kind].steps(blocks)
+    valid = memory_kinds()[kind].steps(blocks)
     if len(valid) == 0:
         if step is not None:
             raise ConfigError(f"case {kind}: step={step}; {kind} takes no step, write {kind!r}")

@@ -1,6 +1,7 @@
 """The case-text grammar: ``BASE[+MOD...]`` (``full``, ``grow:2``, ``grow:2+ckpt+accum:4``).
 
-The base is ``full`` or ``KIND:T`` with a kind of :data:`~profl_core.memory.case.KINDS`.
+The base is ``full`` or ``KIND:T`` with a memory kind of a registered method
+(:func:`~profl_core.methods.registry.memory_kinds`).
 Modifiers (the single-device alternatives, :class:`~profl_core.fl.types.ClientTask`'s step
 options; :mod:`profl_core.fl.local` says what each does) follow the base, joined by ``+``, and
 combine with each other and with every base: ``accum:k`` (k >= 2 micro-batches of batch/k,
@@ -20,9 +21,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from profl_core.errors import ConfigError
-from profl_core.memory.case import KINDS, TrainingCase, check_step, num_blocks
+from profl_core.errors import ConfigError, field_names
+from profl_core.fl.types import StepOptions
+from profl_core.memory.case import TrainingCase, check_step, num_blocks
 from profl_core.memory.modifiers import ACCUM, CKPT, MODIFIERS, modifier_texts
+from profl_core.methods.registry import memory_kinds
 from profl_core.models import ModelSpec, native_spec
 
 __all__ = ["CaseText", "case_from_text", "parse_case", "parse_case_text"]
@@ -33,28 +36,23 @@ _CASE_RE = re.compile(r"^([a-z]+)(?::(-?\d+))?$")
 _PART_RE = re.compile(r"^([a-z0-9]+)(?::([a-z0-9-]+))?$")
 
 
-@dataclass(frozen=True)
-class CaseText:
-    """A parsed case text: the base sub-model and its step options.
+@dataclass(frozen=True, kw_only=True)
+class CaseText(StepOptions):
+    """A parsed case text: the base sub-model and its step options (``accum:k`` ->
+    ``micro_batches``, ``ckpt`` -> ``checkpoint``, ``amp``/``amp:bf16`` -> ``"bfloat16"`` and
+    ``amp:fp16`` -> ``"float16"`` ``autocast``).
 
     Attributes:
-        kind: a key of :data:`KINDS`.
+        kind: a memory kind (:func:`~profl_core.methods.registry.memory_kinds`).
         step: the base's step (None for ``full``).
-        micro_batches: from ``accum:k`` (1 without it).
-        checkpoint: ``ckpt`` was given.
-        autocast: ``"bfloat16"`` (``amp``, ``amp:bf16``), ``"float16"`` (``amp:fp16``) or None.
     """
 
     kind: str
     step: int | None
-    micro_batches: int = 1
-    checkpoint: bool = False
-    autocast: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The step options as :class:`TrainingCase` fields."""
-        return {"micro_batches": self.micro_batches, "checkpoint": self.checkpoint,
-                "autocast": self.autocast}
+        return {name: getattr(self, name) for name in field_names(StepOptions)}
 
     @property
     def modifiers(self) -> tuple[str, ...]:
@@ -90,8 +88,8 @@ def parse_case_text(text: str, *, blocks: int | None = None) -> CaseText:
         name = match.group(1) if match is not None else part
         arg = match.group(2) if match is not None else None
         if match is None or name not in MODIFIERS:
-            what = (f"the base {part} comes first" if name in KINDS and bare
-                    else "a second base; a case has one" if name in KINDS
+            what = (f"the base {part} comes first" if name in memory_kinds() and bare
+                    else "a second base; a case has one" if name in memory_kinds()
                     else f"unknown modifier {part!r}")
             raise ConfigError(f"case {text!r}: {what}; {_GRAMMAR}")
         if name in seen:
@@ -125,18 +123,19 @@ def parse_case(text: str, *, blocks: int | None = None) -> tuple[str, int | None
         ConfigError: on unknown kinds, malformed text or a step out of range.
     """
     match = _CASE_RE.match(text.strip())
-    if match is None or match.group(1) not in KINDS:
+    kinds = memory_kinds()
+    if match is None or match.group(1) not in kinds:
         raise ConfigError(f"case {text!r}: not a case; write full or KIND:T, KIND one of "
-                          f"{', '.join(k for k in KINDS if k != 'full')}")
+                          f"{', '.join(k for k in kinds if k != 'full')}")
     kind, raw = match.group(1), match.group(2)
     step = None if raw is None else int(raw)
     if blocks is not None:
         check_step(kind, step, blocks)
     elif step is not None and step < 1:
         raise ConfigError(f"case {text!r}: step={step}; steps are 1-based")
-    elif step is None and len(KINDS[kind].steps(2)) > 0:
+    elif step is None and len(kinds[kind].steps(2)) > 0:
         raise ConfigError(f"case {text!r}: {kind} needs a step; write {kind}:T")
-    elif step is not None and len(KINDS[kind].steps(2)) == 0:
+    elif step is not None and len(kinds[kind].steps(2)) == 0:
         raise ConfigError(f"case {text!r}: {kind} takes no step; write {kind}")
     return kind, step
 

@@ -3,12 +3,12 @@
 :func:`measure` runs each case in a fresh Python process (TorchBench's rule: the caching
 allocator's pool and cuDNN/cuBLAS state of earlier cases must not leak into a measurement). The
 child reads the case as JSON (:meth:`TrainingCase.params`) on stdin, builds the client step on
-the GPU (:func:`~profl_core.memory.case.build_step`), runs the warm-up step, measures the second
+the GPU (:func:`~profl_core.memory.step.build_step`), runs the warm-up step, measures the second
 step with :func:`measure_step` and prints :meth:`MemoryReport.to_json`; the parent parses it.
 :func:`measure_step` measures in the calling process, for callers that already hold a step.
 
 At every segment boundary (the same ``(block, phase)`` segments as the dispatch probe, see
-:class:`~profl_core.memory.case.SegmentObserver`) the probe reads
+:class:`~profl_core.fl.observer.SegmentObserver`) the probe reads
 ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` for the segment that just
 ended and calls ``torch.cuda.reset_peak_memory_stats``; the step's peak is the largest segment
 peak. Allocator counters are host-side bookkeeping, so no synchronisation is needed to read
@@ -159,7 +159,7 @@ def measure(
         case: what to train.
         device: ``cuda`` or ``cuda:N``.
         generator: seeds the weights, new modules and batch as in
-            :func:`~profl_core.memory.case.build_step` (the child starts from its state; it is
+            :func:`~profl_core.memory.step.build_step` (the child starts from its state; it is
             advanced here as ``build_step`` would); ``None`` uses seed 0.
         timeout_s: give up on the child after this many seconds.
 

@@ -12,7 +12,7 @@ when it is freed. Each storage gets a :class:`~profl_core.memory.categories.Cate
   after ``optimizer.step()`` storages found in ``optimizer.state`` are re-tagged as state.
 
 The live total and the peak are updated after every op. Block boundaries come from the step's
-:class:`~profl_core.memory.case.StepObserver` callbacks: a block's backward starts when the
+:class:`~profl_core.fl.observer.StepObserver` callbacks: a block's backward starts when the
 gradient of its output is ready (a tensor hook registered only on outputs that require grad),
 so frozen blocks run under ``no_grad`` have a forward segment and no backward segment, and no
 hook is ever put on a ``requires_grad=False`` tensor (which is why PyTorch's ``MemTracker``

@@ -10,7 +10,7 @@ The measured (second) step runs on real CPU tensors under two recorders at once:
   reorders, batch/layer-norm backward buffers, attention workspaces).
 
 Segment boundaries (the step's ``(block, phase)`` segments, see
-:class:`~profl_core.memory.case.SegmentObserver`) are written into the allocator trace as
+:class:`~profl_core.fl.observer.SegmentObserver`) are written into the allocator trace as
 profiler markers; walking the trace in time order gives the heap peak of every segment and of
 the step. ``heap_peak_bytes`` = the tensor baseline (parameters, buffers, optimizer state and
 the input, all live before the step) + the highest net bytes allocated since the step began.
@@ -281,7 +281,7 @@ def measure(
         case: what to train.
         threads: intra-op threads for the measurement (restored after); ``None`` keeps the
             current ``torch.get_num_threads()``.
-        generator: seeds weights and batch (see :func:`~profl_core.memory.case.build_step`).
+        generator: seeds weights and batch (see :func:`~profl_core.memory.step.build_step`).
     """
     prepared = build_step(case, device="cpu", generator=generator)
     return measure_step(prepared, threads=threads)

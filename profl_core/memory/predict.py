@@ -1,7 +1,7 @@
 """The ``predict`` probe: the dispatch tracker on fake tensors.
 
 The model, the method's state and the client's sub-model are constructed on the ``meta``
-device (no weights, no initialisation maths; :func:`~profl_core.memory.case.method_step`), then
+device (no weights, no initialisation maths; :func:`~profl_core.memory.step.method_step`), then
 the sub-model's parameters and buffers are replaced by empty ``FakeTensorMode`` tensors on ``cpu``
 (``Module.to``/``to_empty`` fail on fake tensors, and some initialisers such as
 ``trunc_normal_`` make data-dependent calls that fake tensors refuse). The optimizer, batch,
@@ -151,8 +151,8 @@ def measure_fake(
     scratch: ScratchModel | None = None,
 ) -> MemoryReport:
     """Predict the second run of the step ``make()`` builds inside ``FakeTensorMode`` on the CPU
-    (``make`` builds with ``fake=True``, e.g. :func:`~profl_core.memory.case.build_fake_step`
-    or :func:`~profl_core.memory.case.method_step`).
+    (``make`` builds with ``fake=True``, e.g. :func:`~profl_core.memory.step.build_fake_step`
+    or :func:`~profl_core.memory.step.method_step`).
 
     Args:
         make: builds the step (called inside the fake mode).

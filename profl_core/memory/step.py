@@ -31,7 +31,8 @@ from profl_core.errors import ConfigError
 from profl_core.fl.local import LocalConfig, LocalStep
 from profl_core.fl.method import Method
 from profl_core.fl.observer import StepObserver
-from profl_core.memory.case import DTYPES, KINDS, TrainingCase
+from profl_core.memory.case import DTYPES, TrainingCase
+from profl_core.methods.registry import kind_owner
 from profl_core.models import BlockedModel, ModelSpec, build_model
 
 __all__ = [
@@ -226,11 +227,13 @@ def prepare_step(
 ) -> PreparedStep:
     """The client step of ``case`` on an already built model (tests may pass a modified one).
 
-    See :func:`method_step`; the method is the case kind's (:data:`KINDS`), its memory plan's
+    See :func:`method_step`; the method is the default instance of the case kind's owner
+    (:func:`~profl_core.methods.registry.kind_owner`), its memory plan's
     task for :attr:`TrainingCase.base_label` gets the case's step options.
     """
     return method_step(
-        KINDS[case.kind].method(case), model, case.base_label, batch_size=case.batch_size,
+        kind_owner(case.kind).default(batch_size=case.batch_size), model, case.base_label,
+        batch_size=case.batch_size,
         key=case.key, seed=seed, frozen_bn="eval" if case.frozen_bn_eval else "train",
         device=device, optimizer=case.optimizer, foreach=case.foreach,
         micro_batches=case.micro_batches, checkpoint=case.checkpoint, autocast=case.autocast,

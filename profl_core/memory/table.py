@@ -54,7 +54,7 @@ def method_table(
 ) -> dict[str, MemoryReport]:
     """One report per sub-model of ``method``'s memory plan, keyed by sub-model name.
 
-    Each is the client step the method's clients run (:func:`~profl_core.memory.case.method_step`:
+    Each is the client step the method's clients run (:func:`~profl_core.memory.step.method_step`:
     the method's ``submodel()`` and :class:`~profl_core.fl.local.LocalStep`). ``method`` must
     be a fresh instance: its ``init_state`` is called (on the meta device for ``predict``).
 

@@ -86,6 +86,12 @@ class FedAvgFit(Method):
         full = self._full(state)
         return {rung.name(FULL): rung.task(full) for rung in self.rungs}
 
+    def fit_fleet(self, state: ServerState, fleet: Fleet,
+                  memory_table: MemoryTable) -> ServerState:
+        """Some device fits some rung."""
+        alternatives.require_some_fit(fleet, FULL, self.rungs, memory_table)
+        return state
+
     def rung_of(self, fleet: Fleet, memory_table: MemoryTable) -> dict[int, Rung]:
         """Device id -> its rung (the first that fits); devices fitting none left out."""
         return alternatives.assign(fleet, FULL, self.rungs, memory_table)

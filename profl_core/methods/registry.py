@@ -147,14 +147,22 @@ def method_info(name: str) -> MethodInfo:
     return METHODS[name]
 
 
-def memory_kinds() -> dict[str, tuple[MemoryKind, MethodInfo]]:
-    """Every memory kind of the registered methods with the method that owns it (the first
-    to declare it), in registry order."""
-    out: dict[str, tuple[MemoryKind, MethodInfo]] = {}
+def memory_kinds() -> dict[str, MemoryKind]:
+    """Every memory kind of the registered methods, in registry order."""
+    out: dict[str, MemoryKind] = {}
     for info in METHODS.values():
         for kind in info.kinds:
-            out.setdefault(kind.name, (kind, info))
+            out.setdefault(kind.name, kind)
     return out
+
+
+def kind_owner(kind: str) -> MethodInfo:
+    """The method that owns memory kind ``kind``: the first registered to declare it (its
+    default instance's memory plan holds the kind's sub-models)."""
+    for info in METHODS.values():
+        if any(k.name == kind for k in info.kinds):
+            return info
+    raise ConfigError(f"memory kind {kind!r}; use one of {', '.join(memory_kinds())}")
 
 
 def check_methods(names: Sequence[str], where: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Divergence is caught, never reported as accuracy (DESIGN §5, loop module docstring)."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,6 @@ from profl_core.fl import (
     run_federated,
 )
 from profl_core.fl.client import ClientJob, non_finite
-from profl_core.fl.types import ServerState
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.results import read_result
@@ -58,7 +58,7 @@ def test_client_with_non_finite_result_is_dropped_with_its_reason() -> None:
     task = ClientTask(client_id=1, submodel="full", trainable=frozenset({"block1", "block2",
                       "block3", "block4", "head"}), required_bytes=0, local_epochs=1,
                       batch_size=16)
-    result = run_client(method, ServerState(weights=poisoned, meta=state.meta),
+    result = run_client(method, replace(state, weights=poisoned),
                         ClientJob(task=task, seed=0), tiny_data().clients[1], LocalConfig())
     assert isinstance(result, ClientDrop)
     assert result.reason.startswith("non-finite: ")

@@ -13,7 +13,6 @@ from bench.cli import build_parser
 from bench.commands.train import config_from_args
 from bench.config_fields import add_flag, check_value, field_specs
 from bench.run_settings import (
-    METHODS,
     TRAINING_FIELDS,
     TrainingConfig,
     all_option_specs,
@@ -23,6 +22,7 @@ from bench.run_settings import (
 from profl_core.errors import ConfigError
 from profl_core.methods.depthfl import DepthFLConfig
 from profl_core.methods.profl import ProFLConfig
+from profl_core.methods.registry import METHODS
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -98,7 +98,7 @@ def test_method_options_come_from_the_method_configs_not_training_config() -> No
             "weighting"} <= profl
     assert profl == {f.name for f in fields(ProFLConfig)} - training
     assert "metrics_every" in option_specs("depthfl")
-    assert "policy" not in option_specs("exclusivefl")  # fixed by the name
+    assert "accumulate" not in option_specs("profl-accum")  # fixed by the name
     assert {"scaler", "kd", "em_window"} <= set(all_option_specs())
     actions = _actions()
     for name in all_option_specs():
@@ -159,7 +159,7 @@ def test_shared_values_reach_the_method_config() -> None:
     assert built.metrics_every == 4
     assert method_config(TrainingConfig(method="depthfl", eval_every=4,
                                         options={"metrics_every": 2})).metrics_every == 2
-    assert method_config(TrainingConfig(method="allsmall")).policy == "allsmall"
+    assert method_config(TrainingConfig(method="profl-accum")).accumulate is True
     for name in METHODS:
         method_config(TrainingConfig(method=name))
 

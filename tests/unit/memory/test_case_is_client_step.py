@@ -10,7 +10,7 @@ copy of ``OM_t`` on both the teacher and the student path.
 The methods on single-device alternatives (FedAvg-fit, ProFL with micro-batching) hand out
 rungs of a sub-model (``full+ckpt+accum:2``, ``grow:2+accum:4``): the same modules, another
 step. Their entries must be exactly the memory kinds of the same text, measured by the case
-machinery (:func:`~profl_core.memory.case.case_from_text`: the kind's method with the step
+machinery (:func:`~profl_core.memory.case_text.case_from_text`: the kind's method with the step
 options), so a rung's bytes are its client's step and not a stand-in.
 """
 

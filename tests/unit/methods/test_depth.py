@@ -35,7 +35,7 @@ def exit_params(k: int) -> int:
 
 def sub_param_count(method: DepthFL, k: int, weights: dict[str, torch.Tensor]) -> int:
     """Parameters (not BN statistics) of the modules a depth-k client holds."""
-    names = method.module_names(k)
+    names = method.module_names(k, len(CNN_WIDTHS))
     return sum(v.numel() for key, v in weights.items()
                if key.split(".")[0] in names and "running_" not in key
                and "num_batches" not in key)
