@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from bench.commands import COMMANDS
 from profl_core.errors import ConfigError
+from profl_core.methods.registry import load_plugins
 
 #: Errors of writing that are the machine's state, not a bug: a full disk or quota, a
 #: read-only file system, missing permissions. One line and exit 2, like bad input.
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (2 for bad input)."""
+    try:
+        load_plugins()  # method plugins of installed packages (their --method and options)
+    except ConfigError as err:
+        print(f"profl: error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -24,6 +24,7 @@ from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
 from profl_core.files import Fields, read_json, shown
 from profl_core.memory import MemoryReport, TrainingCase, measure
+from profl_core.methods.registry import load_plugins
 from profl_core.results import Record, atomic_write_text, case_hash
 
 #: Probes whose report is a function of the case and the thread count alone (no real
@@ -79,7 +80,7 @@ def _measure_in_workers(cases: Sequence[TrainingCase], probe: str, workers: int,
     and is raised here."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                             initializer=torch.set_num_threads,
+                             initializer=_init_worker,
                              initargs=(torch.get_num_threads(),)) as pool:
         futures = {pool.submit(measure, case, probe=probe): case for case in cases}
         pending = set(futures)
@@ -92,6 +93,13 @@ def _measure_in_workers(cases: Sequence[TrainingCase], probe: str, workers: int,
             for future in pending:
                 future.cancel()
             raise
+
+
+def _init_worker(threads: int) -> None:
+    """A spawned measuring process: this process's thread count and the method plugins (it
+    starts with the built-in methods only)."""
+    torch.set_num_threads(threads)
+    load_plugins()
 
 
 def read_case_report(path: Path, case: TrainingCase, probe: str) -> MemoryReport:

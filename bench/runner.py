@@ -44,6 +44,7 @@ from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
 from profl_core.files import check_writable_dir
 from profl_core.fl import RoundRecord
+from profl_core.methods.registry import load_plugins
 from profl_core.results import (
     Record,
     ResultFile,
@@ -160,6 +161,7 @@ def _init_worker(threads: int, queue: Any, stop: Any) -> None:
     """
     global _QUEUE, _STOP
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    load_plugins()  # a spawned process starts with the built-in methods only
     if threads:
         torch.set_num_threads(threads)
     _QUEUE, _STOP = queue, stop

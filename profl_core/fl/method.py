@@ -156,8 +156,8 @@ class Method(SubModels):
 
     def position(self, state: ServerState) -> tuple[str, int, str]:
         """``(stage, step, submodel)`` that the next (or last) round trains and evaluates.
-        Default: ``("full", 0, "full")``."""
-        return "full", 0, "full"
+        Default: ``("full", 0, <the first sub-model of the memory plan>)``."""
+        return "full", 0, next(iter(self.memory_plan(state)))
 
     def fit_fleet(self, state: ServerState, fleet: Fleet,
                   memory_table: MemoryTable) -> ServerState:

@@ -51,6 +51,8 @@ import json, sys
 import torch
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.step import build_step
+from profl_core.methods.registry import load_plugins
+load_plugins()  # a plugin method's memory kinds
 from profl_core.memory.cuda import measure_step
 request = json.loads(sys.stdin.read())
 device = torch.device(request["device"])

@@ -37,6 +37,8 @@ import torch
 from memory_profiler import memory_usage
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.step import build_step
+from profl_core.methods.registry import load_plugins
+load_plugins()  # a plugin method's memory kinds
 request = json.loads(sys.stdin.read())
 torch.set_num_threads(request["threads"])
 case = TrainingCase.from_params(request["case"])

@@ -6,12 +6,19 @@ Everything that enumerates methods derives from :data:`METHODS`: the ``profl tra
 section's sub-model cases (``[memory] methods``) and the memory kinds a case text may name
 (:func:`memory_kinds`). A new method is one file and one :func:`register` call
 (``docs/methods.md``).
+
+Methods of other packages register through the entry-point group ``profl.methods`` (each
+entry point names a :class:`MethodInfo`): :func:`load_plugins` registers them. The ``profl``
+command calls it first, and so do its spawned suite and memory workers and the probes' child
+processes (importing a plugin while this module is being imported could close an import
+cycle, so it is never called at import).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Literal
 
 from profl_core.errors import ConfigError
@@ -140,6 +147,34 @@ for _info in (
     register(_info)
 
 
+#: The entry-point group of method plugins.
+PLUGIN_GROUP = "profl.methods"
+
+
+def load_plugins() -> None:
+    """Register every method that installed packages declare in the entry-point group
+    :data:`PLUGIN_GROUP` (``name = "module:ATTRIBUTE"``, a :class:`MethodInfo` of that name);
+    those already registered are skipped.
+
+    Raises:
+        ConfigError: A plugin that cannot be imported, is not a MethodInfo, or whose name
+            differs from its entry point's (one line naming it and the fix).
+    """
+    for point in entry_points(group=PLUGIN_GROUP):
+        fix = f"fix or uninstall the package that declares {PLUGIN_GROUP} {point.name!r}"
+        try:
+            info = point.load()
+        except Exception as err:
+            raise ConfigError(f"method plugin {point.name} = {point.value!r}: cannot load it "
+                              f"({type(err).__name__}: {err}); {fix}") from None
+        if METHODS.get(point.name) is info:
+            continue
+        if not isinstance(info, MethodInfo) or info.name != point.name:
+            raise ConfigError(f"method plugin {point.name} = {point.value!r}: not a MethodInfo "
+                              f"named {point.name!r}; {fix}")
+        register(info)
+
+
 def method_info(name: str) -> MethodInfo:
     """The entry of ``name``, or a one-line ConfigError listing the registered ones."""
     if name not in METHODS:
@@ -172,3 +207,4 @@ def check_methods(names: Sequence[str], where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where}: unknown method {unknown[0]!r}; use some of "
                           f"{', '.join(METHODS)}")
     return tuple(names)
+
