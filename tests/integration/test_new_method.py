@@ -164,3 +164,18 @@ workers = 2
     assert records[(run, "rounds")] == 2
     assert records[("cnn/head/bs8", "peak_bytes")] > 0
     assert records[("cnn/head/bs8", "heap_peak_bytes")] >= records[("cnn/head/bs8", "peak_bytes")]
+
+
+def test_a_broken_plugin_stops_profl_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dist = tmp_path / "profl_broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: profl-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\nbroken = no_such_module:X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith("profl: error: method plugin broken = 'no_such_module:X': cannot load")
+    assert "fix or uninstall the package" in err
