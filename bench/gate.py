@@ -57,7 +57,7 @@ DEFAULT_TOLERANCES = {"peak_bytes": 0.005, "block_peak_bytes": 0.005,
 #: The gate predicts the heap for one intra-op thread (kernel scratch depends on the count).
 GATE_THREADS = 1
 HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
-#: The rule for "not comparable", as printed by the gate and stated in the README.
+#: The rule for "not comparable", as printed by the gate and stated in docs/gate.md.
 NOT_COMPARABLE_RULE = (
     "a case is not comparable when its definition hash (SHA-256 of TrainingCase.params() "
     "without fields at their defaults, plus the probe and the gate's thread count) differs "

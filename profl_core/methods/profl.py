@@ -30,9 +30,9 @@ weights (``ClientTask.bn_update``); in eval mode its default statistics collapse
 and the step cannot learn. While growing, frozen blocks are trained and their batch norm is
 fixed (eval mode) by default.
 
-The basic-layer fit deviates from the authors (measured, README "ProFL's shrinking stage"): the
-loss is soft-target distillation at temperature 2 (``distill_loss="kd"``; the authors' logit
-MSE is ``"mse"``), whose gradient is bounded whatever the logits' scale, and a basic layer is
+The basic-layer fit deviates from the authors (measured: docs/training.md, "ProFL's shrinking
+stage"): the loss is soft-target distillation at temperature 2 (``distill_loss="kd"``; the
+authors' logit MSE is ``"mse"``), whose gradient is bounded whatever the logits' scale, and a basic layer is
 conv + batch norm + ReLU (:func:`~profl_core.models.base.basic_layer`). With bare convolutions
 and the logit MSE the fit blew up to NaN at lr 0.01 and stalled near chance at 0.001. The
 distillation lr defaults to 0.05 (the authors' 1e-5 barely moves a fresh layer). While
@@ -103,7 +103,7 @@ class ProFLConfig(LocalTraining):
         em_evaluation_number: EM values fitted by the freeze rule.
         em_slope_threshold: Freeze rule's flatness threshold.
         em_level: Freeze rule's level threshold; None (default): ``EM_NOISE_MULTIPLE /
-            sqrt(em_window)``, 1.35 times the EM of a driftless random walk (README,
+            sqrt(em_window)``, 1.35 times the EM of a driftless random walk (docs/training.md,
             "Effective movement": calibrated against steps run to a plateau).
         em_samples: Scalars of the active block sampled for EM (fixed per step).
         min_rounds: Fewest rounds per step.

@@ -44,7 +44,7 @@ class ModelSpec:
             input is the identity (a residual block's skip path) instead of a convolution,
             batch norm and ReLU, so ProFL has no basic layer to fit for it and its output
             modules hold no activations at that block's resolution (a deviation from the
-            authors, README "Planning ProFL's partition"). The output modules are then the
+            authors, docs/planner.md). The output modules are then the
             generic ones of :mod:`profl_core.models.wrapper`, also for a zoo model's stages.
     """
 
@@ -189,7 +189,7 @@ class ConvBlockedModel(BlockedModel):
     ``stage_channels[i]`` is the output channel count of block ``i``. The output module of step
     t is one basic layer per missing stage, then a :class:`PoolHead`. A basic layer is a 3x3
     stride-2 convolution without bias followed by batch norm and ReLU (:func:`basic_layer`).
-    The authors' basic layer is the bare convolution; measured on Fashion-MNIST (README,
+    The authors' basic layer is the bare convolution; measured on Fashion-MNIST (docs/training.md,
     "ProFL's shrinking stage"), a chain of bare convolutions multiplies its gains, so fitting
     a stand-in and training the block before it blew up to NaN, while batch norm keeps each
     stand-in's output at unit scale and ReLU gives it the block's nonlinearity.

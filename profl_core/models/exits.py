@@ -93,7 +93,7 @@ def soft_target_loss(student: Tensor, teacher: Tensor, *, temperature: float) ->
 
     Averaged over the batch. Its gradient with respect to the student logits is
     ``T * (softmax(s/T) - softmax(t/T)) / batch``: bounded whatever the logits' scale, which is
-    why ProFL's basic-layer fit uses it instead of the logit MSE (README).
+    why ProFL's basic-layer fit uses it instead of the logit MSE (docs/training.md).
     """
     log_p = F.log_softmax(student / temperature, dim=1)
     log_q = F.log_softmax(teacher / temperature, dim=1)
