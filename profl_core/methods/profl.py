@@ -32,17 +32,17 @@ fixed (eval mode) by default.
 
 The basic-layer fit deviates from the authors (measured: docs/training.md, "ProFL's shrinking
 stage"): the loss is soft-target distillation at temperature 2 (``distill_loss="kd"``; the
-authors' logit MSE is ``"mse"``), whose gradient is bounded whatever the logits' scale, and a basic layer is
-conv + batch norm + ReLU (:func:`~profl_core.models.base.basic_layer`). With bare convolutions
-and the logit MSE the fit blew up to NaN at lr 0.01 and stalled near chance at 0.001. The
-distillation lr defaults to 0.05 (the authors' 1e-5 barely moves a fresh layer). While
-fitting ``basic<t>`` the rest of ``OM_{t-1}`` is a frozen copy of ``OM_t`` (the authors'
-``flash=2/1`` branches). Round budget: each step may use at most
-``(rounds left) // (steps left)`` rounds (capped by ``max_rounds``), so unused rounds of a step
-that converged early go to later steps and growing always reaches step T. The last step (block
-T and the head on the frozen B_1 .. B_{T-1}) is not ended by EM: it trains until the round
-budget (or ``max_rounds``) is spent, so ProFL uses the same rounds as every other method and
-the memory of its largest step is never exceeded.
+authors' logit MSE is ``"mse"``), whose gradient is bounded whatever the logits' scale, and a
+basic layer is conv + batch norm + ReLU (:func:`~profl_core.models.base.basic_layer`). With bare
+convolutions and the logit MSE the fit blew up to NaN at lr 0.01 and stalled near chance at
+0.001. The distillation lr defaults to 0.05 (the authors' 1e-5 barely moves a fresh layer).
+While fitting ``basic<t>`` the rest of ``OM_{t-1}`` is a frozen copy of ``OM_t`` (the authors'
+``flash=2/1`` branches). Round budget: each step may use at most ``(rounds left) // (steps
+left)`` rounds (capped by ``max_rounds``), so unused rounds of a step that converged early go to
+later steps and growing always reaches step T. The last step (block T and the head on the frozen
+B_1 .. B_{T-1}) is not ended by EM: it trains until the round budget (or ``max_rounds``) is
+spent, so ProFL uses the same rounds as every other method and the memory of its largest step is
+never exceeded.
 
 With micro-batching (``accumulate=True``, method ``profl-accum``) every step's client runs the
 step with the fewest micro-batches that make it fit its budget: step ``grow:t`` has the rungs
@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -75,7 +75,7 @@ from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerSta
 from profl_core.methods import alternatives
 from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
-from profl_core.methods.module_cache import ModuleCache
+from profl_core.methods.profl_steps import ProFLStructure, model_weights, plan, structure_of
 from profl_core.models import BlockedModel, fitted_basic_layers
 from profl_core.models.exits import DISTILL_TEMPERATURE
 
@@ -158,101 +158,6 @@ class ProFLConfig(LocalTraining):
             else EM_NOISE_MULTIPLE / math.sqrt(self.em_window),
             min_rounds=self.min_rounds,
         )
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One step of the plan: ``stage`` ("shrink"/"grow"), block ``step`` and the sub-model."""
-
-    stage: str
-    step: int
-    submodel: str  # "grow:t" trains B_t + OM_t; "shrink:t" fits basic<t>
-
-    @property
-    def fitting(self) -> bool:
-        """True for the basic-layer fit (distillation) half of a shrinking step."""
-        return self.submodel.startswith("shrink:")
-
-
-def plan(num_blocks: int, *, shrink: bool,
-         fitted: Collection[int] | None = None) -> list[Phase]:
-    """Shrink T..2 (train B_t, then fit basic<t> where ``fitted`` holds t; default: every t),
-    then grow 1..T."""
-    phases: list[Phase] = []
-    if shrink:
-        for t in range(num_blocks, 1, -1):
-            phases.append(Phase("shrink", t, f"grow:{t}"))
-            if fitted is None or t in fitted:
-                phases.append(Phase("shrink", t, f"shrink:{t}"))
-    phases += [Phase("grow", t, f"grow:{t}") for t in range(1, num_blocks + 1)]
-    return phases
-
-
-def parse_submodel(submodel: str) -> tuple[str, int]:
-    """``"grow:2"`` -> ``("grow", 2)``."""
-    kind, _, step = submodel.partition(":")
-    if kind not in ("grow", "shrink") or not step.isdigit():
-        raise ConfigError(f"profl: unknown sub-model {submodel!r}; use grow:t or shrink:t")
-    return kind, int(step)
-
-
-@dataclass(frozen=True)
-class ProFLStructure:
-    """A run's structure: the template modules (blocks, head, output modules ``om<t>``), the
-    number of blocks T, the plan of steps, the parameter keys and the clients' copies."""
-
-    modules: nn.Module
-    num_blocks: int
-    phases: tuple[Phase, ...]
-    param_keys: frozenset[str]
-    copies: ModuleCache = field(default_factory=ModuleCache)
-
-    def om(self, t: int) -> list[str]:
-        """Module names of the output module of block t (the real head for t = T)."""
-        if t == self.num_blocks:
-            return ["head"]
-        om = self.modules.get_submodule(f"om{t}")
-        return [f"om{t}.{child}" for child, _ in om.named_children()]
-
-    def paths(self, submodel: str) -> tuple[list[str], list[str], list[str], frozenset[str]]:
-        """(prefix, student, teacher, trainable) of a sub-model."""
-        kind, t = parse_submodel(submodel)
-        if not 1 <= t <= self.num_blocks or (kind == "shrink" and t < 2):
-            raise ConfigError(f"profl: sub-model {submodel!r} out of range")
-        prefix = [f"block{i}" for i in range(1, t)]
-        if kind == "grow":
-            student = [f"block{t}", *self.om(t)]
-            return prefix, student, [], frozenset(student)
-        student = self.om(t - 1)
-        teacher = [f"block{t}", *self.om(t)]
-        return prefix, student, teacher, frozenset({f"om{t - 1}.basic{t}"})
-
-    def build(self, weights: Mapping[str, Tensor], submodel: str, *, teacher: bool) -> SubModel:
-        """The sub-model's modules (reused copies) loaded with ``weights``."""
-        prefix, student, teach, trainable = self.paths(submodel)
-        teach = teach if teacher else []
-        modules: dict[str, nn.Module] = {}
-        for name in [*prefix, *student, *teach]:
-            start = name + "."
-            modules[name] = self.copies.loaded(
-                name, self.modules.get_submodule(name),
-                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
-        return SubModel(modules=modules, prefix=tuple(prefix), student=tuple(student),
-                        teacher=tuple(teach), trainable=trainable)
-
-    def active_vector(self, weights: Mapping[str, Tensor], phase: Phase) -> Tensor:
-        """The parameters of the block whose effective movement ends ``phase`` (``B_t``, or
-        ``basic<t>`` while fitting), flattened."""
-        active = f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
-        keys = sorted(k for k in self.param_keys if k.startswith(active + "."))
-        return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
-
-
-def structure_of(state: ServerState) -> ProFLStructure:
-    """The :class:`ProFLStructure` of a ProFL state."""
-    if not isinstance(state.structure, ProFLStructure):
-        raise ConfigError("profl: this state has no ProFL structure; build it with init_state")
-    return state.structure
 
 
 class ProFL(Method):
@@ -451,8 +356,3 @@ class ProFL(Method):
         indices = sample_indices(vector.numel(), self.config.em_samples, rng=rng)
         meta["em_indices"] = torch.from_numpy(indices)
         meta["em_trajectory"] = vector[meta["em_indices"]][None].clone()
-
-
-def model_weights(state: ServerState) -> dict[str, Tensor]:
-    """The trained model's own weights (``block<i>.*`` and ``head.*``), without output modules."""
-    return {k: v for k, v in state.weights.items() if not k.startswith("om")}

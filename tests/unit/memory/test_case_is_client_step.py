@@ -35,7 +35,8 @@ from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
-from profl_core.methods.profl import ProFL, ProFLConfig, structure_of
+from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.methods.profl_steps import structure_of
 from profl_core.models import build_model, native_spec
 
 SPEC = native_spec("cnn", width=0.25)

@@ -8,7 +8,8 @@ from profl_core.devices import Device, Fleet
 from profl_core.errors import ConfigError
 from profl_core.fl.local import LocalConfig, LocalStep
 from profl_core.fl.types import ServerState
-from profl_core.methods.profl import ProFL, ProFLConfig, model_weights, plan
+from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.methods.profl_steps import model_weights, plan
 from profl_core.models import build_model, native_spec
 
 T = 4
