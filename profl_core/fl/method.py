@@ -118,6 +118,8 @@ class Method(SubModels):
     #: False when clients train whatever their budget says (FedAvg's AllLarge): the round loop
     #: then gives tasks no ``budget_bytes`` and nobody refuses.
     enforces_memory: ClassVar[bool] = True
+    #: The method's settings (its own config class, a :class:`LocalTraining`).
+    config: LocalTraining
 
     def __init__(self, config: LocalTraining) -> None:
         self.config = config

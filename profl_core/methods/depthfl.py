@@ -245,7 +245,8 @@ class DepthFL(Method):
         self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
     ) -> ServerState:
         """Per-tensor mean over the clients holding it; the rest keeps its value."""
-        weighting = "uniform" if self.config.weighting == "count" else "examples"
+        weighting: Literal["uniform", "examples"] = (
+            "uniform" if self.config.weighting == "count" else "examples")
         return replace(state, weights=fedavg(state.weights, updates, weighting=weighting),
                        meta={"rounds_used": int(state.meta["rounds_used"]) + 1})
 
