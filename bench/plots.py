@@ -114,9 +114,10 @@ def memory_figures(
 
 # ------------------------------------------------------------------------------ accuracy section
 #
-# Inputs are :mod:`bench.report`'s frames: ``curves`` (label, partition, seed, status, round,
-# accuracy_%), ``runs`` (one row per run) and ``summary`` (one row per (label, partition), with
-# ``final_mean``/``final_ci95``). Every figure has one colour per label, in ``labels`` order.
+# Inputs are the frames of :mod:`bench.run_frames` and :mod:`bench.accuracy_tables`: ``curves``
+# (label, partition, seed, status, round, accuracy_%), ``runs`` (one row per run) and
+# ``summary`` (one row per (label, partition), with ``final_mean``/``final_ci95``). Every
+# figure has one colour per label, in ``labels`` order.
 
 
 def _label_palette(labels: list[str]) -> dict[str, tuple[float, float, float]]:

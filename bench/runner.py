@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bench.memory_measure import fleets_for, measure_with_progress, memory_records
 from bench.paths import CHECKOUT, RESULTS_DIR
-from bench.report import build_report, run_folders
+from bench.report import build_report
 from bench.run_files import (
     RUN_FILE,
     check_resume,
@@ -34,6 +34,7 @@ from bench.run_files import (
     read_run_record,
     read_run_result,
 )
+from bench.run_frames import run_folders
 from bench.run_settings import TrainingConfig
 from bench.speed import run_speed
 from bench.suites import AccuracySection, Suite, run_name

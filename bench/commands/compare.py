@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.report import compare_runs
+from bench.run_comparison import compare_runs
 
 NAME = "compare"
 HELP = "compare two run folders: accuracy, memory and time metrics with deltas (b - a)"

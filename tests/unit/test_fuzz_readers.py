@@ -289,7 +289,7 @@ def _rounds(path: Path) -> None:
 
 
 def _run_result(path: Path) -> None:
-    from bench.report import _run_info
+    from bench.run_frames import _run_info
 
     _run_info(path.parent, read_run_result(path.parent))
 

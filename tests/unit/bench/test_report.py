@@ -17,14 +17,11 @@ import pandas as pd
 import pytest
 from bench_fixtures import MESSAGE, T975, run_path, write_run, write_suite
 
+from bench.accuracy_tables import accuracy_summary
 from bench.cli import main
-from bench.report import (
-    accuracy_frame,
-    accuracy_summary,
-    build_report,
-    compare_frame,
-    last10_change,
-)
+from bench.report import build_report
+from bench.run_comparison import compare_frame
+from bench.run_frames import accuracy_frame, last10_change
 from profl_core.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench_fixtures import write_run
 
-from bench.report import accuracy_frame, mean_metric
+from bench.run_frames import accuracy_frame, mean_metric
 
 
 def rounds_with(metrics: list[dict[str, float | None]]) -> list[dict[str, object]]:

@@ -1,0 +1,127 @@
+"""The accuracy tables of a suite run folder: per run, and per (label, partition) with the
+verdict against ``profl``, written as ``tables/accuracy_runs|accuracy.md|csv`` with figures.
+
+The summary gives, per (label, partition), means over seeds with 95% Student-t intervals
+(:mod:`bench.stats`) of the rows of :func:`bench.run_frames.accuracy_frame`; a diverged run
+never contributes an accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import plots
+from bench.frame_tables import write_table
+from bench.run_frames import (
+    ACCURACY_COLUMNS,
+    accuracy_frame,
+    curves_frame,
+    label_key,
+    target_accuracy,
+)
+from bench.stats import compare_to, format_interval, t_interval
+
+#: Columns summarised as a mean ± 95% interval over the completed seeds, and the prefix of
+#: their ``<prefix>_mean`` / ``<prefix>_ci95`` columns in the summary; the others are means.
+INTERVAL_COLUMNS = {"final_%": "final", "best_%": "best"}
+
+#: The row ``vs_profl`` compares every other label of the same partition with.
+REFERENCE = "profl"
+
+
+def summary_names(column: str) -> tuple[str, ...]:
+    """The summary columns of a per-run column: ``<prefix>_mean`` and ``<prefix>_ci95`` for
+    :data:`INTERVAL_COLUMNS`, else the column itself (its mean). The first holds the mean."""
+    if column in INTERVAL_COLUMNS:
+        return f"{INTERVAL_COLUMNS[column]}_mean", f"{INTERVAL_COLUMNS[column]}_ci95"
+    return (column,)
+
+
+SUMMARY_COLUMNS = ["label", "partition", "seeds", "completed",
+                   *(name for column in ACCURACY_COLUMNS for name in summary_names(column)),
+                   "vs_profl"]
+
+
+def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, partition) of :func:`~bench.run_frames.accuracy_frame`'s rows, in
+    their order.
+
+    ``seeds``: runs; ``completed``: those that did not diverge. ``final_mean``/``final_ci95``
+    and ``best_mean``/``best_ci95``: mean and 95% half-width over the completed seeds. The
+    other :data:`~bench.run_frames.ACCURACY_COLUMNS` are means over the runs that have the
+    value (``rounds``, memory and time count diverged runs too; ``to_target`` only the seeds
+    that reached it). ``vs_profl``: ``better``/``worse``/``~`` of the final accuracy against
+    the ``profl`` row of the same partition (:func:`bench.stats.compare_to`); ``-`` on that row
+    itself, without one, or when either has no completed seed.
+    """
+    rows = []
+    for (label, partition), group in runs.groupby(["label", "partition"], sort=False):
+        row: dict[str, Any] = {"label": label, "partition": partition, "seeds": len(group),
+                               "completed": int((group["status"] == "completed").sum())}
+        for column in ACCURACY_COLUMNS:
+            values = t_interval(group[column]) if column in INTERVAL_COLUMNS \
+                else (group[column].mean(),)
+            row.update(zip(summary_names(column), values, strict=True))
+        rows.append(row)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    final = {(r["label"], r["partition"]): (r["final_mean"], r["final_ci95"])
+             for _, r in summary.iterrows()}
+    summary["vs_profl"] = [_versus(final, label, part)
+                           for label, part in zip(summary["label"], summary["partition"],
+                                                  strict=True)]
+    return summary
+
+
+def _versus(final: dict[tuple[str, str], tuple[float, float]], label: str, part: str) -> str:
+    reference = final.get((REFERENCE, part))
+    interval = final[(label, part)]
+    if label == REFERENCE or reference is None or math.isnan(reference[0]) \
+            or math.isnan(interval[0]):
+        return "-"
+    return compare_to(reference, interval)
+
+
+def shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as printed: ``seeds`` as ``completed/total`` when some diverged, and
+    ``final_%``/``best_%`` as ``mean ± half`` (``diverged`` when no seed completed)."""
+    shown = summary[["label", "partition"]].copy()
+    shown["seeds"] = [str(n) if done == n else f"{done}/{n}"
+                      for done, n in zip(summary["completed"], summary["seeds"], strict=True)]
+    for column in ACCURACY_COLUMNS:
+        if column in INTERVAL_COLUMNS:
+            mean, half = summary_names(column)
+            shown[column] = [
+                "diverged" if done == 0 else format_interval((m, h))
+                for done, m, h in zip(summary["completed"], summary[mean], summary[half],
+                                      strict=True)]
+        else:
+            shown[column] = summary[column]
+    shown["vs_profl"] = summary["vs_profl"]
+    return shown
+
+
+def _shown_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The per-run table as printed: no run folder or divergence message; the fleet only when
+    runs differ in it."""
+    shown = frame.drop(columns=["run", "message"])
+    return shown.drop(columns=["fleet"]) if shown["fleet"].nunique() <= 1 else shown
+
+
+def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """The per-run and the per-(label, partition) accuracy tables (markdown + CSV) and their
+    figures; returns the per-run frame, the summary and the written paths."""
+    runs = accuracy_frame(folder)
+    summary = accuracy_summary(runs)
+    if runs.empty:
+        return runs, summary, []
+    written = write_table(runs.drop(columns=["run"]), folder, "accuracy_runs",
+                          shown=_shown_runs(runs))
+    written += write_table(summary, folder, "accuracy", shown=shown_summary(summary))
+    written += plots.accuracy_figures(curves_frame(folder), runs, summary, folder / "figures",
+                                      labels=sorted(set(runs["label"]), key=label_key),
+                                      target=target_accuracy(folder))
+    return runs, summary, written

@@ -1,0 +1,172 @@
+"""A suite run folder's training runs read into frames, from the folder's files alone.
+
+Inputs (any may be missing): ``runs/*/result.json`` and ``rounds.jsonl`` (the accuracy
+section: one training run per (label, partition, seed), described by the run's
+``extra["config"]`` and ``extra["status"]``) and the suite's ``result.json`` (memory section
+plus a copy of every training run's summary). :func:`accuracy_frame` has one row per run in
+report order (:func:`label_key`), :func:`curves_frame` every evaluated round; a diverged run
+never contributes an accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.run_files import read_rounds, read_run_result
+from profl_core.methods.registry import METHODS
+from profl_core.results import ResultFile, read_result
+
+MIB = 1 << 20
+
+#: Per-run accuracy columns (after the run's label, method, partition, seed and status) and
+#: their metric and scale.
+ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
+    "final_%": ("final_accuracy", 100.0),
+    "best_%": ("best_accuracy", 100.0),
+    "last10_pts": ("last10_change", 100.0),
+    "rounds": ("rounds", 1.0),
+    "to_target": ("rounds_to_target", 1.0),
+    "clients": ("mean_participants", 1.0),
+    "eligible_%": ("mean_eligible_share", 100.0),
+    "peak_mib": ("max_required_bytes", 1 / MIB),
+    "saved_%": ("memory_reduction", 100.0),
+    "extra_fwd": ("extra_forward", 1.0),
+    "ubatch": ("micro_batch", 1.0),
+    "wall_s": ("train_wall_s", 1.0),
+}
+
+#: Compute-cost metrics of the methods on single-device alternatives (``metrics`` of
+#: ``rounds.jsonl``, :mod:`profl_core.methods.alternatives`), averaged over a run's rounds.
+COST_METRICS = ("extra_forward", "micro_batch")
+
+#: Columns a diverged run has no value for (NaN in its row, left out of every mean).
+ACCURACY_ONLY = ("final_%", "best_%", "last10_pts", "to_target")
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """Finished training runs of a suite run folder (those holding ``result.json``)."""
+    runs = folder / "runs"
+    return sorted(p for p in runs.iterdir() if (p / "result.json").is_file()) \
+        if runs.is_dir() else []
+
+
+def _run_info(run: Path, result: ResultFile) -> dict[str, Any]:
+    """Who a run is, from its result file: files without ``label``/``seed``/``status`` are
+    labelled by their method, seed 0, completed."""
+    config = dict(result.extra.get("config", {}))
+    method = str(config.get("method", ""))
+    diverged = result.extra.get("diverged") or {}
+    return {
+        "run": run.name,
+        "label": str(config.get("label") or method),
+        "method": method,
+        "partition": str(config.get("partition", "")),
+        "seed": int(config.get("seed", 0)),
+        "status": str(result.extra.get("status", "completed")),
+        "fleet": result.extra.get("fleet", config.get("fleet", "")),
+        "message": str(diverged.get("message", "")),
+    }
+
+
+RUN_COLUMNS = ["run", "label", "method", "partition", "seed", "status", "fleet", "message"]
+
+
+def accuracy_frame(folder: Path) -> pd.DataFrame:
+    """One row per finished run: :data:`RUN_COLUMNS` and :data:`ACCURACY_COLUMNS`.
+
+    Values come from each run's ``result.json``; a metric a run lacks (``rounds_to_target``
+    when the target was never reached) is NaN, and so are a diverged run's
+    :data:`ACCURACY_ONLY` columns. Rows are in report order (:func:`_run_order`).
+    """
+    rows = []
+    for run in run_folders(folder):
+        result = read_run_result(run)
+        row = _run_info(run, result)
+        values = {r.metric: r.value for r in result.records}
+        rounds = read_rounds(run / "rounds.jsonl")
+        values["last10_change"] = last10_change(rounds)
+        values |= {metric: mean_metric(rounds, metric) for metric in COST_METRICS}
+        for column, (metric, scale) in ACCURACY_COLUMNS.items():
+            row[column] = values[metric] * scale if metric in values else math.nan
+        if row["status"] != "completed":
+            row.update(dict.fromkeys(ACCURACY_ONLY, math.nan))
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *ACCURACY_COLUMNS])
+    return frame.sort_values(["partition", "label", "seed"], key=_run_order, kind="stable",
+                             ignore_index=True)
+
+
+def mean_metric(rounds: list[dict[str, Any]], metric: str) -> float:
+    """The mean of a method metric over the rounds that recorded it; NaN when none did."""
+    seen = [float(r["metrics"][metric]) for r in rounds
+            if isinstance(r.get("metrics"), dict) and r["metrics"].get(metric) is not None]
+    return sum(seen) / len(seen) if seen else math.nan
+
+
+def last10_change(rounds: list[dict[str, Any]]) -> float:
+    """How much the last 10% of rounds moved the test accuracy: the final evaluation minus the
+    last evaluation at or before round ``0.9 * R`` (R: rounds used); NaN without both.
+
+    The convergence check of a suite (DESIGN §5): a budget is large enough when this is
+    under one point for every method.
+    """
+    scored = [(r["round"], r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
+    if not scored:
+        return math.nan
+    cutoff = 0.9 * max(r["round"] for r in rounds)
+    before = [acc for rnd, acc in scored if rnd <= cutoff]
+    return scored[-1][1] - before[-1] if before else math.nan
+
+
+def _run_order(column: pd.Series) -> pd.Series:
+    """Sort key: IID before the other partitions; labels in the registry's order, unknown
+    labels after them alphabetically; seeds ascending."""
+    if column.name == "partition":
+        return column.map(lambda p: (p != "iid", p))
+    if column.name == "label":
+        return column.map(label_key)
+    return column
+
+
+def label_key(label: str) -> tuple[int, str]:
+    """Registered methods in registry order, then the others by name."""
+    order = list(METHODS)
+    return (order.index(label) if label in order else len(order), label)
+
+
+def curves_frame(folder: Path) -> pd.DataFrame:
+    """Long form from every run's ``rounds.jsonl``: label, partition, seed, status, round,
+    accuracy % (evaluated rounds only)."""
+    rows = []
+    for run in run_folders(folder):
+        info = _run_info(run, read_run_result(run))
+        for record in read_rounds(run / "rounds.jsonl"):
+            if record.get("accuracy") is not None:
+                rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},
+                             "round": record["round"], "accuracy_%": 100 * record["accuracy"]})
+    return pd.DataFrame(rows, columns=["label", "partition", "seed", "status", "round",
+                                       "accuracy_%"])
+
+
+def target_accuracy(folder: Path) -> float | None:
+    """The accuracy target the runs used (from the first run's result file)."""
+    for run in run_folders(folder):
+        target = read_run_result(run).extra.get("target_accuracy")
+        if target is not None:
+            return float(target)
+    return None
+
+
+def suite_result(folder: Path) -> ResultFile | None:
+    """The suite's ``result.json``; ``None`` when the folder has none."""
+    path = folder / "result.json"
+    return read_result(path) if path.is_file() else None
+
+
+def has_memory(result: ResultFile | None) -> bool:
+    """Whether a suite's result file holds a memory section (``peak_bytes`` records)."""
+    return result is not None and any(r.metric == "peak_bytes" for r in result.records)
