@@ -27,7 +27,8 @@ import torch
 from profl_core.data import ArrayDataset, synthetic_dataset
 from profl_core.devices import Device, Fleet
 from profl_core.fl.client import ClientJob, run_client
-from profl_core.fl.local import LocalConfig, train_client
+from profl_core.fl.local import LocalConfig
+from profl_core.fl.training import train_client
 from profl_core.fl.types import ServerState
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.profl import ProFL, ProFLConfig

@@ -4,11 +4,12 @@ from profl_core.fl.aggregate import aggregate_partial, fedavg, weighted_mean
 from profl_core.fl.backend import Backend, FederatedData, LocalBackend
 from profl_core.fl.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from profl_core.fl.client import ClientJob, client_seed, run_client
-from profl_core.fl.local import LocalConfig, evaluate, train_client
+from profl_core.fl.local import LocalConfig
 from profl_core.fl.loop import BACKENDS, RunConfig, run_federated
 from profl_core.fl.method import LocalTraining, Method, SubModels
 from profl_core.fl.selection import eligible_ids, require_trainable, select_any, select_clients
 from profl_core.fl.sinks import JsonlSink
+from profl_core.fl.training import evaluate, train_client
 from profl_core.fl.types import (
     ClientDrop,
     ClientTask,

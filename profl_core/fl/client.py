@@ -29,8 +29,9 @@ import torch
 
 from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
-from profl_core.fl.local import LocalConfig, train_client
+from profl_core.fl.local import LocalConfig
 from profl_core.fl.method import SubModels
+from profl_core.fl.training import train_client
 from profl_core.fl.types import ClientDrop, ClientTask, ClientUpdate, ServerState
 
 #: Test-only faults: raise an exception, raise ``MemoryError``, or kill the worker process

@@ -64,9 +64,10 @@ from profl_core.fl.client import (
     client_seed,
     first_non_finite,
 )
-from profl_core.fl.local import FrozenBN, LocalConfig, evaluate
+from profl_core.fl.local import FrozenBN, LocalConfig
 from profl_core.fl.method import Method
 from profl_core.fl.sinks import JsonlSink, RoundSink
+from profl_core.fl.training import evaluate
 from profl_core.fl.types import (
     ClientDrop,
     ClientTask,
@@ -91,7 +92,7 @@ class RunConfig:
         checkpoint_every: Checkpoint every N rounds (0: only at the end) when a checkpoint
             folder is given.
         frozen_bn: BN of frozen modules: ``"eval"`` (fixed) or ``"train"`` (authors' code).
-        feature_cache: Cache the frozen prefix per round (see :mod:`profl_core.fl.local`).
+        feature_cache: Cache the frozen prefix per round (see :mod:`profl_core.fl.training`).
         device: Torch device for local training and evaluation.
         min_survivors: Fewest client updates a round needs (capped at the number of selected
             clients, at least 1); with fewer the round is repeated.

@@ -4,14 +4,14 @@
 (:meth:`~profl_core.fl.types.Method.memory_plan`, one template
 :class:`~profl_core.fl.types.ClientTask` per sub-model it hands out), builds that sub-model with
 the method's own ``submodel()`` and wraps it in the :class:`~profl_core.fl.local.LocalStep`
-that :func:`~profl_core.fl.local.train_client` runs for every batch: the same modules (copies
+that :func:`~profl_core.fl.training.train_client` runs for every batch: the same modules (copies
 included), the same frozen set, the same optimizer and the same order of work. Memory is always
 measured on the *second* step, after a warm-up step has created the optimizer state.
 
 Blocks (the names the probes attribute memory to) are the sub-model's module names, as in the
 server's state dict: ``block2``, ``om2.basic3``, ``om2.head``, ``exit1``, ``head``. Inputs are
 synthetic random tensors of the case's shape: memory does not depend on their values. The
-feature cache of :func:`~profl_core.fl.local.train_client` is not part of a case: it is only
+feature cache of :func:`~profl_core.fl.training.train_client` is not part of a case: it is only
 used when the measured step plus the cache fit the device.
 """
 

@@ -5,7 +5,8 @@ import torch
 
 from profl_core.data import synthetic_dataset
 from profl_core.devices import Device, Fleet
-from profl_core.fl.local import LocalConfig, train_client
+from profl_core.fl.local import LocalConfig
+from profl_core.fl.training import train_client
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import build_model, native_spec
 
@@ -76,7 +77,7 @@ def test_feature_cache_is_used_only_when_it_fits_next_to_the_step() -> None:
     48 * 8 * 28 * 28 * 4 = 1,204,224 bytes. A budget 1 byte short of step + cache gets none."""
     from dataclasses import replace
 
-    from profl_core.fl.local import feature_cache
+    from profl_core.fl.training import feature_cache
 
     method, state, task, data = grow2_setup()
     sub = method.submodel(state, task)

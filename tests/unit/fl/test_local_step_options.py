@@ -17,14 +17,10 @@ from torch import Tensor, nn
 
 from profl_core.data import ArrayDataset
 from profl_core.errors import ConfigError
-from profl_core.fl.local import (
-    LocalConfig,
-    LocalStep,
-    feature_cache,
-    micro_batches,
-    train_client,
-)
+from profl_core.fl.local import LocalConfig, LocalStep
 from profl_core.fl.observer import StepObserver
+from profl_core.fl.step_options import micro_batches
+from profl_core.fl.training import feature_cache, train_client
 from profl_core.fl.types import ClientTask, SubModel
 from profl_core.memory.case_text import case_from_text
 from profl_core.memory.step import build_step

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from profl_core.data import synthetic_dataset
-from profl_core.fl.local import LocalConfig, train_client
+from profl_core.fl.local import LocalConfig
+from profl_core.fl.training import train_client
 from profl_core.fl.types import ServerState
 from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
