@@ -4,7 +4,7 @@ A method builds a client's sub-model from its template modules and the round's w
 deep copy of the template per client costs more than the load (about 10 ms per client for
 ``cnn`` at width 0.25, 7% of a ``fedavg-fit`` run's client training on one CPU thread); a client
 trains its sub-model in place and returns clones of its state
-(:func:`~profl_core.fl.local.train_client`), so the next client of the same process can take
+(:func:`~profl_core.fl.training.train_client`), so the next client of the same process can take
 the same copy, loaded with the weights it is given. Every value a client sees comes from
 ``load_state_dict`` with ``strict=True`` (parameters and persistent buffers, all of them), and
 gradients are dropped, so the sub-model equals a fresh copy.
