@@ -54,9 +54,10 @@ from torch.autograd.profiler import record_function
 from profl_core.errors import ConfigError
 from profl_core.fl.observer import SegmentObserver
 from profl_core.memory.case import TrainingCase
-from profl_core.memory.dispatch import HeapPeaks, StorageTracker
+from profl_core.memory.dispatch import StorageTracker
 from profl_core.memory.report import MemoryReport
 from profl_core.memory.step import PreparedStep, build_step
+from profl_core.memory.storage_ledger import HeapPeaks
 
 MARK_PREFIX = "profl.heap.mark:"
 
