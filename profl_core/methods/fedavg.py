@@ -19,12 +19,12 @@ build on this model, task and aggregation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
@@ -63,12 +63,12 @@ class FullModel:
         """The model's module names: blocks, then the head."""
         return [*self.model.block_names(), "head"]
 
-    def submodel(self, weights: dict, *, trainable: bool = True) -> SubModel:
-        """The whole model loaded with ``weights`` (one reused copy)."""
+    def submodel(self, weights: Mapping[str, Tensor]) -> SubModel:
+        """The whole model loaded with ``weights`` (one reused copy), every module trained."""
         model = self.copies.loaded(FULL, self.model, weights)
         names = self.names
         return SubModel(modules={n: model.get_submodule(n) for n in names}, prefix=(),
-                        student=tuple(names), trainable=frozenset(names if trainable else ()))
+                        student=tuple(names), trainable=frozenset(names))
 
 
 def full_structure(state: ServerState) -> FullModel:
