@@ -16,7 +16,9 @@ Tensor peaks are portable; heap peaks (kernel scratch included, predicted at
 :data:`GATE_THREADS` threads) are compared only on a machine with the baseline's CPU kernel
 family. :func:`run_gate` returns the exit code: 0 when every comparable number is within its
 tolerance, 1 on a regression or a missing case or number, and raises ConfigError (exit 2) on
-unusable input before any measuring.
+unusable input before any measuring and without writing: a broken file, a JSON file that is
+not a baseline, a baseline made from another suite (:func:`check_suite`: a baseline names its
+suite, written by ``--update``). The report's formats are :mod:`bench.gate_output`'s.
 """
 
 from __future__ import annotations
@@ -31,18 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tabulate import tabulate
 
+from bench.gate_output import FORMATS, cases_with, hints, outcome
 from bench.memory_cases import MemorySection
 from bench.memory_measure import measure_with_progress, memory_records
 from bench.suites import Suite
 from profl_core.compare import (
-    CASE_METRIC,
-    Diff,
     Status,
     Values,
     compare_cases,
-    failed,
 )
 from profl_core.errors import ConfigError
 from profl_core.files import Fields, check_writable_dir, read_json
@@ -57,13 +56,10 @@ DEFAULT_TOLERANCES = {"peak_bytes": 0.005, "block_peak_bytes": 0.005,
 #: The gate predicts the heap for one intra-op thread (kernel scratch depends on the count).
 GATE_THREADS = 1
 HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
-#: The rule for "not comparable", as printed by the gate and stated in docs/gate.md.
-NOT_COMPARABLE_RULE = (
-    "a case is not comparable when its definition hash (SHA-256 of TrainingCase.params() "
-    "without fields at their defaults, plus the probe and the gate's thread count) differs "
-    "from the baseline's; its numbers are not compared and it neither passes nor fails "
-    "(asv's rule)"
-)
+#: The fix for a baseline that cannot be read (``--update`` refuses it: it is no fix).
+NOT_READABLE_FIX = "restore it (e.g. from git) or give another file with --baseline"
+#: The fix for a JSON file that is not a baseline (``--update`` would overwrite it).
+NOT_A_BASELINE_FIX = "give the baseline file with --baseline"
 
 
 def heap_machine() -> dict[str, Any]:
@@ -165,21 +161,27 @@ def empty_baseline(suite: str) -> dict[str, Any]:
 def read_baseline(path: Path, version: str | None = None, *,
                   suite: str = "memory-ci") -> dict[str, Any]:
     """The whole baseline file (an empty skeleton naming ``suite`` when it does not exist
-    yet), read through the guarded JSON reader and checked: ``tolerances`` are numbers,
-    ``torch`` holds one object per version and, for ``version``, ``cases`` maps each case to
-    numbers of bytes and ``definitions`` each of those cases to its SHA-256 definition hash.
+    yet), read through the guarded JSON reader and checked: it is a baseline (an object with
+    ``schema_version`` and ``torch``), ``suite`` (when present) is a name, ``tolerances`` are
+    numbers, ``torch`` holds one object per version and, for ``version``, ``cases`` maps each
+    case to numbers of bytes and ``definitions`` each of those cases to its SHA-256 hash.
 
     Raises:
-        ConfigError: One line naming the file and the field, and the fix.
+        ConfigError: One line naming the file and the field, and the fix (never ``--update``:
+            it refuses a file it cannot read, and would overwrite one that is not a baseline).
     """
     if not path.exists():
         return empty_baseline(suite)
-    fix = "restore it from git or rebuild it with `profl check --update`"
+    fix = NOT_READABLE_FIX
     data = read_json(path, "baseline", missing=fix, fix=fix)
+    if not isinstance(data, dict) or "torch" not in data or "schema_version" not in data:
+        raise ConfigError(f"{path}: not a profl check baseline (no schema_version and torch "
+                          f"fields); {NOT_A_BASELINE_FIX}")
     top = Fields(data, path, table="object", fix=fix)
-    if top.data.get("schema_version") != SCHEMA_VERSION or not isinstance(
-            top.data.get("torch"), dict):
+    if top.data["schema_version"] != SCHEMA_VERSION or not isinstance(top.data["torch"], dict):
         raise ConfigError(f"{path}: not a schema-{SCHEMA_VERSION} baseline; {fix}")
+    if "suite" in top.data:
+        top.string("suite", "use the name of the suite the baseline was made from")
     if "tolerances" in top.data:
         tolerances = top.mapping("tolerances")
         for key in tolerances.data:
@@ -191,6 +193,37 @@ def read_baseline(path: Path, version: str | None = None, *,
         if name == version:
             check_entry(entry)
     return data
+
+
+def check_suite(baseline: Mapping[str, Any], path: Path, suite: Suite,
+                suite_arg: str | None) -> None:
+    """Refuse a baseline made from another suite (one without a ``suite`` is not checked).
+
+    Raises:
+        ConfigError: One line naming both suites and the fix; it suggests no ``--update``
+            (only, when it exists beside ``path``, the suite's own baseline to check against).
+    """
+    made_from = baseline.get("suite")
+    if not path.exists() or made_from is None or made_from == suite.name:
+        return
+    named = suite_arg or str(suite.path)
+    own = path.parent / (re.sub(r"[^A-Za-z0-9._-]+", "-", suite.name) + ".json")
+    if own.exists() and _made_from(own) == suite.name:
+        fix = f"check it against its own: `profl check --suite {named} --baseline {own}`"
+    else:
+        fix = (f"give a baseline made from suite {suite.name!r} with --baseline (a new file; "
+               f"`profl check --help` says how to create one)")
+    raise ConfigError(f"{path}: a baseline of suite {made_from!r}, not of suite "
+                      f"{suite.name!r} ({named}); {fix}")
+
+
+def _made_from(path: Path) -> object:
+    """The ``suite`` a file names, or ``None`` when it is not a readable baseline."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data.get("suite") if isinstance(data, dict) and "torch" in data else None
 
 
 def check_entry(entry: Fields) -> None:
@@ -215,32 +248,6 @@ def check_entry(entry: Fields) -> None:
             definitions.bad(key, "remove it: no such case in cases")
 
 
-# ----------------------------------------------------------------------------------- reporting
-
-
-def render(diffs: list[Diff], *, show_all: bool) -> str:
-    """The diff table (only changed rows unless ``show_all``)."""
-    rows = [
-        [d.key, d.metric,
-         "" if d.baseline is None else f"{d.baseline / 2**20:.3f}",
-         "" if d.current is None else f"{d.current / 2**20:.3f}",
-         "" if d.relative_change is None else f"{100 * d.relative_change:+.2f}%",
-         "" if d.metric == CASE_METRIC else f"{100 * d.tolerance:.1f}%", str(d.status)]
-        for d in diffs if show_all or d.status != Status.OK
-    ]
-    headers = ["case", "metric", "baseline MiB", "current MiB", "change", "tolerance", "status"]
-    return tabulate(rows, headers=headers, tablefmt="github")
-
-
-def _cases(diffs: list[Diff], status: Status) -> list[str]:
-    return sorted({d.key for d in diffs if d.status == status})
-
-
-def _listed(keys: list[str], most: int = 8) -> str:
-    shown = ", ".join(keys[:most])
-    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
-
-
 # ------------------------------------------------------------------------------------- the gate
 
 
@@ -250,27 +257,41 @@ def run_gate(
     *,
     update: bool,
     show_all: bool = False,
+    details: bool = False,
+    fmt: str = "text",
+    output: Path | None = None,
     suite_arg: str | None = None,
     out: Callable[[str], None] = print,
 ) -> int:
     """Check ``suite``'s memory section against the baseline file ``path`` (or, with
     ``update``, write this torch version's entry of it atomically); return the exit code.
 
-    ``suite_arg`` is how the user named the suite (for the commands the gate suggests);
-    ``out`` receives the report line by line.
+    ``fmt`` is one of :data:`bench.gate_output.FORMATS` (``details``/``show_all``: the
+    per-block table, changed rows or every row, in the text format); ``output`` receives the
+    report instead of ``out`` (which then gets the totals line). ``suite_arg`` is how the
+    user named the suite (for the commands the gate suggests); ``out`` receives the report.
 
     Raises:
-        ConfigError: no memory section, a broken baseline, no baseline (without ``update``)
-            or none for this torch version; all before any measuring.
+        ConfigError: no memory section, a broken baseline, one made from another suite, no
+            baseline (without ``update``) or none for this torch version; all before any
+            measuring, and without writing anything.
     """
     if suite.memory is None:
         raise ConfigError(f"{suite.path}: no [memory] section to check")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if update and (fmt != "text" or output is not None):
+        raise ConfigError("--format and --output report a check; --update writes the baseline "
+                          "and prints one line: leave them out")
+    if output is not None:
+        check_writable_dir(output.parent, "--output")
     section = suite.memory
     refresh = f"profl check --suite {suite_arg or suite.path} --baseline {path} --update"
     version = torch_minor()
     # --update replaces this version's entry: only the rest of the file must be sound (an
     # entry of an older format, e.g. without definition hashes, is what it is there to fix).
     baseline = read_baseline(path, None if update else version, suite=suite.name)
+    check_suite(baseline, path, suite, suite_arg)
     if update:
         check_writable_dir(path.parent, "--baseline")
     elif not path.exists():
@@ -287,16 +308,26 @@ def run_gate(
     assert entry is not None  # checked above
     tolerances: Mapping[str, float] = baseline.get("tolerances", DEFAULT_TOLERANCES)
     expected, values = entry["cases"], current.values
+    notes = []
     if entry.get("heap_machine") != heap_machine():  # kernel scratch differs between CPUs
-        out(f"note: heap peaks not compared: the baseline's were predicted on "
-            f"{entry.get('heap_machine')}, this machine is {heap_machine()}; tensor peaks are")
+        notes.append(f"note: heap peaks not compared: the baseline's were predicted on "
+                     f"{entry.get('heap_machine')}, this machine is {heap_machine()}; tensor "
+                     f"peaks are")
         expected, values = without_heap(expected), without_heap(values)
     for field, now in (("probe", section.probe), ("batch_size", section.batch_size)):
         if field in entry and entry[field] != now:
-            out(f"note: the baseline's {field} is {entry[field]}, the suite's {now}")
+            notes.append(f"note: the baseline's {field} is {entry[field]}, the suite's {now}")
     diffs = compare_cases(expected, values, baseline_definitions=entry["definitions"],
                           current_definitions=current.definitions, tolerances=tolerances)
-    return _report(diffs, len(values), version, refresh, show_all=show_all, out=out)
+    result = outcome(diffs, suite=suite.name, baseline=str(path), version=version,
+                     measured_cases=len(values), notes=notes, hints=hints(diffs, refresh))
+    report = FORMATS[fmt](result, details=details, show_all=show_all)
+    if output is None:
+        out(report)
+    else:
+        atomic_write_text(output, report + "\n")
+        out(f"wrote {output}: {result.totals_line}")
+    return result.exit_code
 
 
 def _write(
@@ -333,47 +364,6 @@ def _changes(entry: Any, current: Measured, path: Path, version: str) -> str:
     diffs = compare_cases(entry["cases"], current.values,
                           baseline_definitions=entry["definitions"],
                           current_definitions=current.definitions, tolerances={})
-    return (f" ({len(_cases(diffs, Status.NEW))} new, "
-            f"{len(_cases(diffs, Status.NOT_COMPARABLE))} redefined, "
-            f"{len(_cases(diffs, Status.MISSING))} dropped)")
-
-
-def _report(
-    diffs: list[Diff],
-    cases: int,
-    version: str,
-    refresh: str,
-    *,
-    show_all: bool,
-    out: Callable[[str], None],
-) -> int:
-    """Print the table and the verdict; the exit code (0 pass, 1 fail)."""
-    bad = failed(diffs)
-    if show_all or any(d.status != Status.OK for d in diffs):
-        out(render(diffs, show_all=show_all))
-    numbers = [d for d in diffs if d.metric != CASE_METRIC]
-    ok = sum(d.status == Status.OK for d in numbers)
-    failing = [d for d in bad if d.metric != CASE_METRIC]
-    regressed = sorted({d.key for d in failing})
-    out(f"\nchecked {len(numbers)} numbers of {cases} cases against torch {version}: "
-        f"{ok} within tolerance, {len(failing)} failing")
-    redefined = _cases(diffs, Status.NOT_COMPARABLE)
-    if redefined:
-        out(f"WARNING: {len(redefined)} cases not comparable ({_listed(redefined)}): "
-            f"{NOT_COMPARABLE_RULE}. If the new definition is intended, refresh the "
-            f"baseline: `{refresh}`")
-    new = _cases(diffs, Status.NEW)
-    if new:
-        out(f"note: {len(new)} new cases not in the baseline ({_listed(new)}), not compared; "
-            f"add them with `{refresh}`")
-    missing = _cases(diffs, Status.MISSING)
-    if missing:
-        out(f"FAIL: {len(missing)} baseline cases missing from this run ({_listed(missing)}); "
-            f"if they were removed on purpose, drop them with `{refresh}`")
-    if regressed:
-        out(f"FAIL: memory regression in {', '.join(regressed)}")
-    if bad:
-        return 1
-    if any(d.status == Status.IMPROVED for d in diffs):
-        out(f"note: some numbers improved beyond tolerance; lock them in with `{refresh}`")
-    return 0
+    return (f" ({len(cases_with(diffs, Status.NEW))} new, "
+            f"{len(cases_with(diffs, Status.NOT_COMPARABLE))} redefined, "
+            f"{len(cases_with(diffs, Status.MISSING))} dropped)")

@@ -6,7 +6,9 @@ baseline file (``--baseline``; in a source checkout by default its committed
 ``results/baselines/memory-ci.json``) for this torch minor version. ``--update`` creates or
 refreshes that version's entry (other versions' entries are kept). Exit codes: 0 when every
 comparable case is within tolerance (cases whose definition changed are reported "not
-comparable" and do not fail), 1 on a regression or a missing case, 2 on unusable input.
+comparable" and do not fail), 1 on a regression or a missing case, 2 on unusable input (a
+broken file, a JSON file that is not a baseline, a baseline made from another suite), in every
+``--format`` (text, json, junit, github; :mod:`bench.gate_output`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from bench.gate import run_gate
+from bench.gate_output import FORMATS
 from bench.paths import CHECKOUT_BASELINE
 from bench.suites import load_suite
 from profl_core.errors import ConfigError
@@ -35,7 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update", action="store_true",
                         help="create the baseline file or rewrite this torch version's entry "
                              "with the current numbers and definitions")
-    parser.add_argument("--all", action="store_true", help="show every row, not only changes")
+    parser.add_argument("--format", default="text", choices=sorted(FORMATS),
+                        help="report format: text (default: one line per case that is not a "
+                             "pass, then the totals), json, junit (JUnit XML) or github "
+                             "(workflow commands); the exit code is the same in every format")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="write the report to FILE (atomically) instead of stdout, which "
+                             "then gets one line with the totals")
+    parser.add_argument("--details", action="store_true",
+                        help="text format: add the per-block table of the numbers that changed")
+    parser.add_argument("--all", action="store_true",
+                        help="text format: add the per-block table with every row")
 
 
 def baseline_path(given: Path | None) -> Path:
@@ -55,4 +68,5 @@ def baseline_path(given: Path | None) -> Path:
 def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     return run_gate(suite, baseline_path(args.baseline), update=args.update,
-                    show_all=args.all, suite_arg=args.suite)
+                    show_all=args.all, details=args.details, fmt=args.format,
+                    output=args.output, suite_arg=args.suite)

@@ -317,6 +317,11 @@ COMMANDS: dict[str, Run | NotRun] = {
     # docs/gate.md
     GATE + " --update": Run("updated ci/memory.json for torch"),
     GATE: Run("checked 142 numbers of 6 cases", needs=(GATE + " --update",)),
+    GATE + " --format github": Run("within tolerance, 0 failing", needs=(GATE + " --update",)),
+    GATE + " --format junit --output gate.xml": Run("wrote gate.xml: checked 142 numbers",
+                                                   needs=(GATE + " --update",)),
+    GATE + " --format json --output gate.json": Run("wrote gate.json: checked 142 numbers",
+                                                   needs=(GATE + " --update",)),
     "PYTHONPATH=. pytest --strict-markers tests/test_memory.py": Run("2 passed",
                                                                      background=True),
     # docs/planner.md
@@ -554,7 +559,7 @@ def test_gate_page_what_a_change_does(workspace: Workspace) -> None:
     assert rebatched != suite
     for name, text, code, facts in (
         ("regrouped", regrouped, 1, ("FAIL: 6 baseline cases missing",
-                                     "mynet:build@b3-8a07df24/grow:2", "| new ")),
+                                     "mynet:build@b3-8a07df24/grow:2  not in the baseline")),
         ("rebatched", rebatched, 0, ("WARNING: 6 cases not comparable",
                                      "the baseline's batch_size is 32, the suite's 16")),
     ):
