@@ -78,16 +78,16 @@ def evaluate(
     workspace of the warm-up step): ``untracked_before`` = cuda baseline - dispatch baseline
     is taken off the allocator's peak and segment peaks before they are compared.
     """
-    untracked = cuda.baseline_bytes - dispatch.baseline_bytes
+    untracked = cuda.before_step_bytes - dispatch.before_step_bytes
     # Tensor figures throughout: the predicted heap is a CPU-allocator figure.
     d_peak, c_peak = dispatch.tensor_peak_bytes, cuda.tensor_peak_bytes
     p_peak = predict.tensor_peak_bytes
     reserved = int(cuda.extra.get("reserved_peak_bytes", 0))
     numbers: dict[str, Any] = {
         "dispatch_peak_bytes": d_peak,
-        "dispatch_baseline_bytes": dispatch.baseline_bytes,
+        "dispatch_baseline_bytes": dispatch.before_step_bytes,
         "allocated_peak_bytes": c_peak,
-        "allocated_baseline_bytes": cuda.baseline_bytes,
+        "allocated_baseline_bytes": cuda.before_step_bytes,
         "untracked_before_bytes": untracked,
         "requested_peak_bytes": int(cuda.extra.get("requested_peak_bytes", 0)),
         "reserved_peak_bytes": reserved,

@@ -179,7 +179,7 @@ def memory_records(
             records += [
                 Record(key=case.key, metric="peak_bytes", value=report.tensor_peak_bytes,
                        unit="B", case_hash=h),
-                Record(key=case.key, metric="baseline_bytes", value=report.baseline_bytes,
+                Record(key=case.key, metric="before_step_bytes", value=report.before_step_bytes,
                        unit="B", case_hash=h),
                 Record(key=case.key, metric=f"peak_at:{peak_block}:{peak_phase}", value=1,
                        unit="flag", case_hash=h),

@@ -24,10 +24,11 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 def case_frame(result: ResultFile) -> pd.DataFrame:
-    """One row per case: model, case, peak, baseline and where the peak happened (MiB)."""
+    """One row per case: model, case, peak, the bytes held before the step and where the peak
+    happened (MiB)."""
     rows: dict[str, dict[str, object]] = {}
     for r in result.records:
-        if r.unit == "B" and r.metric in ("peak_bytes", "heap_peak_bytes", "baseline_bytes"):
+        if r.unit == "B" and r.metric in ("peak_bytes", "heap_peak_bytes", "before_step_bytes"):
             model, case = _split_key(r.key)
             row = rows.setdefault(r.key, {"model": model, "case": case})
             row[r.metric.replace("_bytes", "_mib")] = r.value / MIB

@@ -42,7 +42,7 @@ def render(report: MemoryReport) -> str:
     if rows:
         lines += [tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
     lines.append(f"tensor peak {_mib(report.tensor_peak_bytes)} MiB{_at(report.peak_at)}; "
-                 f"baseline {_mib(report.baseline_bytes)} MiB")
+                 f"held before the step {_mib(report.before_step_bytes)} MiB")
     if report.heap_peak_bytes is not None:
         lines.append(f"heap peak {_mib(report.heap_peak_bytes)} MiB{_at(report.heap_peak_at)} "
                      "(kernel scratch included)")

@@ -21,7 +21,7 @@ allocator handed out, so tensor storages rounded up to 512 B (a large block also
 remainder under 1 MiB that was not worth splitting off), plus
 cuDNN convolution workspaces and cuBLAS workspaces (allocated through the caching
 allocator; the cuBLAS one is created in the warm-up step and stays, so it is part of
-``baseline_bytes``). *Requested* (``extra["requested_peak_bytes"]``): the bytes the
+``before_step_bytes``). *Requested* (``extra["requested_peak_bytes"]``): the bytes the
 allocations asked for, before the allocator's rounding (0 where torch lacks the counter).
 *Reserved* (``extra["reserved_peak_bytes"]``, before the step
 ``extra["reserved_baseline_bytes"]``): the segments the allocator holds from the driver, i.e.
@@ -119,7 +119,7 @@ def measure_step(prepared: PreparedStep, *, device: torch.device) -> MemoryRepor
         probe="cuda",
         device=str(device),
         case_key=prepared.key,
-        baseline_bytes=baseline,
+        before_step_bytes=baseline,
         tensor_peak_bytes=observer.allocated_peak_bytes,
         peak_breakdown={},
         peak_at=observer.peak_at,

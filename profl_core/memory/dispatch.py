@@ -141,7 +141,7 @@ class StorageTracker(StorageLedger, TorchDispatchMode):
         """
         gc.collect()
         self.register_step(prepared)
-        self.baseline_bytes = self.live_bytes
+        self.before_step_bytes = self.live_bytes
         self.tensor_peak_bytes = self.live_bytes
         self.heap_peak_bytes = self.live_bytes
         self.peak_breakdown = self.breakdown()

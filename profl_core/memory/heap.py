@@ -212,14 +212,14 @@ class _MarkingObserver(SegmentObserver):
 
 
 def heap_peaks(
-    events: list[AllocatorEvent], segments: list[tuple[str, str]], *, baseline_bytes: int
+    events: list[AllocatorEvent], segments: list[tuple[str, str]], *, before_step_bytes: int
 ) -> HeapPeaks:
     """Fold an allocator trace into the step's and every segment's heap peak.
 
     Args:
         events: the trace (allocations and marks in time order).
         segments: ``(block, phase)`` of mark ``i`` at index ``i``.
-        baseline_bytes: bytes live before the trace began (added to every peak).
+        before_step_bytes: bytes live before the trace began (added to every peak).
     """
     level = peak = 0
     peak_at: tuple[str, str] | None = None
@@ -236,9 +236,9 @@ def heap_peaks(
         if current is not None and level > by_segment[current]:
             by_segment[current] = level
     return HeapPeaks(
-        heap_peak_bytes=baseline_bytes + peak,
+        heap_peak_bytes=before_step_bytes + peak,
         peak_at=peak_at,
-        segments={key: baseline_bytes + n for key, n in by_segment.items()},
+        segments={key: before_step_bytes + n for key, n in by_segment.items()},
     )
 
 
@@ -261,11 +261,12 @@ def measure_step(
         recorder = AllocatorRecorder()
         observer = _MarkingObserver(recorder)
         tracker.track_step(prepared, listener=observer, around=recorder)
-    heap = heap_peaks(recorder.events, observer.segments, baseline_bytes=tracker.baseline_bytes)
+    heap = heap_peaks(recorder.events, observer.segments,
+                      before_step_bytes=tracker.before_step_bytes)
     report = tracker.report(
         probe="heap", device="cpu", case_key=prepared.key, heap=heap, threads=used
     )
-    tensor_net = tracker.live_bytes - tracker.baseline_bytes
+    tensor_net = tracker.live_bytes - tracker.before_step_bytes
     extra = {**report.extra, "heap.unmatched_bytes": recorder.net_bytes() - tensor_net}
     return replace(report, extra=extra)
 

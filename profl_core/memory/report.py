@@ -80,11 +80,12 @@ class BlockPeak:
             (``block2``, ``om2.basic3``, ``om2.head``, ``exit1``, ``head``) or a step segment
             (``loss``, ``optimizer``).
         phase: ``forward``, ``backward`` or ``optimizer``.
-        tensor_peak_bytes: absolute live tensor-storage bytes at the segment's peak (baseline
-            included; see the module doc).
+        tensor_peak_bytes: absolute live tensor-storage bytes at the segment's peak (the bytes
+            held before the step included; see the module doc).
         breakdown: bytes per category at the tensor peak (empty for probes without categories).
         heap_peak_bytes: absolute CPU-allocator bytes at the segment's heap peak, kernel
-            scratch included (baseline included); ``None`` when the probe cannot know it.
+            scratch and the bytes held before the step included; ``None`` when the probe
+            cannot know it.
     """
 
     block: str
@@ -133,19 +134,20 @@ class MemoryReport:
             ``rss``).
         device: the device the step ran on (``cpu``, ``cuda:0``).
         case_key: :attr:`profl_core.memory.case.TrainingCase.key` of the measured case.
-        baseline_bytes: live tensor bytes before the measured step: parameters, buffers,
+        before_step_bytes: live tensor bytes before the measured step: parameters, buffers,
             optimizer state and the input batch (0 for ``rss``, whose peak is already a delta).
-        tensor_peak_bytes: the most live tensor-storage bytes during the step, baseline
-            included (``dispatch``, ``predict``, ``heap``). ``cuda`` puts the allocator's
+        tensor_peak_bytes: the most live tensor-storage bytes during the step, those held
+            before it included (``dispatch``, ``predict``, ``heap``). ``cuda`` puts the allocator's
             ``max_memory_allocated`` here (512 B rounding and cuDNN workspaces included) and
             ``rss`` the process RSS delta: neither can see storages.
         peak_breakdown: bytes per category at the tensor peak (empty for ``cuda`` and ``rss``).
         peak_at: ``(block, phase)`` of the tensor peak; ``None`` when unknown (``rss``).
         blocks: one :class:`BlockPeak` per (block, phase) segment, in execution order.
         extra: probe-specific integers (reserved bytes, snapshots at phase ends, timings).
-        heap_peak_bytes: the most bytes the CPU allocator held during the step, baseline and
-            kernel scratch included, on this machine at :attr:`threads` threads (``heap``
-            measures it, ``predict`` models it); ``None`` when the probe cannot know it.
+        heap_peak_bytes: the most bytes the CPU allocator held during the step, the bytes held
+            before it and kernel scratch included, on this machine at :attr:`threads` threads
+            (``heap`` measures it, ``predict`` models it); ``None`` when the probe cannot know
+            it.
         heap_peak_at: ``(block, phase)`` of the heap peak; ``None`` with no heap figure.
         threads: ``torch.get_num_threads()`` the step ran (or was modelled) with; ``None``
             when the probe does not depend on it.
@@ -154,7 +156,7 @@ class MemoryReport:
     probe: str
     device: str
     case_key: str
-    baseline_bytes: int
+    before_step_bytes: int
     tensor_peak_bytes: int
     peak_breakdown: Mapping[Category, int] = field(default_factory=dict)
     peak_at: tuple[str, str] | None = None
@@ -179,14 +181,14 @@ class MemoryReport:
     @property
     def step_bytes(self) -> int:
         """Tensor bytes the step adds on top of what was live before it."""
-        return self.tensor_peak_bytes - self.baseline_bytes
+        return self.tensor_peak_bytes - self.before_step_bytes
 
     @property
     def heap_step_bytes(self) -> int | None:
         """Heap bytes the step adds on top of what was live before it (``None`` if unknown)."""
         if self.heap_peak_bytes is None:
             return None
-        return self.heap_peak_bytes - self.baseline_bytes
+        return self.heap_peak_bytes - self.before_step_bytes
 
     def block_peak(self, block: str, phase: str) -> BlockPeak | None:
         """The segment of ``block`` in ``phase``, or ``None`` if it did not run."""
@@ -201,7 +203,7 @@ class MemoryReport:
             "probe": self.probe,
             "device": self.device,
             "case_key": self.case_key,
-            "baseline_bytes": int(self.baseline_bytes),
+            "before_step_bytes": int(self.before_step_bytes),
             "tensor_peak_bytes": int(self.tensor_peak_bytes),
             "heap_peak_bytes": _optional_int(self.heap_peak_bytes),
             "peak_breakdown": _breakdown_to_json(self.peak_breakdown),
@@ -216,7 +218,7 @@ class MemoryReport:
     def from_dict(cls, data: Mapping[str, Any]) -> MemoryReport:
         """Inverse of :meth:`to_dict`; raises ConfigError on unknown or missing keys."""
         known = {
-            "probe", "device", "case_key", "baseline_bytes", "tensor_peak_bytes",
+            "probe", "device", "case_key", "before_step_bytes", "tensor_peak_bytes",
             "heap_peak_bytes", "peak_breakdown", "peak_at", "heap_peak_at", "threads", "blocks",
             "extra",
         }
@@ -225,7 +227,7 @@ class MemoryReport:
             probe=str(data["probe"]),
             device=str(data["device"]),
             case_key=str(data["case_key"]),
-            baseline_bytes=int(data["baseline_bytes"]),
+            before_step_bytes=int(data["before_step_bytes"]),
             tensor_peak_bytes=int(data["tensor_peak_bytes"]),
             heap_peak_bytes=_optional_int(data["heap_peak_bytes"]),
             peak_breakdown=_breakdown_from_json(data["peak_breakdown"], "memory report"),

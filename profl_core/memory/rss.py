@@ -10,7 +10,7 @@ this interpreter, the case in as JSON on stdin, the result back as JSON on stdou
 
 The report's ``tensor_peak_bytes`` is the difference (train peak minus built), i.e. what
 training adds over holding the model (the field's name is shared with the tensor probes; RSS
-cannot tell storages from anything else); ``heap_peak_bytes`` is ``None``, ``baseline_bytes``
+cannot tell storages from anything else); ``heap_peak_bytes`` is ``None``, ``before_step_bytes``
 is 0, both raw values are in ``extra``.
 
 Known limitations: RSS is sampled, so short peaks can be missed; allocators reuse pages freed
@@ -77,7 +77,7 @@ def measure(case: TrainingCase, *, threads: int = 1, timeout_s: float = 600.0) -
         probe="rss",
         device="cpu",
         case_key=case.key,
-        baseline_bytes=0,
+        before_step_bytes=0,
         tensor_peak_bytes=max(0, trained - built),
         peak_breakdown={},
         peak_at=None,

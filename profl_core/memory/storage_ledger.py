@@ -89,7 +89,7 @@ class StorageLedger:
         self.heap_peak_at: tuple[str, str] | None = None
         self.peak_breakdown: dict[Category, int] = {}
         self.peak_at: tuple[str, str] | None = None
-        self.baseline_bytes = 0
+        self.before_step_bytes = 0
         self.checkpoints: dict[str, dict[Category, int]] = {}
         self.ops = 0
         self._segments: dict[tuple[str, str], _SegmentPeak] = {}
@@ -226,7 +226,7 @@ class StorageLedger:
             probe=probe,
             device=device,
             case_key=case_key,
-            baseline_bytes=self.baseline_bytes,
+            before_step_bytes=self.before_step_bytes,
             tensor_peak_bytes=self.tensor_peak_bytes,
             peak_breakdown=dict(self.peak_breakdown),
             peak_at=self.peak_at,

@@ -36,7 +36,7 @@ def _report(peak: int, baseline: int, blocks: dict[str, int], *, probe: str = "d
         for name, n in blocks.items()
     )
     return MemoryReport(probe=probe, device="cuda:0", case_key="cnn/full/bs64",
-                        baseline_bytes=baseline, tensor_peak_bytes=peak, blocks=segments,
+                        before_step_bytes=baseline, tensor_peak_bytes=peak, blocks=segments,
                         extra=extra)
 
 
@@ -206,7 +206,7 @@ def _stand_ins(cuda_extra_bytes: int = 0) -> Probes:
         report = dispatch(case, device)
         shift = cuda_extra_bytes
         return replace(
-            report, probe="cuda", baseline_bytes=report.baseline_bytes + shift,
+            report, probe="cuda", before_step_bytes=report.before_step_bytes + shift,
             tensor_peak_bytes=report.tensor_peak_bytes + shift,
             blocks=tuple(replace(b, tensor_peak_bytes=b.tensor_peak_bytes + shift)
                          for b in report.blocks),

@@ -24,7 +24,7 @@ def test_from_json_rejects_unknown_keys_with_one_line() -> None:
 
 def _report(*, heap: int | None) -> MemoryReport:
     return MemoryReport(
-        probe="heap", device="cpu", case_key="cnn/grow:2/bs2", baseline_bytes=100,
+        probe="heap", device="cpu", case_key="cnn/grow:2/bs2", before_step_bytes=100,
         tensor_peak_bytes=1000, peak_at=("block2", "backward"), heap_peak_bytes=heap,
         heap_peak_at=None if heap is None else ("block1", "forward"),
         threads=None if heap is None else 2,

@@ -79,7 +79,7 @@ if state is not None:
     gen.set_state(torch.tensor(state, dtype=torch.uint8))
     seed = int(torch.randint(0, 1000, (1,), generator=gen))
 print(MemoryReport(probe="cuda", device=request["device"], case_key=case.key,
-                   baseline_bytes=seed, tensor_peak_bytes=2048).to_json())
+                   before_step_bytes=seed, tensor_peak_bytes=2048).to_json())
 """
 
 
@@ -101,7 +101,7 @@ def test_cuda_probe_child_starts_from_the_callers_generator() -> None:
     expected = int(torch.randint(0, 1000, (1,), generator=torch.Generator().manual_seed(7)))
     report = cuda.measure(case_from_text("cnn", "full", batch_size=2),
                           generator=torch.Generator().manual_seed(7))
-    assert report.baseline_bytes == expected
+    assert report.before_step_bytes == expected
 
 
 @pytest.mark.usefixtures("stub_child")
@@ -166,6 +166,6 @@ def test_cuda_child_reports_allocated_reserved_and_requested() -> None:
         "reserved_peak_bytes": 1 << 21, "reserved_baseline_bytes": 1 << 20,
         "requested_peak_bytes": 4000,
     }
-    assert (report.extra["allocated_peak_bytes"], report.baseline_bytes) == (
+    assert (report.extra["allocated_peak_bytes"], report.before_step_bytes) == (
         report.required_bytes, 4096
     )
