@@ -14,14 +14,18 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from bench.config_fields import check_value
+from bench.suites import MODEL_SPEC_FIELDS
 from bench.trace_text import render
 from profl_core.errors import ConfigError
 from profl_core.memory import MemoryReport, TrainingCase, case_from_text, measure
-from profl_core.models import ModelSpec, native_spec
+from profl_core.models import ModelSpec, check_model_name, native_spec
+from profl_core.models.block_groups import check_group_syntax
 
 MIB = float(1 << 20)
-#: ModelSpec fields a test may set (the name comes as ``model``).
-SPEC_OPTIONS = tuple(f.name for f in fields(ModelSpec) if f.name != "name")
+#: ModelSpec fields a test may set (the name comes as ``model``): those a suite's
+#: ``[memory.model_spec."NAME"]`` table takes.
+SPEC_OPTIONS = tuple(MODEL_SPEC_FIELDS)
 #: TrainingCase fields a test may set (model, kind and step come as ``model`` and ``case``).
 CASE_OPTIONS = tuple(f.name for f in fields(TrainingCase)
                      if f.name not in ("model", "kind", "step", "batch_size"))
@@ -36,21 +40,45 @@ def measure_case(
     **options: Any,
 ) -> MemoryReport:
     """The report of one case: ``model`` (a name ``profl trace --model`` accepts) on its
-    native input, ``ModelSpec`` fields in ``options`` overriding it; ``case`` text (``full``,
-    ``grow:2``, ...); ``TrainingCase`` options (``optimizer``, ...) in ``options``.
+    native input, ``ModelSpec`` fields in ``options`` overriding it (:func:`model_spec`: the
+    fields of a suite's ``[memory.model_spec."NAME"]`` table, checked the same way); ``case``
+    text (``full``, ``grow:2``, ...); ``TrainingCase`` options (``optimizer``, ...) in
+    ``options``.
 
     Raises:
-        ConfigError: an unknown option, model, case or probe (one line).
+        ConfigError: an unknown option, a bad spec field, model, case or probe (one line).
     """
     unknown = sorted(set(options) - set(SPEC_OPTIONS) - set(CASE_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}; use model, case, batch_size, probe, "
                           f"threads or one of {', '.join(SPEC_OPTIONS + CASE_OPTIONS)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    spec = native_spec(model, **{k: v for k, v in values.items() if k in SPEC_OPTIONS})
-    training = case_from_text(spec, case, batch_size=batch_size,
-                              **{k: v for k, v in values.items() if k in CASE_OPTIONS})
+    spec = model_spec(model, {k: v for k, v in options.items() if k in SPEC_OPTIONS})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()
+              if k in CASE_OPTIONS}
+    training = case_from_text(spec, case, batch_size=batch_size, **values)
     return measure(training, probe=probe, threads=threads)
+
+
+def model_spec(model: str, overrides: Mapping[str, Any]) -> ModelSpec:
+    """``model``'s native spec with ``overrides`` over it, checked as a suite checks a
+    ``[memory.model_spec."NAME"]`` table (:func:`bench.suites.load_suite`), so a test and a
+    suite given the same fields measure the same case keys.
+
+    Raises:
+        ConfigError: one line naming the model and the field, e.g.
+            ``model 'mynet:build': blocks = 'stem'; use a non-empty list of strings``.
+    """
+    if not isinstance(model, str):
+        raise ConfigError(f"model={model!r}; give a model name, e.g. 'resnet18' or "
+                          "'pkg.module:build'")
+    check_model_name(model)
+    where = f"model {model!r}:"
+    values = {k: check_value(MODEL_SPEC_FIELDS[k], v, where) for k, v in overrides.items()}
+    check_group_syntax(values.get("blocks", ()), where=where.removesuffix(":"))
+    try:
+        return native_spec(model, **values)
+    except ConfigError as err:
+        raise ConfigError(f"{where} {err}") from None
 
 
 def over_limit(report: MemoryReport, max_mib: float) -> str | None:

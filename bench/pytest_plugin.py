@@ -11,8 +11,14 @@ Installing the package registers it; ``pytest -p no:profl`` turns it off.
   :class:`~profl_core.memory.MemoryReport` of that case, for tests that assert on it.
 
 Both take ``case`` (default ``full``), ``batch_size`` (64), ``probe`` (``predict``),
-``threads`` (1), ``ModelSpec`` fields and ``TrainingCase`` options as keywords
-(:func:`bench.memory_limit.measure_case`).
+``threads`` (1), the model spec a suite's ``[memory.model_spec."NAME"]`` table takes
+(``blocks``, ``in_channels``, ``input_size``, ``num_classes``, ``width``,
+``identity_standins``; checked the same way, one line naming the field) and ``TrainingCase``
+options as keywords (:func:`bench.memory_limit.measure_case`). Given a suite's spec, the marker
+measures the suite's case: its key (``mynet:build@b3-e6c58c1d/grow:2/bs32``) is the gate's
+(``mynet:build@b3-e6c58c1d/grow:2``) with the batch size, and the failure names it, the probe,
+the measured MiB and the limit. A model whose forward takes more than one input is refused in
+one line, as ``profl trace`` and ``profl check`` refuse it.
 
 The plugin is harness code (``bench``), not library code (``profl_core``): it reports to a test
 runner, and pytest is a test-time dependency, not one of the library's. This module imports
@@ -36,8 +42,9 @@ if TYPE_CHECKING:
 
 MARKER = "peak_memory"
 MARKER_HELP = (f"{MARKER}(model, max_mib, case='full', batch_size=64, probe='predict', "
-               "threads=1, **options): fail when the case's required_bytes exceed max_mib MiB "
-               "(profl)")
+               "threads=1, blocks=(), **spec_and_case_options): fail when the case's "
+               "required_bytes exceed max_mib MiB; spec fields as in a suite's "
+               "[memory.model_spec] table (profl)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

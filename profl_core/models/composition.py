@@ -5,12 +5,14 @@
 (``torch.allclose``) on a small real input in eval mode, and that the output is
 ``(batch, num_classes)``. Glue code between modules in a forward (``torch.flatten(x, 1)``) is
 not a module and breaks that: put an ``nn.Flatten`` in the model, or return a BlockedModel.
-Every error is one line naming the model string and what is wrong with it.
+Every error is one line naming the model string and what is wrong with it; a forward that
+takes more than one input is refused as such (the measured step feeds one image batch).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -29,6 +31,17 @@ CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5
 
 Builder = Callable[[ModelSpec], "tuple[BlockedModel, nn.Module]"]
 """Builds a model for a spec: the BlockedModel and the module whose forward it must equal."""
+
+
+def _required_inputs(module: nn.Module) -> list[str]:
+    """The names of the arguments ``module``'s forward cannot run without (none when its
+    signature cannot be read)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 @functools.cache
@@ -66,6 +79,13 @@ def verify(spec: ModelSpec, builder: Builder) -> None:
             try:
                 expected = reference(x)
             except Exception as err:  # user code
+                inputs = _required_inputs(reference)
+                if len(inputs) > 1:
+                    raise ConfigError(
+                        f"model {name!r}: its forward takes {len(inputs)} inputs "
+                        f"({', '.join(inputs)}); profl measures single-input models "
+                        "(forward(x) on one image batch): wrap it in a module whose forward "
+                        "takes one tensor") from None
                 raise ConfigError(f"model {name!r}: its forward failed on a {shape} input "
                                   f"({one_line(err)}); set the input with --in-channels and "
                                   "--input-size") from None
