@@ -10,9 +10,11 @@ the model's own stage partition (``stage``). With a fleet, every step also has
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from tabulate import tabulate
@@ -35,19 +37,93 @@ MIB = float(1 << 20)
 def make_plan(spec: ModelSpec, *, batch_size: int, max_blocks: int, probe: str = "predict",
               objective: Objective = "required") -> tuple[Plan, Plan]:
     """The planned partition and the model's stage partition, both measured with ``probe``;
-    a progress bar on stderr counts the measured steps."""
-    with tqdm(desc=f"plan {spec.name}", unit=" steps measured", leave=False) as bar:
+    progress on stderr (:class:`PlanProgress`)."""
+    with PlanProgress(spec.name) as progress:
 
         def probe_case(case: TrainingCase) -> MemoryReport:
-            bar.set_postfix_str(case.label, refresh=False)
             report = measure(case, probe=probe, threads=PLAN_THREADS)
-            bar.update()
+            progress.measured(case.label)
             return report
 
         stage = stage_plan(spec, batch_size=batch_size, measure=probe_case)
         planned = plan_partition(spec, batch_size=batch_size, measure=probe_case,
-                                 max_blocks=max_blocks, objective=objective)
+                                 max_blocks=max_blocks, objective=objective,
+                                 progress=progress.search)
     return planned, stage
+
+
+class PlanProgress:
+    """The planner's progress on stderr: each search's block costs out of its total (the
+    costs it has not met in an earlier search; at most ``1 + refinements`` searches), the steps
+    measured, the time spent and the search's ETA. A tqdm bar on a terminal; otherwise one line
+    every ``every`` seconds (and when a search starts), for logs and CI.
+    """
+
+    def __init__(self, name: str, *, every: float = 5.0, stream: TextIO | None = None) -> None:
+        self.name = name
+        self.every = every
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
+        self.bar: tqdm[Any] | None = None
+        self.steps = 0
+        self.where = "stage partition"
+        self.start = self.search_start = self.last_line = time.monotonic()
+        self.done = self.total = 0
+
+    def __enter__(self) -> PlanProgress:
+        if self.tty:
+            self.bar = tqdm(desc=f"plan {self.name}: {self.where}", unit=" block costs",
+                            leave=False, file=self.stream, total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def measured(self, label: str) -> None:
+        """One more step measured (``label``: its case)."""
+        self.steps += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.steps} steps measured, {label}", refresh=False)
+            self.bar.refresh()
+        else:
+            self._line()
+
+    def search(self, search: int, searches: int, done: int, total: int) -> None:
+        """:data:`~profl_core.memory.plan.Progress`: block cost ``done`` of ``total``."""
+        now = time.monotonic()
+        started = done == 0
+        if started:
+            self.where = f"search {search} of at most {searches}"
+            self.search_start = now
+        self.done, self.total = done, total
+        if self.bar is not None:
+            if started:
+                self.bar.reset(total=total)
+                self.bar.set_description_str(f"plan {self.name}: {self.where}")
+            else:
+                self.bar.update(done - self.bar.n)
+        else:
+            self._line(force=started)
+
+    def _line(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_line < self.every:
+            return
+        self.last_line = now
+        text = f"plan {self.name}: {self.where}"
+        if self.where != "stage partition":
+            text += f", {self.done}/{self.total} block costs"
+        text += f", {self.steps} steps measured, {_clock(now - self.start)} elapsed"
+        if 0 < self.done < self.total:
+            rate = (now - self.search_start) / self.done
+            text += f", search ETA {_clock(rate * (self.total - self.done))}"
+        print(text, file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def plan_fleet(fleet: str, reference_bytes: int, devices: Path | None) -> Fleet:

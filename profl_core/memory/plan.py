@@ -27,14 +27,16 @@ partition repeats (at most ``refinements`` times); the best measured partition w
 search is a dynamic programme over the boundaries that minimises the largest block cost, then
 (among partitions with that largest cost) the sum of the block costs, then the number of
 blocks. Every searched partition is measured exactly (every ``grow:t`` and ``shrink:t`` case)
-and those are the peaks reported. With a fleet, the objective is the share of devices that fit
+and those are the peaks reported. A case met twice in one planning run is measured once
+(:func:`measure_once`), a block cost is computed once per ``(i, j, later cuts)``, and zoo and
+torchvision cuts skip building a model to learn that their ``shrink`` steps have a stand-in
+to fit (:func:`_stand_ins_fit`). With a fleet, the objective is the share of devices that fit
 every step: it is a decreasing step function of the largest peak, so the same partition
 maximises it.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -47,6 +49,7 @@ from profl_core.memory.case import TrainingCase, all_cases, fitted_steps
 from profl_core.memory.case_text import case_from_text
 from profl_core.memory.report import MemoryReport
 from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
+from profl_core.models.torchvision_zoo import is_torchvision_name
 
 #: Layers that start a unit: the weight layers. Everything else joins the unit before it.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
@@ -54,6 +57,9 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 Measure = Callable[[TrainingCase], MemoryReport]
+#: ``progress(search, searches, done, total)``: block ``done`` of the ``total`` block costs
+#: search ``search`` (1-based, at most ``searches``) has to measure is costed.
+Progress = Callable[[int, int, int, int], None]
 Objective = Literal["required", "tensor"]
 OBJECTIVES: tuple[str, ...] = ("required", "tensor")
 
@@ -242,6 +248,7 @@ def _best_bounds(cost: Callable[[int, int], int], count: int,
 def plan_partition(
     spec: ModelSpec, *, batch_size: int, measure: Measure, max_blocks: int = 8,
     refinements: int = 3, objective: Objective = "required",
+    progress: Progress | None = None,
 ) -> Plan:
     """The partition of ``spec`` into at most ``max_blocks`` blocks whose largest ProFL step
     needs the least memory (see the module doc), measured with ``measure``.
@@ -256,6 +263,11 @@ def plan_partition(
             blocks the previous search put after it; stops early when the partition repeats.
         objective: the peak to minimise: ``"required"`` (what selection compares with a
             budget: the heap peak where the probe models it) or ``"tensor"`` (live tensors).
+        progress: told after every block cost measured (see :data:`Progress`); a search's
+            total counts the block costs not already known from an earlier search.
+
+    A case is measured once per call: a case met again (the same spec, step and options) reuses
+    the first report, so ``measure`` must be deterministic (every probe is).
 
     Raises:
         ConfigError: a model whose blocks are not sequential, or ``max_blocks < 2``.
@@ -268,22 +280,42 @@ def plan_partition(
     model = build_model(base)
     units, head = layer_units(model), head_group(model)
     n = len(units)
+    measure = measure_once(measure)
+    stand_ins_fit = _stand_ins_fit(base)
+    costs: dict[tuple[int, int, tuple[int, ...]], int] = {}
+    searches = 1 + max(0, refinements)
+    done = total = search = 0
 
-    @functools.cache
     def cost(i: int, j: int, rest: tuple[int, ...]) -> int:
-        cut = partition_spec(base, units, [b for b in (i, j) if 0 < b < n] + list(rest),
-                             head=head)
-        t = 1 if i == 0 else 2
-        labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t in fitted_steps(cut) else [])
-        return max(_peak(measure(case_from_text(cut, label, batch_size=batch_size)), objective)
-                   for label in labels)
+        nonlocal done
+        key = (i, j, rest)
+        if key not in costs:
+            cut = partition_spec(base, units, [b for b in (i, j) if 0 < b < n] + list(rest),
+                                 head=head)
+            t = 1 if i == 0 else 2
+            fitted = t > 1 and (stand_ins_fit or t in fitted_steps(cut))
+            labels = [f"grow:{t}"] + ([f"shrink:{t}"] if fitted else [])
+            costs[key] = max(
+                _peak(measure(case_from_text(cut, label, batch_size=batch_size)), objective)
+                for label in labels)
+            done += 1
+            if progress is not None:
+                progress(search, searches, done, total)
+        return costs[key]
 
     later: tuple[int, ...] = ()  # the previous search's cuts; none at first
     best: Plan | None = None
-    for _ in range(1 + max(0, refinements)):
-        def block_cost(i: int, j: int, after: tuple[int, ...] = later) -> int:
-            return cost(i, j, tuple(b for b in after if b > j))
+    for search in range(1, searches + 1):
+        def rest_after(j: int, after: tuple[int, ...] = later) -> tuple[int, ...]:
+            return tuple(b for b in after if b > j)
 
+        def block_cost(i: int, j: int) -> int:
+            return cost(i, j, rest_after(j))
+
+        done = 0
+        total = sum((i, j, rest_after(j)) not in costs for i, j in _searched_blocks(n))
+        if progress is not None:
+            progress(search, searches, done, total)
         bounds = _best_bounds(block_cost, n, min(max_blocks, n))
         plan = exact_plan(base, units, bounds, batch_size=batch_size, measure=measure,
                           head=head)
@@ -294,6 +326,38 @@ def plan_partition(
         later = bounds
     assert best is not None
     return best
+
+
+def measure_once(measure: Measure) -> Measure:
+    """``measure`` remembering its reports: a case measured again returns the first report
+    (cases are equal when their spec, step and options are)."""
+    reports: dict[TrainingCase, MemoryReport] = {}
+
+    def once(case: TrainingCase) -> MemoryReport:
+        if case not in reports:
+            reports[case] = measure(case)
+        return reports[case]
+
+    return once
+
+
+def _stand_ins_fit(spec: ModelSpec) -> bool:
+    """Whether every shrinking step of every cut of ``spec`` has a basic layer to fit, known
+    without building the cut (:func:`fitted_steps` builds it and its output module: a
+    meta-device forward): a zoo or torchvision model cut into blocks is an
+    :class:`~profl_core.models.ExternalModel`, whose stand-ins are a convolution or a linear
+    layer unless identity stand-ins replace some (:func:`~profl_core.models.wrapper.stand_in`).
+    A user factory's model may have output modules of its own: False."""
+    return not spec.identity_standins and (spec.name in MODEL_NAMES
+                                           or is_torchvision_name(spec.name))
+
+
+def _searched_blocks(count: int) -> list[tuple[int, int]]:
+    """Every block ``[i, j)`` :func:`_best_bounds` may cost over ``count`` units (it costs
+    all of them when it looks for the least largest cost): a first block ending before the
+    last unit, and any later block."""
+    return [(0, j) for j in range(1, count)] + [
+        (i, j) for j in range(2, count + 1) for i in range(1, j)]
 
 
 def _peak(report: MemoryReport | StepPeak, objective: Objective) -> int:

@@ -170,7 +170,7 @@ def measure_fake(
         prepared = make()
         prepared.run()  # warm-up
         tracker = FakeStorageTracker(model, threads=used)
-        tracker.track_step(prepared)
+        tracker.track_step(prepared, collect=False)  # nothing real to give back
         report = tracker.report(probe="predict", device="cpu", case_key=prepared.key,
                                 threads=used)
     if model is not None and model.dirty:

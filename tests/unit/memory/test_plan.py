@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.planning import read_plan
+from bench.planning import PlanProgress, read_plan
 from profl_core.errors import ConfigError
-from profl_core.memory import measure
+from profl_core.memory import MemoryReport, measure
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.plan import (
     Unit,
@@ -93,12 +95,63 @@ def test_a_partition_across_stages_composes_to_the_zoo_forward() -> None:
     assert torch.equal(got, expected)
 
 
+#: What the toy plan's search measured (case -> times) and told its progress callback.
+TOY_MEASURED: Counter[TrainingCase] = Counter()
+TOY_PROGRESS: list[tuple[int, int, int, int]] = []
+
+
 @pytest.fixture(scope="module")
 def toy_plan(_toy_importable):
     """A plan measured with dispatch (the search takes any probe; dispatch is the cheapest on
     a small batch)."""
-    return plan_partition(toy_spec(), batch_size=BATCH, max_blocks=3,
-                          measure=lambda case: measure(case, probe="dispatch"))
+
+    def counted(case: TrainingCase) -> MemoryReport:
+        TOY_MEASURED[case] += 1
+        return measure(case, probe="dispatch")
+
+    return plan_partition(toy_spec(), batch_size=BATCH, max_blocks=3, measure=counted,
+                          progress=lambda *told: TOY_PROGRESS.append(told))
+
+
+def test_the_search_measures_each_case_once(toy_plan) -> None:
+    assert TOY_MEASURED
+    assert max(TOY_MEASURED.values()) == 1
+
+
+def test_each_search_counts_its_block_costs_up_to_its_total(toy_plan) -> None:
+    starts = [i for i, (_, _, done, _) in enumerate(TOY_PROGRESS) if done == 0]
+    assert starts[0] == 0
+    assert 1 <= len(starts) <= TOY_PROGRESS[0][1] == 4  # 1 + refinements searches at most
+    for a, b in itertools.pairwise([*starts, len(TOY_PROGRESS)]):
+        search = TOY_PROGRESS[a:b]
+        total = search[0][3]
+        assert [done for _, _, done, _ in search] == list(range(len(search)))
+        assert all(told[3] == total and told[0] == search[0][0] for told in search)
+        assert len(search) - 1 <= total
+    # the first search costs every block of the 4 units but [0, 4), and all of them
+    assert TOY_PROGRESS[0][3] == 4 * 5 // 2 - 1
+    assert TOY_PROGRESS[starts[1] - 1 if len(starts) > 1 else -1][2] == 4 * 5 // 2 - 1
+
+
+def test_progress_off_a_terminal_is_a_line_every_few_seconds() -> None:
+    stream = io.StringIO()
+    with PlanProgress("toy", every=3600.0, stream=stream) as progress:
+        progress.measured("full")  # within the interval: no line
+        progress.search(1, 4, 0, 10)  # a search starts: always a line
+        for done in range(1, 6):
+            progress.measured("grow:1")
+            progress.search(1, 4, done, 10)
+    lines = stream.getvalue().splitlines()
+    assert lines == ["plan toy: search 1 of at most 4, 0/10 block costs, 1 steps measured, "
+                     "0s elapsed"]
+    stream = io.StringIO()
+    with PlanProgress("toy", every=0.0, stream=stream) as progress:
+        progress.search(2, 4, 0, 10)
+        progress.measured("grow:2")
+        progress.search(2, 4, 5, 10)
+    assert "5/10 block costs" in stream.getvalue()
+    assert "search ETA" in stream.getvalue().splitlines()[-1]
+    assert "\r" not in stream.getvalue()
 
 
 def test_the_plan_never_loses_to_the_stage_partition_on_its_largest_step(toy_plan) -> None:

@@ -1,0 +1,41 @@
+"""Speed benchmarks of the partition planner (``profl plan``; pytest-benchmark). Run with
+``OMP_NUM_THREADS=1 pytest bench/test_speed_plan.py``.
+
+Targets, on one core (the planner's probe runs at one thread), reported in ``extra_info``
+next to the time and never asserted:
+
+* resnet34 at batch 64: at most 60 s;
+* torchvision mobilenet_v3_small at batch 32: at most 30 s.
+
+Each plan is searched once (``rounds=1``) in a fresh in-process state but for the scratch
+model's cache, which is shared like in one ``profl plan`` run. The plan's blocks and largest
+step go into ``extra_info`` so the JSON shows what was planned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.planning import make_plan
+from profl_core.models import native_spec
+
+pytestmark = pytest.mark.benchmark(group="planner")
+
+#: (model, batch size, target seconds on one core)
+PLANS = [("resnet34", 64, 60.0), ("torchvision:mobilenet_v3_small", 32, 30.0)]
+
+
+@pytest.mark.parametrize(("model", "batch", "target_s"), PLANS,
+                         ids=[model for model, _, _ in PLANS])
+def test_plan(benchmark: Any, model: str, batch: int, target_s: float) -> None:
+    spec = native_spec(model)
+
+    def plan() -> Any:
+        return make_plan(spec, batch_size=batch, max_blocks=8)[0]
+
+    planned = benchmark.pedantic(plan, rounds=1, warmup_rounds=0)
+    benchmark.extra_info["target_s"] = target_s
+    benchmark.extra_info["blocks"] = list(planned.groups)
+    benchmark.extra_info["peak_bytes"] = planned.peak_bytes
