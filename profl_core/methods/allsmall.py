@@ -57,7 +57,7 @@ class AllSmallConfig(FedAvgConfig):
     """AllSmall's settings: FedAvg's, and
 
     Attributes:
-        levels: The candidate widths, widest first.
+        levels: The candidate widths (any order; the method takes them widest first).
     """
 
     where: ClassVar[str] = "allsmall"
@@ -70,8 +70,8 @@ class AllSmallConfig(FedAvgConfig):
 
 
 def small_model(levels: Sequence[float], fleet: Fleet, memory_table: MemoryTable) -> str:
-    """The widest of ``levels`` whose measured peak fits the smallest budget among the devices
-    that fit the narrowest level."""
+    """The widest of ``levels`` (widest first) whose measured peak fits the smallest budget
+    among the devices that fit the narrowest level."""
     options = [width_name(w) for w in levels]
     narrowest = required(memory_table, options[-1])
     capable = [d.budget_bytes for d in fleet.devices if d.budget_bytes >= narrowest]
@@ -93,6 +93,11 @@ class AllSmall(Method):
     name = "allsmall"
     config: AllSmallConfig
 
+    def __init__(self, config: AllSmallConfig) -> None:
+        super().__init__(config)
+        #: The candidate widths, widest first.
+        self.levels = check_levels(config.levels)
+
     def _small(self, state: ServerState) -> str:
         small = state.meta.get("small")
         if not isinstance(small, str):
@@ -104,7 +109,7 @@ class AllSmall(Method):
         """Every width level (the fleet decides which one the run uses)."""
         names = frozenset(full_structure(state).names)
         return {width_name(w): self.config.task(0, width_name(w), names, 0)
-                for w in self.config.levels}
+                for w in self.levels}
 
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """The full model's weights (the small model is their channel prefix)."""
@@ -113,7 +118,7 @@ class AllSmall(Method):
     def fit_fleet(self, state: ServerState, fleet: Fleet,
                   memory_table: MemoryTable) -> ServerState:
         """Fix the run's width (``meta["small"]``): some level must fit some device."""
-        small = small_model(self.config.levels, fleet, memory_table)
+        small = small_model(self.levels, fleet, memory_table)
         return replace(state, meta={**state.meta, "small": small})
 
     def position(self, state: ServerState) -> tuple[str, int, str]:
@@ -142,7 +147,7 @@ class AllSmall(Method):
         structure = full_structure(state)
         if task.submodel == FULL:
             return structure.submodel(state.weights)
-        level = next(w for w in self.config.levels if width_name(w) == task.submodel)
+        level = next(w for w in self.levels if width_name(w) == task.submodel)
         model = build_width_model(structure.model.spec, level)
         plan = slice_plan(shapes(state.weights), shapes(model.state_dict()), static_indices)
         model.load_state_dict(extract(state.weights, plan))

@@ -85,6 +85,17 @@ def test_allsmall_uses_the_widest_level_the_weakest_device_fits() -> None:
     assert method.eligible_share(state, FLEET, WIDTH_TABLE) == 0.9
 
 
+def test_allsmall_takes_its_levels_in_any_order() -> None:
+    """Levels given narrowest first: the same width as the default order (w0.0625 for the
+    weakest capable budget 8), handed out as the same tasks."""
+    shuffled = AllSmall(AllSmallConfig(rounds=1, per_round=4, batch_size=16,
+                                       levels=(0.0625, 0.25, 1.0, 0.125, 0.5)))
+    state = shuffled.init_state(build_model(SPEC), np.random.default_rng(0))
+    fleet = Fleet("hand", FLEET.devices[1:])
+    assert shuffled.fit_fleet(state, fleet, WIDTH_TABLE).meta["small"] == "w0.0625"
+    assert list(shuffled.memory_plan(state)) == ["full", "w0.5", "w0.25", "w0.125", "w0.0625"]
+
+
 def test_allsmall_leaves_out_devices_that_fit_no_level() -> None:
     """Budgets 60+ only: the weakest capable device (60) fits w0.5 (50); on a fleet where no
     device fits w0.0625 (6) it is a one-line ConfigError."""
