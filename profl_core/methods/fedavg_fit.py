@@ -92,10 +92,6 @@ class FedAvgFit(Method):
         alternatives.require_some_fit(fleet, FULL, self.rungs, memory_table)
         return state
 
-    def rung_of(self, fleet: Fleet, memory_table: MemoryTable) -> dict[int, Rung]:
-        """Device id -> its rung (the first that fits); devices fitting none left out."""
-        return alternatives.assign(fleet, FULL, self.rungs, memory_table)
-
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """The model's weights; ``meta`` counts rounds."""
         return full_state(model, self.name)

@@ -39,13 +39,6 @@ def assign(fleet: Fleet, options: Sequence[str], memory_table: MemoryTable) -> d
     return out
 
 
-def eligible_share(fleet: Fleet, options: Sequence[str], memory_table: MemoryTable) -> float:
-    """Share of the fleet that fits at least the smallest option."""
-    if not fleet.devices:
-        return 0.0
-    return len(assign(fleet, options, memory_table)) / len(fleet.devices)
-
-
 def require_some_fit(fleet: Fleet, options: Sequence[str], memory_table: MemoryTable) -> None:
     """A one-line ConfigError when no device of ``fleet`` fits the smallest of ``options``."""
     smallest = options[-1]
