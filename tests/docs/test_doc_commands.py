@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import build_parser, main
+from tests.conftest import FLEET, PROFILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,23 +55,6 @@ TINY_TRAIN = ("--dataset", "synthetic", "--clients", "10", "--per-round", "2",
 TINY_SUITE = {"dataset": '"synthetic"', "clients": "10", "per_round": "2",
               "samples_per_client": "8", "test_samples": "32", "rounds": "2",
               "local_epochs": "1", "seeds": "[0]", "workers": "1"}
-#: A devices folder of a user (``profl devices --devices my-devices``).
-USER_PROFILE = """\
-name = "lab-phone"
-kind = "phone"
-ram_mib = 1024
-usable_fraction = 0.5
-runtime_overhead_mib = 100
-shared_gpu_memory = false
-source = "the docs test"
-"""
-USER_FLEET = """\
-name = "lab"
-kind = "explicit"
-[[devices]]
-profile = "lab-phone"
-count = 4
-"""
 TIMEOUT_S = 240
 
 
@@ -487,8 +471,9 @@ def workspace(
     devices = root / "my-devices"
     (devices / "profiles").mkdir(parents=True)
     (devices / "fleets").mkdir()
-    (devices / "profiles" / "lab-phone.toml").write_text(USER_PROFILE, encoding="utf-8")
-    (devices / "fleets" / "lab.toml").write_text(USER_FLEET, encoding="utf-8")
+    # a devices folder of a user (profl devices --devices my-devices): the tests' own
+    (devices / "profiles" / "lab-phone.toml").write_text(PROFILE, encoding="utf-8")
+    (devices / "fleets" / "mine.toml").write_text(FLEET, encoding="utf-8")
     space = Workspace(root)
     selected = {item.callspec.params.get("command") for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec")}
