@@ -1,9 +1,11 @@
 """Figures (seaborn styles): the report's, from long-form data frames themselves read from
-result files, and one training run's learning curve."""
+result files, and one training run's learning curve and effective movement per step."""
 
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from bench.run_summary import step_label
 from bench.stats import t_interval
+from bench.step_tables import RUN_END
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -323,3 +327,109 @@ def plot_curve(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+
+@dataclass(frozen=True)
+class EmPanel:
+    """One method step's effective movement, for :func:`em_figure`.
+
+    Attributes:
+        label: The step (``train B3``, ``fit basic3``, ``grow B1``).
+        rounds: The step's rounds, numbered 1..n within the step.
+        em: The active block's EM after each of those rounds (NaN before a full window).
+        level: The EM level the freeze rule ends a step under; None: no level to draw.
+        end_round: The step round where the step ended; None: not known.
+        end_reason: Why it ended (``em``, ``cap``, ``fixed``, ``run end``).
+        oracle_round: The step round where an oracle saw the accuracy plateau; None: none.
+    """
+
+    label: str
+    rounds: np.ndarray
+    em: np.ndarray
+    level: float | None
+    end_round: int | None
+    end_reason: str | None
+    oracle_round: int | None = None
+
+
+def has_em(rounds: list[dict[str, Any]]) -> bool:
+    """Whether a run's rounds record effective movement (``metrics.em``: ProFL's runs)."""
+    return any(isinstance(r.get("metrics"), dict) and "em" in r["metrics"] for r in rounds)
+
+
+def em_panels(rounds: list[dict[str, Any]], level: float | None) -> list[EmPanel]:
+    """One panel per method step of a run's ``rounds.jsonl`` records (runs of equal stage,
+    step and sub-model), its rounds numbered from 1, ``em`` NaN where ``metrics.em`` is null
+    or absent, ended at its last round for the reason of its ``step_end`` (``run end`` for a
+    step the run's end cut short); no oracle round."""
+    panels = []
+    for (stage, _, submodel), group in itertools.groupby(
+            rounds, key=lambda r: (r["stage"], r["step"], r["submodel"])):
+        records = list(group)
+        em = [(r.get("metrics") or {}).get("em") for r in records]
+        panels.append(EmPanel(
+            label=step_label(stage, submodel),
+            rounds=np.arange(1, len(records) + 1),
+            em=np.array([math.nan if v is None else float(v) for v in em]),
+            level=level, end_round=len(records),
+            end_reason=records[-1].get("step_end") or RUN_END))
+    return panels
+
+
+#: Colours of an EM panel's lines.
+_EM_COLORS = {"em": "tab:blue", "level": "tab:red", "end": "0.25", "oracle": "tab:green"}
+
+
+def _em_panel(ax: plt.Axes, panel: EmPanel) -> None:
+    """One step's EM line, level, end and oracle round on ``ax``."""
+    ax.plot(panel.rounds, panel.em, color=_EM_COLORS["em"], linewidth=1.4,
+            marker="o" if len(panel.rounds) <= 30 else None, markersize=2.5)
+    if panel.level is not None:
+        ax.axhline(panel.level, color=_EM_COLORS["level"], linestyle="--", linewidth=1)
+    if panel.end_round is not None:
+        ax.axvline(panel.end_round, color=_EM_COLORS["end"], linewidth=1)
+        ax.text(panel.end_round, 0.03, f"{panel.end_reason or '?'} ", fontsize=7,
+                ha="right", va="bottom", color=_EM_COLORS["end"])
+    if panel.oracle_round is not None:
+        ax.axvline(panel.oracle_round, color=_EM_COLORS["oracle"], linestyle=":",
+                   linewidth=1.4)
+    last = max([int(panel.rounds.max()) if len(panel.rounds) else 1, panel.end_round or 1,
+                panel.oracle_round or 1])
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    ax.set_title(f"{panel.label} ({len(panel.rounds)} rounds)", fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def em_figure(panels: list[EmPanel], path: Path, title: str) -> Path:
+    """Effective movement against the rounds of each step, one small panel per step (up to
+    five a row, y shared in [0, 1]): the EM line, the level as a dashed line, a solid line
+    where the step ended, labelled with why, and a dotted line at the oracle's plateau
+    round. Returns ``path``."""
+    cols = max(1, min(5, len(panels)))
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 2.3 * rows + 0.7),
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        _em_panel(ax, panel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes.flat:
+        ax.set_ylim(0, 1.02)
+    for row in axes:
+        row[0].set_ylabel("EM", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("round of the step", fontsize=8)
+    handles = [plt.Line2D([], [], color=_EM_COLORS["em"], marker="o", markersize=3),
+               plt.Line2D([], [], color=_EM_COLORS["level"], linestyle="--"),
+               plt.Line2D([], [], color=_EM_COLORS["end"]),
+               plt.Line2D([], [], color=_EM_COLORS["oracle"], linestyle=":")]
+    names = ["effective movement", "EM level", "step end (reason)", "oracle plateau"]
+    shown = [panel.level is not None for panel in panels]
+    keep = [True, any(shown), any(p.end_round is not None for p in panels),
+            any(p.oracle_round is not None for p in panels)]
+    fig.legend([h for h, k in zip(handles, keep, strict=True) if k],
+               [n for n, k in zip(names, keep, strict=True) if k],
+               loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -19,6 +19,7 @@ from bench.frame_tables import markdown_table
 from bench.memory_render import render_memory, summary_text
 from bench.run_files import RUN_FILE, read_run_result
 from bench.run_frames import has_memory, run_folders, suite_result, target_accuracy
+from bench.step_tables import step_section
 from profl_core.errors import ConfigError
 from profl_core.files import read_text
 from profl_core.results import atomic_write_text
@@ -110,6 +111,7 @@ def build_report(folder: Path) -> str:
             "![final accuracy against peak memory](figures/accuracy_vs_memory.png)", "",
             "![participation per method](figures/participation.png)", "",
         ]
+        lines += step_section(folder)
         printed += section
     if has_memory(result):
         assert result is not None

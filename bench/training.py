@@ -7,9 +7,10 @@ ready), partitions it, builds the method, its memory table and the fleet, runs
 :func:`~profl_core.fl.run_federated` and writes into one folder: ``run.json`` (first: the
 full resolved configuration and the code version), ``rounds.jsonl``, ``checkpoint.pt``,
 ``model.pt``, ``result.json`` (summary records read back from ``rounds.jsonl``),
-``learning_curve.png`` and ``README.txt``. ``result.json`` is written last, so its presence
-marks a finished run; ``resume=True`` continues an unfinished one from its checkpoint and
-ends with the weights of an uninterrupted run. Resuming is a contract
+``learning_curve.png``, ``effective_movement.png`` (ProFL's runs: EM per step,
+:func:`~bench.plots.em_figure`) and ``README.txt``. ``result.json`` is written last, so its
+presence marks a finished run; ``resume=True`` continues an unfinished one from its
+checkpoint and ends with the weights of an uninterrupted run. Resuming is a contract
 (:func:`bench.run_files.check_resume`): a setting that would change the result is refused,
 naming it, before any work.
 """
@@ -29,7 +30,7 @@ import torch
 
 from bench.paths import CHECKOUT, data_search_dirs, fleet_path, profiles_dir
 from bench.planning import read_plan
-from bench.plots import plot_curve
+from bench.plots import em_figure, em_panels, has_em, plot_curve
 from bench.run_files import RUN_FILE, check_resume, read_rounds, run_record
 from bench.run_settings import TrainingConfig, check_device, make_method, run_config
 from bench.run_summary import step_summary, summary_records
@@ -42,6 +43,7 @@ from profl_core.fl.loop import CHECKPOINT_NAME, load_checkpoint, restore_checkpo
 from profl_core.fl.method import Method
 from profl_core.memory import TrainingCase
 from profl_core.memory.table import method_table, required_bytes_table
+from profl_core.methods.profl import ProFLConfig
 from profl_core.models import ModelSpec, build_model, native_spec, parse_blocks
 from profl_core.results import ResultFile, new_result, write_result
 
@@ -166,6 +168,15 @@ def check_inputs(config: TrainingConfig) -> None:
 # ------------------------------------------------------------------------------------ the run
 
 
+def em_level(method: Method) -> float | None:
+    """The EM level a ProFL step must fall under to end (None: the method has no EM rule, or
+    runs the fixed schedule)."""
+    config = method.config
+    if isinstance(config, ProFLConfig) and config.schedule == "em":
+        return config.freeze_rule().em_level
+    return None
+
+
 def run_training(
     config: TrainingConfig,
     out: Path,
@@ -264,6 +275,9 @@ def run_training(
     title = f"{config.method} {spec.name} on {config.dataset}, fleet {fleet.name}"
     plot_curve(rounds, out / "learning_curve.png",
                title if diverged is None else f"{title}: {diverged}")
+    if has_em(rounds):
+        em_figure(em_panels(rounds, em_level(method)), out / "effective_movement.png",
+                  f"{title}: effective movement per step")
     if diverged is None:
         final = result.values("final_accuracy")[key]
         outcome = f"final accuracy {final:.4f} after {len(rounds)} rounds"

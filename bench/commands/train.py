@@ -8,8 +8,9 @@ Each names its own memory-table cases.
 Writes into ``--out`` (default ``results/runs/<machine>/<utc>_<sha>_train-<label>/``):
 ``rounds.jsonl`` (one record per round), ``checkpoint.pt`` (every ``--checkpoint-every`` rounds
 and at the end), ``model.pt`` (the final model's weights), ``result.json`` and
-``learning_curve.png`` (made from ``rounds.jsonl``). ``--resume`` continues an interrupted run
-in the same ``--out`` and ends with the weights of an uninterrupted one. The work itself is
+``learning_curve.png`` and, for ProFL, ``effective_movement.png`` (made from ``rounds.jsonl``).
+``--resume`` continues an interrupted run in the same ``--out`` and ends with the weights of an
+uninterrupted one. The work itself is
 :func:`bench.training.run_training`, which the suites' accuracy sections use too.
 
 The flags are made from :class:`bench.run_settings.TrainingConfig`'s fields (``per_round`` ->
