@@ -1,20 +1,21 @@
 """The accuracy tables of a suite run folder: per run, and per (label, partition) with the
-verdict against ``profl``, written as ``tables/accuracy_runs|accuracy.md|csv`` with figures.
+paired verdicts against ``profl`` and the best label of the partition, written as
+``tables/accuracy_runs|accuracy.md|csv`` with figures.
 
 The summary gives, per (label, partition), means over seeds with 95% Student-t intervals
-(:mod:`bench.stats`) of the rows of :func:`bench.run_frames.accuracy_frame`; a diverged run
-never contributes an accuracy.
+(:mod:`bench.stats`) of the rows of :func:`bench.run_frames.accuracy_frame`, and the paired
+comparisons of :mod:`bench.comparisons`; a diverged run never contributes an accuracy.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bench import plots
+from bench.comparisons import COMPARISON_COLUMNS, format_difference, paired_comparisons
 from bench.frame_tables import write_table
 from bench.run_frames import (
     ACCURACY_COLUMNS,
@@ -23,14 +24,11 @@ from bench.run_frames import (
     label_key,
     target_accuracy,
 )
-from bench.stats import compare_to, format_interval, t_interval
+from bench.stats import format_interval, t_interval
 
 #: Columns summarised as a mean ± 95% interval over the completed seeds, and the prefix of
 #: their ``<prefix>_mean`` / ``<prefix>_ci95`` columns in the summary; the others are means.
 INTERVAL_COLUMNS = {"final_%": "final", "best_%": "best"}
-
-#: The row ``vs_profl`` compares every other label of the same partition with.
-REFERENCE = "profl"
 
 
 def summary_names(column: str) -> tuple[str, ...]:
@@ -41,9 +39,14 @@ def summary_names(column: str) -> tuple[str, ...]:
     return (column,)
 
 
-SUMMARY_COLUMNS = ["label", "partition", "seeds", "completed",
-                   *(name for column in ACCURACY_COLUMNS for name in summary_names(column)),
-                   "vs_profl"]
+#: The summary's columns: who, how many seeds, the means (and intervals) of the per-run
+#: columns, then the paired comparisons (whose first two columns are label and partition).
+MEAN_COLUMNS = ["label", "partition", "seeds", "completed",
+                *(name for column in ACCURACY_COLUMNS for name in summary_names(column))]
+SUMMARY_COLUMNS = [*MEAN_COLUMNS, *COMPARISON_COLUMNS[2:]]
+
+#: The printed paired comparisons: ``Δ ± CI`` column and verdict column of each kind.
+SHOWN_COMPARISONS = {"profl": ("Δ_profl", "vs_profl"), "best": ("Δ_best", "vs_best")}
 
 
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -54,9 +57,9 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
     and ``best_mean``/``best_ci95``: mean and 95% half-width over the completed seeds. The
     other :data:`~bench.run_frames.ACCURACY_COLUMNS` are means over the runs that have the
     value (``rounds``, memory and time count diverged runs too; ``to_target`` only the seeds
-    that reached it). ``vs_profl``: ``better``/``worse``/``~`` of the final accuracy against
-    the ``profl`` row of the same partition (:func:`bench.stats.compare_to`); ``-`` on that row
-    itself, without one, or when either has no completed seed.
+    that reached it). Then the paired comparisons of ``final_%`` against ``profl`` and the
+    partition's best label (:func:`bench.comparisons.paired_comparisons`: ``best_label``,
+    ``d_profl_mean``, ..., ``vs_profl``, ``d_best_mean``, ..., ``vs_best``).
     """
     rows = []
     for (label, partition), group in runs.groupby(["label", "partition"], sort=False):
@@ -67,27 +70,17 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
                 else (group[column].mean(),)
             row.update(zip(summary_names(column), values, strict=True))
         rows.append(row)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    final = {(r["label"], r["partition"]): (r["final_mean"], r["final_ci95"])
-             for _, r in summary.iterrows()}
-    summary["vs_profl"] = [_versus(final, label, part)
-                           for label, part in zip(summary["label"], summary["partition"],
-                                                  strict=True)]
-    return summary
-
-
-def _versus(final: dict[tuple[str, str], tuple[float, float]], label: str, part: str) -> str:
-    reference = final.get((REFERENCE, part))
-    interval = final[(label, part)]
-    if label == REFERENCE or reference is None or math.isnan(reference[0]) \
-            or math.isnan(interval[0]):
-        return "-"
-    return compare_to(reference, interval)
+    if not rows:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    means = pd.DataFrame(rows, columns=MEAN_COLUMNS)
+    return means.merge(paired_comparisons(runs), on=["label", "partition"], how="left",
+                       sort=False)
 
 
 def shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as printed: ``seeds`` as ``completed/total`` when some diverged, and
-    ``final_%``/``best_%`` as ``mean ± half`` (``diverged`` when no seed completed)."""
+    """The summary as printed: ``seeds`` as ``completed/total`` when some diverged,
+    ``final_%``/``best_%`` as ``mean ± half`` (``diverged`` when no seed completed), and each
+    paired comparison as ``Δ ± CI`` (signed points) and its verdict."""
     shown = summary[["label", "partition"]].copy()
     shown["seeds"] = [str(n) if done == n else f"{done}/{n}"
                       for done, n in zip(summary["completed"], summary["seeds"], strict=True)]
@@ -100,15 +93,22 @@ def shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
                                       strict=True)]
         else:
             shown[column] = summary[column]
-    shown["vs_profl"] = summary["vs_profl"]
+    for kind, (delta, verdict) in SHOWN_COMPARISONS.items():
+        shown[delta] = [format_difference(m, h) for m, h in
+                        zip(summary[f"d_{kind}_mean"], summary[f"d_{kind}_ci95"], strict=True)]
+        shown[verdict] = summary[verdict]
     return shown
 
 
 def _shown_runs(frame: pd.DataFrame) -> pd.DataFrame:
     """The per-run table as printed: no run folder or divergence message; the fleet only when
-    runs differ in it."""
+    runs differ in it; ``final_from`` only when some ``final_%`` is not from ``result.json``."""
     shown = frame.drop(columns=["run", "message"])
-    return shown.drop(columns=["fleet"]) if shown["fleet"].nunique() <= 1 else shown
+    if shown["fleet"].nunique() <= 1:
+        shown = shown.drop(columns=["fleet"])
+    if shown["final_from"].isin(["result", "-"]).all():
+        shown = shown.drop(columns=["final_from"])
+    return shown
 
 
 def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:

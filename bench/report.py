@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.accuracy_tables import accuracy_tables, shown_summary
+from bench.comparisons import RULE, answer_lines
 from bench.frame_tables import markdown_table
 from bench.memory_render import render_memory, summary_text
 from bench.run_files import RUN_FILE, read_run_result
@@ -44,12 +45,46 @@ def diverged_lines(runs: pd.DataFrame) -> list[str]:
             for _, r in bad.iterrows()]
 
 
+#: Runs named in a note; more are only counted.
+NAMES_LISTED = 6
+
+
+def final_source_lines(runs: pd.DataFrame) -> list[str]:
+    """Which runs' ``final_%`` is not their ``result.json``'s smoothed final (a result file
+    from before it): computed from ``rounds.jsonl``, or the last evaluation without one."""
+    lines = []
+    completed = int((runs["status"] == "completed").sum())
+    for source, how in (("rounds", "computed from rounds.jsonl (a result.json from before the "
+                                   "smoothed final)"),
+                        ("last", "the last evaluation (a result.json from before the smoothed "
+                                 "final, and no rounds.jsonl)")):
+        names = list(runs.loc[runs["final_from"] == source, "run"])
+        if not names:
+            continue
+        who = "every run" if len(names) == completed else \
+            f"{len(names)} run{'s' if len(names) > 1 else ''}"
+        listed = f": {', '.join(names)}" if len(names) <= NAMES_LISTED else ""
+        lines.append(f"`final_%` of {who} is {how}{listed}")
+    return lines
+
+
+def answer_section(summary: pd.DataFrame) -> list[str]:
+    """The answer in words (:func:`bench.comparisons.answer_lines`) with how it was made."""
+    finals = {(r["label"], r["partition"]): r["final_mean"] for _, r in summary.iterrows()}
+    return [RULE, "", *answer_lines(summary, finals)]
+
+
 LEGEND = (
-    "`a ± b`: mean ± half-width of the 95% Student-t interval over the completed seeds (the "
-    "mean alone for one seed); `seeds`: completed/total when some diverged; `vs_profl`: final "
-    "accuracy against `profl` on the same partition, better/worse when the intervals do not "
-    "overlap, ~ when they do; `last10_pts`: points the last 10% of rounds moved the accuracy "
-    "(under 1: converged within the budget)."
+    "`final_%`: mean test accuracy of the evaluations in the last ceil(10%) of rounds, or of "
+    "the last 5 evaluations when fewer fall there; `best_%`/`last_%`: the best/last "
+    "evaluation. `a ± b`: mean ± half-width of the 95% Student-t interval over the completed "
+    "seeds (the mean alone for one seed); `seeds`: completed/total when some diverged. "
+    "`Δ_profl`/`Δ_best`: the label's `final_%` minus `profl`'s / the partition's best label's, "
+    "per seed over the seeds both completed, mean ± 95% t half-width in points; "
+    "`vs_profl`/`vs_best`: better/worse when that paired t-test, Holm-corrected across the "
+    "table's distinct comparisons, rejects at 5%, ~ when it does not (an interval clear of 0 "
+    "can still be ~ after the correction), `best` on the best row; `last10_pts`: points the "
+    "last 10% of rounds moved the accuracy (under 1: converged within the budget)."
 )
 
 
@@ -84,16 +119,23 @@ def build_report(folder: Path) -> str:
     if not runs.empty:
         target = target_accuracy(folder)
         diverged = [f"- {line}" for line in diverged_lines(runs)]
+        sources = [f"- {line}" for line in final_source_lines(runs)]
         section = [
             "## Accuracy under the fleet's memory limits", "",
+            *answer_section(summary), "",
             f"Settings: {_settings_line(folder, runs)}.", "",
             markdown_table(shown_summary(summary)), "",
             LEGEND, "",
             *([*diverged, ""] if diverged else []),
+            *([*sources, ""] if sources else []),
         ]
         lines += [
             *section,
-            f"`final_%`/`best_%`: test accuracy at the last/best evaluation. `last10_pts`: how "
+            "`final_%`: the smoothed final, so that one evaluation's swing does not decide: "
+            "the mean test accuracy over the evaluations in the last ceil(10% of rounds) "
+            "rounds, or over the last 5 evaluations when fewer than 5 fall there (150 rounds "
+            "evaluated only every 10th: rounds 110-150). `best_%`/`last_%`: test accuracy at "
+            "the best/last evaluation (`last_%` is what `final_%` was before). `last10_pts`: how "
             "many points the last 10% of rounds moved the test accuracy (mean over seeds; a "
             "method has converged within the budget when it is under 1). `rounds`: rounds "
             f"used (diverged runs included). `to_target`: first round with test accuracy >= "

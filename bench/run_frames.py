@@ -17,16 +17,19 @@ from typing import Any
 import pandas as pd
 
 from bench.run_files import read_rounds, read_run_result
+from bench.run_summary import smoothed_final
 from profl_core.methods.registry import METHODS
 from profl_core.results import ResultFile, read_result
 
 MIB = 1 << 20
 
 #: Per-run accuracy columns (after the run's label, method, partition, seed and status) and
-#: their metric and scale.
+#: their metric and scale. ``final_%`` is the smoothed final accuracy
+#: (:func:`bench.run_summary.final_window`), ``last_%`` the last evaluation's.
 ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
-    "final_%": ("final_accuracy", 100.0),
+    "final_%": ("smoothed_final_accuracy", 100.0),
     "best_%": ("best_accuracy", 100.0),
+    "last_%": ("final_accuracy", 100.0),
     "last10_pts": ("last10_change", 100.0),
     "rounds": ("rounds", 1.0),
     "to_target": ("rounds_to_target", 1.0),
@@ -44,7 +47,12 @@ ACCURACY_COLUMNS: dict[str, tuple[str, float]] = {
 COST_METRICS = ("extra_forward", "micro_batch")
 
 #: Columns a diverged run has no value for (NaN in its row, left out of every mean).
-ACCURACY_ONLY = ("final_%", "best_%", "last10_pts", "to_target")
+ACCURACY_ONLY = ("final_%", "best_%", "last_%", "last10_pts", "to_target")
+
+#: Where a run's ``final_%`` came from (the ``final_from`` column): its ``result.json``, its
+#: ``rounds.jsonl`` (a result file from before the smoothed final), or, with neither, its
+#: last evaluation; ``-`` for a run without accuracy (diverged).
+FINAL_SOURCES = ("result", "rounds", "last")
 
 
 def run_folders(folder: Path) -> list[Path]:
@@ -72,7 +80,8 @@ def _run_info(run: Path, result: ResultFile) -> dict[str, Any]:
     }
 
 
-RUN_COLUMNS = ["run", "label", "method", "partition", "seed", "status", "fleet", "message"]
+RUN_COLUMNS = ["run", "label", "method", "partition", "seed", "status", "fleet", "message",
+               "final_from"]
 
 
 def accuracy_frame(folder: Path) -> pd.DataFrame:
@@ -80,7 +89,9 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
 
     Values come from each run's ``result.json``; a metric a run lacks (``rounds_to_target``
     when the target was never reached) is NaN, and so are a diverged run's
-    :data:`ACCURACY_ONLY` columns. Rows are in report order (:func:`_run_order`).
+    :data:`ACCURACY_ONLY` columns. A result file written before the smoothed final accuracy
+    gets it from the run's ``rounds.jsonl``, or without one its last evaluation
+    (``final_from``: :data:`FINAL_SOURCES`). Rows are in report order (:func:`_run_order`).
     """
     rows = []
     for run in run_folders(folder):
@@ -88,16 +99,34 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
         row = _run_info(run, result)
         values = {r.metric: r.value for r in result.records}
         rounds = read_rounds(run / "rounds.jsonl")
+        row["final_from"] = _fill_smoothed_final(values, rounds)
         values["last10_change"] = last10_change(rounds)
         values |= {metric: mean_metric(rounds, metric) for metric in COST_METRICS}
         for column, (metric, scale) in ACCURACY_COLUMNS.items():
             row[column] = values[metric] * scale if metric in values else math.nan
         if row["status"] != "completed":
             row.update(dict.fromkeys(ACCURACY_ONLY, math.nan))
+            row["final_from"] = "-"
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *ACCURACY_COLUMNS])
     return frame.sort_values(["partition", "label", "seed"], key=_run_order, kind="stable",
                              ignore_index=True)
+
+
+def _fill_smoothed_final(values: dict[str, float], rounds: list[dict[str, Any]]) -> str:
+    """Add a missing ``smoothed_final_accuracy`` to a run's ``values`` from its rounds, else
+    from its last evaluation; return where it came from (:data:`FINAL_SOURCES`, ``-``: no
+    accuracy at all)."""
+    if "smoothed_final_accuracy" in values:
+        return "result"
+    smoothed = smoothed_final(rounds)
+    if not math.isnan(smoothed):
+        values["smoothed_final_accuracy"] = smoothed
+        return "rounds"
+    if "final_accuracy" in values:
+        values["smoothed_final_accuracy"] = values["final_accuracy"]
+        return "last"
+    return "-"
 
 
 def mean_metric(rounds: list[dict[str, Any]], metric: str) -> float:

@@ -4,6 +4,7 @@ participation, memory), one entry per method step, and the steps' short labels."
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,34 @@ def rounds_to_target(rounds: list[dict[str, Any]], target: float) -> int | None:
                  if r["accuracy"] is not None and r["accuracy"] >= target), None)
 
 
+#: The smoothed final accuracy averages the evaluations of the last ``FINAL_SHARE`` of a run's
+#: rounds, and at least the last ``FINAL_EVALUATIONS`` evaluations.
+FINAL_SHARE = 0.1
+FINAL_EVALUATIONS = 5
+
+
+def final_window(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluated rounds the smoothed final accuracy averages.
+
+    With ``R`` the last round run: the evaluations in rounds after ``R - ceil(0.1 * R)`` (the
+    last 10% of rounds); when fewer than 5 evaluations fall there, the last 5 evaluations (every
+    evaluation of a run with fewer). Empty without an evaluation.
+    """
+    evaluated = [r for r in rounds if r.get("accuracy") is not None]
+    if not evaluated:
+        return []
+    last = max(int(r["round"]) for r in rounds)
+    start = last - math.ceil(FINAL_SHARE * last)
+    window = [r for r in evaluated if int(r["round"]) > start]
+    return window if len(window) >= FINAL_EVALUATIONS else evaluated[-FINAL_EVALUATIONS:]
+
+
+def smoothed_final(rounds: list[dict[str, Any]]) -> float:
+    """The mean test accuracy over :func:`final_window`; NaN without an evaluation."""
+    window = final_window(rounds)
+    return sum(float(r["accuracy"]) for r in window) / len(window) if window else math.nan
+
+
 def summary_records(
     rounds: list[dict[str, Any]],
     key: str,
@@ -28,8 +57,11 @@ def summary_records(
 ) -> list[Record]:
     """Final/best accuracy, loss, rounds, time, participation and memory of one run.
 
-    A diverged run (``completed=False``) gets no accuracy, loss or rounds-to-target records:
-    its last numbers describe a model on its way to NaN, not a result.
+    ``final_accuracy`` and ``final_loss`` are the last evaluation's;
+    ``smoothed_final_accuracy`` is the mean over :func:`final_window` and
+    ``smoothed_final_evaluations`` how many evaluations that is. A diverged run
+    (``completed=False``) gets no accuracy, loss or rounds-to-target records: its last numbers
+    describe a model on its way to NaN, not a result.
 
     Args:
         rounds: The run's ``rounds.jsonl`` records.
@@ -52,6 +84,10 @@ def summary_records(
             Record(key=key, metric="best_accuracy",
                    value=float(max(r["accuracy"] for r in evaluated)), unit="ratio"),
             Record(key=key, metric="final_loss", value=float(last["loss"]), unit="nat"),
+            Record(key=key, metric="smoothed_final_accuracy", value=smoothed_final(rounds),
+                   unit="ratio"),
+            Record(key=key, metric="smoothed_final_evaluations",
+                   value=float(len(final_window(rounds))), unit="count"),
         ]
     out += [
         Record(key=key, metric="rounds", value=float(len(rounds)), unit="count"),

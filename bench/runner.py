@@ -106,7 +106,8 @@ class _Outcome:
 
 def _outcome(name: str, result: ResultFile, wall_s: float) -> _Outcome:
     status = str(result.extra.get("status", "completed"))
-    final = next(iter(result.values("final_accuracy").values()), None)
+    final = next(iter(result.values("smoothed_final_accuracy").values()),  # final_% of the table
+                 next(iter(result.values("final_accuracy").values()), None))
     message = str(result.extra.get("diverged", {}).get("message", "")) \
         if status == "diverged" else ""
     return _Outcome(name=name, status=status, final_accuracy=final, message=message,

@@ -1,4 +1,5 @@
-"""Means with Student-t confidence intervals over seeds, their comparison and their rendering.
+"""Means with Student-t confidence intervals over seeds and their rendering; comparisons
+are paired (:mod:`bench.paired`), and :data:`Verdict` is what they say.
 
 An interval is ``(mean, half_width)``: the mean of a metric over a suite's seeds and the
 half-width of its two-sided Student-t confidence interval. A half-width is NaN when one seed
@@ -15,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 Interval = tuple[float, float]
+#: A comparison's answer: ``better``/``worse`` when a test says so, ``~`` when it cannot tell.
 Verdict = Literal["better", "worse", "~"]
 
 
@@ -33,23 +35,6 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
         return mean, math.nan
     quantile = float(stats.t.ppf((1 + confidence) / 2, data.size - 1))
     return mean, quantile * float(data.std(ddof=1)) / math.sqrt(data.size)
-
-
-def overlaps(a: Interval, b: Interval) -> bool:
-    """Whether the intervals share a point; an interval with a NaN part overlaps everything
-    (nothing is known to separate them)."""
-    (mean_a, half_a), (mean_b, half_b) = a, b
-    if any(math.isnan(x) for x in (mean_a, half_a, mean_b, half_b)):
-        return True
-    return mean_a - half_a <= mean_b + half_b and mean_b - half_b <= mean_a + half_a
-
-
-def compare_to(reference: Interval, interval: Interval) -> Verdict:
-    """``"better"`` when all of ``interval`` lies above ``reference``, ``"worse"`` when all of
-    it lies below, ``"~"`` when they overlap or either is a single seed (NaN half-width)."""
-    if overlaps(reference, interval):
-        return "~"
-    return "better" if interval[0] > reference[0] else "worse"
 
 
 def format_interval(interval: Interval, digits: int = 1) -> str:

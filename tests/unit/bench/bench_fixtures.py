@@ -3,6 +3,9 @@
 Each run is ``runs/<label>-<partition without ':'>-s<seed>/`` with ``result.json`` (label,
 method, partition and seed in ``extra["config"]``, ``extra["status"]``) and ``rounds.jsonl``.
 A diverged run has ``extra["diverged"]``, no accuracy records and only its finite rounds.
+A completed run's ``result.json`` states its :data:`SUITE` number as both its smoothed final
+and its last evaluation (the report reads the result file; only a result file without the
+smoothed final sends it to ``rounds.jsonl``).
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ def write_run(folder: Path, label: str | None, method: str, partition: str,
                              "what": "loss", "message": MESSAGE}
     else:
         extra["status"] = "completed"
-        values |= {"final_accuracy": final, "best_accuracy": max(accuracy),
-                   "final_loss": 1 - final}
+        values |= {"final_accuracy": final, "smoothed_final_accuracy": final,
+                   "best_accuracy": max(accuracy), "final_loss": 1 - final}
         reached = next((i + 1 for i, a in enumerate(accuracy) if a >= TARGET), None)
         if reached is not None:
             values["rounds_to_target"] = float(reached)

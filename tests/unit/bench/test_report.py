@@ -115,13 +115,16 @@ def test_a_label_with_every_seed_diverged_shows_diverged(built: tuple[Path, str]
 @pytest.mark.parametrize(
     ("label", "partition", "expected"),
     [
-        ("fedavg", "iid", "better"),  # 74.1..86.9 above profl's 47.0..57.0
-        ("fedavg", "dirichlet:0.5", "worse"),  # 38.5..43.5 below profl's 57.0..67.0
-        ("profl-noshrink", "dirichlet:0.5", "~"),  # 52.1..71.9 overlaps 57.0..67.0
+        # paired over seeds 0, 1: +30, +29; t(1) = 59, p 0.0108, Holm x 2 (3 tests)
+        ("fedavg", "iid", "better"),
+        # -20, -21, -22: t(2) = -36.4, p 0.00075, Holm x 3
+        ("fedavg", "dirichlet:0.5", "worse"),
+        ("profl-noshrink", "dirichlet:0.5", "~"),  # -2, 0, +2: mean 0, p 1
+        ("profl-noshrink", "iid", "-"),  # no seed completed by both
         ("profl", "iid", "-"),  # the reference row itself
     ],
 )
-def test_vs_profl_marks_only_separated_intervals(
+def test_vs_profl_is_the_holm_corrected_paired_test(
     built: tuple[Path, str], label: str, partition: str, expected: str
 ) -> None:
     assert _csv_row(built[0], label, partition)["vs_profl"] == expected
@@ -155,6 +158,15 @@ def test_per_run_table_has_one_row_per_run_folder(built: tuple[Path, str]) -> No
     assert list(fedavg["final_%"].iloc[:2]) == pytest.approx([80.0, 81.0])
 
 
+def test_per_run_table_keeps_the_best_and_the_last_evaluation(built: tuple[Path, str]) -> None:
+    """profl IID seed 0: curve 20, 40, 52, 50 %: best 52, last 50."""
+    runs = pd.read_csv(built[0] / "tables" / "accuracy_runs.csv")
+    row = runs[(runs["label"] == "profl") & (runs["partition"] == "iid")
+               & (runs["seed"] == 0)].iloc[0]
+    assert row["best_%"] == pytest.approx(52.0)
+    assert row["last_%"] == pytest.approx(50.0)
+
+
 def test_a_diverged_run_has_no_accuracy_number(built: tuple[Path, str]) -> None:
     runs = pd.read_csv(built[0] / "tables" / "accuracy_runs.csv")
     row = runs[(runs["label"] == "fedavg") & (runs["partition"] == "iid")
@@ -182,6 +194,41 @@ def test_old_result_files_are_labelled_by_method_seed_zero_completed(tmp_path: P
     assert row["status"] == "completed"
 
 
+def _drop_smoothed_final(run: Path) -> None:
+    """Make a run's result file one from before the smoothed final."""
+    data = json.loads((run / "result.json").read_text())
+    data["records"] = [r for r in data["records"] if r["metric"] != "smoothed_final_accuracy"]
+    (run / "result.json").write_text(json.dumps(data))
+
+
+def test_an_old_result_file_gets_its_smoothed_final_from_its_rounds(tmp_path: Path) -> None:
+    """Curve 20, 40, 52, 50 % over 4 rounds: fewer than 5 evaluations, so all of them:
+    (20 + 40 + 52 + 50) / 4 = 40.5."""
+    _drop_smoothed_final(write_run(tmp_path, None, "profl", "iid", 0, 0.5))
+    row = accuracy_frame(tmp_path).iloc[0]
+    assert row["final_%"] == pytest.approx(40.5)
+    assert row["final_from"] == "rounds"
+
+
+def test_an_old_result_file_without_rounds_falls_back_to_the_last_evaluation(
+    tmp_path: Path,
+) -> None:
+    run = write_run(tmp_path, None, "profl", "iid", 0, 0.5)
+    _drop_smoothed_final(run)
+    (run / "rounds.jsonl").unlink()
+    row = accuracy_frame(tmp_path).iloc[0]
+    assert row["final_%"] == pytest.approx(50.0)
+    assert row["final_from"] == "last"
+
+
+def test_the_report_says_which_finals_came_from_elsewhere(tmp_path: Path) -> None:
+    _drop_smoothed_final(write_run(tmp_path, None, "profl", "iid", 0, 0.5))
+    text = build_report(tmp_path)
+    assert "`final_%` of every run is computed from rounds.jsonl" in text
+    assert _md_row(tmp_path / "tables" / "accuracy_runs.md", label="profl")["final_from"] \
+        == "rounds"
+
+
 # ------------------------------------------------------------------------------ report text
 
 
@@ -191,9 +238,25 @@ def test_printed_text_has_table_legend_and_diverged_runs(built: tuple[Path, str]
     assert "| profl-noshrink | iid           | 0/3     | diverged" in text
     assert "95% Student-t interval over the completed seeds" in text
     assert "`vs_profl`" in text
+    assert "last ceil(10%) of rounds" in text
     assert f"diverged: fedavg iid seed 2: {MESSAGE}" in text
     assert text.count("diverged: profl-noshrink iid seed") == 3
     assert "seeds 0, 1, 2" in text
+
+
+def test_printed_text_opens_with_the_answer(built: tuple[Path, str]) -> None:
+    """IID: fedavg is best (80.5); profl is worse by the paired -30, -29 (seeds 0, 1)."""
+    _, text = built
+    answer = text.split("Settings:")[0]
+    assert "- `iid`: best `fedavg` (80.5%); against it, worse: `profl` (-29.5 ± " in answer
+    assert "Holm p" in answer
+
+
+def test_markdown_shows_the_paired_difference(built: tuple[Path, str]) -> None:
+    """fedavg Dirichlet - profl per seed: -20, -21, -22; half t(0.975, 2) * 1 / sqrt(3)."""
+    row = _md_row(built[0] / "tables" / "accuracy.md", label="fedavg", partition="dirichlet:0.5")
+    assert row["Δ_profl"] == f"-21.0 ± {T975[2] / math.sqrt(3):.1f}"
+    assert row["vs_profl"] == "worse"
 
 
 def test_report_md_links_the_figures_and_the_per_run_table(built: tuple[Path, str]) -> None:
@@ -214,9 +277,10 @@ def test_figures_are_non_empty_pngs(built: tuple[Path, str], name: str) -> None:
 
 
 def _edit_final_accuracy(path: Path, value: float) -> None:
+    """Set the smoothed final accuracy (the report's ``final_%``) of a run's result file."""
     data = json.loads(path.read_text())
     for record in data["records"]:
-        if record["metric"] == "final_accuracy":
+        if record["metric"] == "smoothed_final_accuracy":
             record["value"] = value
     path.write_text(json.dumps(data))
 

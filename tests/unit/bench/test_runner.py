@@ -112,3 +112,13 @@ def test_train_completed_run_exits_0(
     monkeypatch.setattr(bench.commands.train, "run_training",
                         lambda config, out, **kwargs: _result("k"))
     assert main([*TINY, "--out", str(tmp_path / "run")]) == 0
+
+
+def test_a_finished_run_reports_its_smoothed_final_when_it_has_one() -> None:
+    """The progress line's final accuracy is the table's ``final_%``: the smoothed final
+    (0.70) over the last evaluation (0.741); a result file without it gives the last."""
+    smoothed = Record(key="k", metric="smoothed_final_accuracy", value=0.70, unit="ratio")
+    old = _result("k")
+    new = ResultFile(suite="s", records=(*old.records, smoothed), extra=old.extra)
+    assert bench.runner._outcome("k", new, 1.0).final_accuracy == 0.70
+    assert bench.runner._outcome("k", old, 1.0).final_accuracy == 0.741

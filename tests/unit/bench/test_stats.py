@@ -1,4 +1,4 @@
-"""Student-t intervals over seeds, their comparison and rendering, against hand computation."""
+"""Student-t intervals over seeds and their rendering, against hand computation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 from bench_fixtures import T975
 
-from bench.stats import compare_to, format_interval, overlaps, t_interval
+from bench.stats import format_interval, t_interval
 
 
 def test_t_interval_of_three_values_is_the_hand_computed_one() -> None:
@@ -47,30 +47,6 @@ def test_no_value_is_nan_nan() -> None:
 def test_nan_values_are_left_out() -> None:
     """A diverged seed (NaN) counts as no value: same interval as without it."""
     assert t_interval([0.70, math.nan, 0.74, 0.78]) == t_interval([0.70, 0.74, 0.78])
-
-
-@pytest.mark.parametrize(
-    ("reference", "interval", "expected"),
-    [
-        ((50.0, 2.0), (60.0, 3.0), "better"),  # 57..63 above 48..52
-        ((50.0, 2.0), (40.0, 3.0), "worse"),  # 37..43 below 48..52
-        ((50.0, 2.0), (54.0, 3.0), "~"),  # 51..57 overlaps 48..52
-        ((50.0, 2.0), (55.0, 3.0), "~"),  # touching at 52 is no separation
-        ((50.0, math.nan), (90.0, 1.0), "~"),  # one-seed reference
-        ((50.0, 2.0), (90.0, math.nan), "~"),  # one-seed interval
-        ((math.nan, math.nan), (90.0, 1.0), "~"),  # reference with no value
-    ],
-)
-def test_compare_to(reference: tuple[float, float], interval: tuple[float, float],
-                    expected: str) -> None:
-    assert compare_to(reference, interval) == expected
-
-
-def test_overlaps_is_symmetric() -> None:
-    assert overlaps((0.0, 1.0), (1.5, 0.5))
-    assert overlaps((1.5, 0.5), (0.0, 1.0))
-    assert not overlaps((0.0, 1.0), (1.5, 0.5 - 1e-9))
-    assert not overlaps((1.5, 0.5 - 1e-9), (0.0, 1.0))
 
 
 @pytest.mark.parametrize(
