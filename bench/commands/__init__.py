@@ -10,6 +10,7 @@ from bench.commands import (
     compare,
     data,
     devices,
+    em_study,
     gpu_check,
     memory,
     models,
@@ -21,4 +22,4 @@ from bench.commands import (
 )
 
 COMMANDS = [bench, report, compare, memory, trace, plan, check, devices, models, data, train,
-            speed, gpu_check]
+            speed, gpu_check, em_study]
