@@ -237,13 +237,18 @@ class LocalStep:
                     with torch.no_grad():
                         feats = sub.run(sub.prefix, x)
                 target = None
-                if task.loss != "ce":
+                if task.loss == "features":  # the stand-in against the block's output
                     with torch.no_grad():
-                        target = sub.run(sub.teacher, feats)
-                logits = sub.output(feats)
+                        target = sub.run(sub.teacher[:1], feats)
+                    logits = sub.run(sub.student[:1], feats)
+                else:
+                    if task.loss != "ce":
+                        with torch.no_grad():
+                            target = sub.run(sub.teacher, feats)
+                    logits = sub.output(feats)
             obs.before_loss()
             if target is not None:
-                loss = (F.mse_loss(logits, target) if task.loss == "mse"
+                loss = (F.mse_loss(logits, target) if task.loss in ("mse", "features")
                         else soft_target_loss(logits, target, temperature=task.temperature))
             else:
                 assert y is not None

@@ -18,7 +18,7 @@ from profl_core.errors import ConfigError
 #: Memory table as the engine sees it: sub-model name ("full", "grow:2", "shrink:3") -> bytes.
 MemoryTable = Mapping[str, int]
 
-LossKind = Literal["ce", "mse", "kd"]
+LossKind = Literal["ce", "mse", "kd", "features"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +81,9 @@ class ClientTask(StepOptions):
         batch_size: Local mini-batch size.
         loss: ``"ce"`` (labels), or match the sub-model's teacher logits: ``"kd"`` (soft
             targets at ``temperature``, :func:`~profl_core.models.exits.soft_target_loss`) or
-            ``"mse"`` (the authors' logit MSE).
+            ``"mse"`` (the authors' logit MSE); or ``"features"``: the MSE between the first
+            module of the student path and that of the teacher path (ProFL's basic layer
+            against the block it stands in for; the rest of the student path is not run).
         temperature: Softmax temperature of a ``"kd"`` task.
         bn_update: Frozen module names whose batch-norm statistics still update (train mode)
             and are sent back, whatever the engine's ``frozen_bn`` says: blocks that were never

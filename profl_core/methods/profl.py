@@ -75,15 +75,21 @@ from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerSta
 from profl_core.methods import alternatives
 from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
-from profl_core.methods.profl_steps import ProFLStructure, model_weights, plan, structure_of
+from profl_core.methods.profl_steps import (
+    ProFLStructure,
+    model_weights,
+    plan,
+    structure_of,
+    warm_start_keys,
+)
 from profl_core.models import BlockedModel, fitted_basic_layers
 from profl_core.models.exits import DISTILL_TEMPERATURE
 
 Schedule = Literal["em", "fixed"]
 
 #: The default EM level is this multiple of ``1/sqrt(H)``, the EM of a driftless random walk
-#: (pure oscillation of the block around a point) over a window of H rounds.
-EM_NOISE_MULTIPLE = 1.35
+#: over a window of H rounds (calibrated with ``profl em-study``, docs/training.md).
+EM_NOISE_MULTIPLE = 1.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,17 +100,24 @@ class ProFLConfig(LocalTraining):
 
     Attributes:
         distill_lr: SGD learning rate of the basic-layer fit (authors: 1e-5).
-        distill_loss: Loss of the basic-layer fit: ``"kd"`` (soft targets) or ``"mse"``
-            (the authors' logit MSE).
+        distill_loss: Loss of the basic-layer fit: ``"kd"`` (soft targets), ``"mse"``
+            (the authors' logit MSE) or ``"features"`` (MSE between ``basic<t>``'s and
+            ``B_t``'s outputs).
         distill_temperature: Softmax temperature of the ``"kd"`` fit.
+        standin_init: How a basic-layer fit starts ``basic<t>``: ``"block"``, as the first
+            convolution and batch norm of ``B_t`` when their shapes match (a copy of part of
+            the block it stands in for), or ``"random"`` (the authors).
         schedule: ``"em"`` (effective movement) or ``"fixed"`` (equal rounds per step).
         shrink: Run the shrinking stage.
-        em_window: EM window H (authors' ``window_size``).
-        em_evaluation_number: EM values fitted by the freeze rule.
-        em_slope_threshold: Freeze rule's flatness threshold.
+        em_window: EM window H (authors' ``window_size``: 20; default 4, calibrated).
+        em_evaluation_number: EM values fitted by the freeze rule (authors: 15; default 8).
+        em_slope_threshold: Freeze rule's flatness threshold: the most the line through those
+            values may change over them (authors: 0.2; default 0.03).
         em_level: Freeze rule's level threshold; None (default): ``EM_NOISE_MULTIPLE /
-            sqrt(em_window)``, 1.35 times the EM of a driftless random walk (docs/training.md,
-            "Effective movement": calibrated against steps run to a plateau).
+            sqrt(em_window)``, 1.5 times the EM of a driftless random walk (0.75 at H = 4).
+            The defaults were calibrated against the plateau oracle (``profl em-study``,
+            docs/training.md "Effective movement"); the authors' reading is ``em_window=20,
+            em_evaluation_number=15, em_slope_threshold=0.2, em_level=1``.
         em_samples: Scalars of the active block sampled for EM (fixed per step).
         min_rounds: Fewest rounds per step.
         max_rounds: Most rounds per step (None: only the budget rule).
@@ -117,13 +130,14 @@ class ProFLConfig(LocalTraining):
     where: ClassVar[str] = "profl"
 
     distill_lr: float = 0.05
-    distill_loss: Literal["kd", "mse"] = "kd"
+    distill_loss: Literal["kd", "mse", "features"] = "kd"
     distill_temperature: float = DISTILL_TEMPERATURE
+    standin_init: Literal["block", "random"] = "random"
     schedule: Schedule = "em"
     shrink: bool = True
-    em_window: int = 20
-    em_evaluation_number: int = 15
-    em_slope_threshold: float = 0.2
+    em_window: int = 4
+    em_evaluation_number: int = 8
+    em_slope_threshold: float = 0.03
     em_level: float | None = None
     em_samples: int = 10_000
     min_rounds: int = 1
@@ -136,10 +150,14 @@ class ProFLConfig(LocalTraining):
         super().__post_init__()
         if self.schedule not in ("em", "fixed"):
             raise ConfigError(f"profl: schedule={self.schedule!r}; use 'em' or 'fixed'")
-        if self.distill_loss not in ("kd", "mse"):
-            raise ConfigError(f"profl: distill_loss={self.distill_loss!r}; use 'kd' or 'mse'")
+        if self.distill_loss not in ("kd", "mse", "features"):
+            raise ConfigError(f"profl: distill_loss={self.distill_loss!r}; use 'kd', 'mse' or "
+                              "'features'")
         if not self.distill_temperature > 0 or not self.distill_lr > 0:
             raise ConfigError("profl: distill_lr and distill_temperature must be positive")
+        if self.standin_init not in ("block", "random"):
+            raise ConfigError(f"profl: standin_init={self.standin_init!r}; use 'block' or "
+                              "'random'")
         if self.weighting not in ("examples", "uniform"):
             raise ConfigError(f"profl: weighting={self.weighting!r}; use 'examples' or 'uniform'")
         if self.em_window < 1:
@@ -345,6 +363,9 @@ class ProFL(Method):
                 child = src.rsplit(".", 1)[-1] if "." in src else "head"
                 for key in [k for k in weights if k.startswith(src + ".")]:
                     weights[f"om{t - 1}.{child}{key[len(src):]}"] = weights[key].clone()
+            if self.config.standin_init == "block":
+                for dst, src in warm_start_keys(structure, t).items():
+                    weights[dst] = weights[src].clone()
         left = len(structure.phases) - index
         cap = max(1, (self.config.rounds - int(meta["rounds_used"])) // left)
         if self.config.max_rounds is not None:

@@ -110,6 +110,45 @@ class ProFLStructure:
         return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
 
 
+def _first_conv_bn(module: nn.Module) -> tuple[str, nn.Conv2d, str, nn.BatchNorm2d] | None:
+    """The first convolution of ``module`` and the batch norm right after it (names relative
+    to ``module``), or None."""
+    conv: tuple[str, nn.Conv2d] | None = None
+    for name, child in module.named_modules():
+        if conv is None and isinstance(child, nn.Conv2d):
+            conv = (name, child)
+        elif conv is not None:
+            if isinstance(child, nn.BatchNorm2d) and child.num_features == conv[1].out_channels:
+                return conv[0], conv[1], name, child
+            if isinstance(child, nn.Conv2d):
+                return None
+    return None
+
+
+def warm_start_keys(structure: ProFLStructure, t: int) -> dict[str, str]:
+    """Stand-in key -> block key: where ``basic<t>`` can start as the first convolution and
+    batch norm of ``B_t`` (same shapes, stride and padding); empty when they differ."""
+    block = structure.modules.get_submodule(f"block{t}")
+    basic_name = f"om{t - 1}.basic{t}"
+    found = _first_conv_bn(block), _first_conv_bn(structure.modules.get_submodule(basic_name))
+    if found[0] is None or found[1] is None:
+        return {}
+    (b_conv, b_c, b_bn, b_n), (s_conv, s_c, s_bn, s_n) = found
+    same = (b_c.weight.shape == s_c.weight.shape and b_c.stride == s_c.stride
+            and b_c.padding == s_c.padding and (b_c.bias is None) == (s_c.bias is None)
+            and b_n.num_features == s_n.num_features)
+    if not same:
+        return {}
+    out: dict[str, str] = {}
+    for (src, _), (dst, _) in (((b_conv, b_c), (s_conv, s_c)), ((b_bn, b_n), (s_bn, s_n))):
+        src_module, dst_module = block.get_submodule(src), structure.modules.get_submodule(
+            f"{basic_name}.{dst}")
+        for key, _ in [*dst_module.named_parameters(), *dst_module.named_buffers()]:
+            if key in dict([*src_module.named_parameters(), *src_module.named_buffers()]):
+                out[f"{basic_name}.{dst}.{key}"] = f"block{t}.{src}.{key}"
+    return out
+
+
 def structure_of(state: ServerState) -> ProFLStructure:
     """The :class:`ProFLStructure` of a ProFL state."""
     if not isinstance(state.structure, ProFLStructure):

@@ -31,15 +31,14 @@ def test_shipped_suites_load_and_start_with_their_command(name: str) -> None:
 
 
 def test_default_suite_runs_every_method_non_iid_with_three_seeds() -> None:
-    """Every method, a non-IID partition, 3 seeds, one budget, ProFL's EM window scaled."""
+    """Every method, a non-IID partition, 3 seeds, one budget, ProFL's calibrated EM rule."""
     section = load_suite("default").accuracy
     assert section is not None
     assert set(section.methods) == {"profl", "fedavg", "exclusivefl", "allsmall", "heterofl",
                                     "fedrolex", "depthfl", "inclusivefl"}
     assert section.partitions == ("dirichlet:0.5",)
     assert section.seeds == (0, 1, 2)
-    assert section.config("profl", "dirichlet:0.5", 0).options == {
-        "em_window": 5, "em_evaluation_number": 5}
+    assert section.config("profl", "dirichlet:0.5", 0).options == {}
     assert section.config("fedavg", "dirichlet:0.5", 0).options == {}
     assert {section.config(m, "dirichlet:0.5", 0).rounds for m in section.methods} == {150}
     assert len(section.runs()) == 24
@@ -50,8 +49,7 @@ def test_alternatives_suite_has_the_default_setting_and_both_new_methods() -> No
     assert default is not None
     assert section is not None
     assert set(section.methods) == {"profl", "profl-accum", "fedavg-fit"}
-    assert section.config("profl-accum", "dirichlet:0.5", 0).options == {
-        "em_window": 5, "em_evaluation_number": 5}
+    assert section.config("profl-accum", "dirichlet:0.5", 0).options == {}
     for field in ("dataset", "model", "width", "fleet", "clients", "per_round", "rounds",
                   "local_epochs", "batch_size", "lr", "samples_per_client", "test_samples"):
         assert getattr(section.config("fedavg-fit", "dirichlet:0.5", 0), field) == getattr(

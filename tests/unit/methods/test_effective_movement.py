@@ -102,18 +102,20 @@ def _walk(drift: float, rounds: int, seed: int = 0) -> np.ndarray:
     return np.vstack([np.zeros((1, 500)), np.cumsum(steps, axis=0)])
 
 
-def test_default_rule_keeps_a_drifting_block_and_freezes_an_oscillating_one() -> None:
-    """A block still moving (drift 0.3 per round under unit noise: EM ~0.4) is never frozen
-    in 120 rounds by ProFL's default rule; a driftless walk (EM ~1/sqrt(20)) is frozen soon
-    after the window fills. The old fixed level 0.5 froze both at the earliest round."""
+def test_default_rule_keeps_a_moving_block_and_freezes_an_oscillating_one() -> None:
+    """ProFL's calibrated rule (H = 4, 8 values, change < 0.03, level 1.5/sqrt(4) = 0.75): a
+    block still moving (drift 1 per round under unit noise: EM ~0.86) is never frozen in 120
+    rounds; a driftless walk (EM ~1/sqrt(4) = 0.5) is frozen at the rule's earliest round,
+    4 + 8 - 1 = 11. The level 0.5 of the first reading froze a moving block at drift 0.3."""
     rule = ProFLConfig(rounds=1).freeze_rule()
     old = FreezeRule(em_level=0.5)
-    moving, still = _walk(0.3, 120), _walk(0.0, 120)
+    moving, still, slow = _walk(1.0, 120), _walk(0.0, 120), _walk(0.3, 120)
 
     def first_end(rule: FreezeRule, traj: np.ndarray) -> int | None:
         return next((r for r in range(1, 121) if rule.decide(traj[: r + 1], r, 10_000)), None)
 
-    assert rule.em_level == pytest.approx(1.35 / np.sqrt(20))
+    assert rule.em_level == pytest.approx(1.5 / np.sqrt(4))
+    assert rule.rounds_needed() == 11
     assert first_end(rule, moving) is None
-    assert first_end(rule, still) == rule.rounds_needed()
-    assert first_end(old, moving) == old.rounds_needed()
+    assert first_end(rule, still) == 11
+    assert first_end(old, slow) == old.rounds_needed()
