@@ -196,7 +196,7 @@ def agreement(frame: pd.DataFrame, rule: str, tolerance: float = 0.25) -> dict[s
 
 def write_report(folder: Path, rules: Mapping[str, FreezeRule], shown: str) -> str:
     """``steps.csv``, ``em_study.md`` and one figure per run (EM of ``rules[shown]``) under
-    ``folder``; returns the markdown."""
+    ``folder``; returns the table of how each rule's ends compare with the oracle's."""
     steps = read_study(folder)
     frame = step_table(steps, rules)
     frame.to_csv(folder / "steps.csv", index=False)
@@ -207,7 +207,8 @@ def write_report(folder: Path, rules: Mapping[str, FreezeRule], shown: str) -> s
     summary = [{"rule": name, "H": r.window, "E": r.evaluation_number,
                 "slope": r.slope_threshold, "level": round(r.em_level, 3),
                 **agreement(frame, name)} for name, r in rules.items()]
-    lines += [tabulate(summary, headers="keys", tablefmt="github", floatfmt=".2f"), "",
+    agreement_table = tabulate(summary, headers="keys", tablefmt="github", floatfmt=".2f")
+    lines += [agreement_table, "",
               tabulate(frame, headers="keys", tablefmt="github", floatfmt=".2f",
                        showindex=False), ""]
     figures = folder / "figures"
@@ -226,6 +227,5 @@ def write_report(folder: Path, rules: Mapping[str, FreezeRule], shown: str) -> s
         em_figure(panels, figures / f"em-{run.replace('/', '-')}.png",
                   f"EM ({shown}: H={rule.window}, E={rule.evaluation_number}) vs the "
                   f"oracle, {run}")
-    text = "\n".join(lines)
-    atomic_write_text(folder / "em_study.md", text)
-    return text
+    atomic_write_text(folder / "em_study.md", "\n".join(lines))
+    return agreement_table

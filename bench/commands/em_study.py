@@ -5,7 +5,7 @@ compare EM freeze rules with the plateau oracle (:mod:`bench.em_study`, docs/tra
 from __future__ import annotations
 
 import argparse
-import os
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -26,7 +26,8 @@ HELP = "run ProFL's steps past their end; compare EM freeze rules with the plate
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="default",
-                        help="suite whose accuracy setting is studied (default: default)")
+                        help="suite whose accuracy setting and ProFL rule are studied "
+                             "(default: default)")
     parser.add_argument("--partitions", nargs="+", default=None,
                         help="partitions (default: the suite's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -69,15 +70,21 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print(f"{len(jobs)} study runs to do in {folder} ({args.step_rounds} rounds a step)",
           flush=True)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(_one, config, out): out for config, out in jobs}
-        for done, future in enumerate(as_completed(futures), 1):
-            future.result()
-            print(f"[{done}/{len(jobs)}] {futures[future].name} done "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    def finished(done: int, out: Path) -> None:
+        print(f"[{done}/{len(jobs)}] {out.name} done ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+    if args.workers == 1:  # in this process
+        for done, (config, out) in enumerate(jobs, 1):
+            run_study(config, out)
+            finished(done, out)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+            futures = {pool.submit(_one, config, out): out for config, out in jobs}
+            for done, future in enumerate(as_completed(futures), 1):
+                finished(done, future.result())
     rule = method_config(section.config("profl", partitions[0], seeds[0])).freeze_rule()
-    text = write_report(folder, {"profl": rule, "authors": AUTHORS_RULE}, "profl")
-    print(text.split("\n\n")[2])
+    print(write_report(folder, {"profl": rule, "authors": AUTHORS_RULE}, "profl"))
     print(f"\nwrote {folder / 'em_study.md'}, {folder / 'steps.csv'}, {folder / 'figures'}/")
     return 0

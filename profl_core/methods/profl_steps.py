@@ -61,12 +61,14 @@ def parse_submodel(submodel: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class ProFLStructure:
     """A run's structure: the template modules (blocks, head, output modules ``om<t>``), the
-    number of blocks T, the plan of steps, the parameter keys and the clients' copies."""
+    number of blocks T, the plan of steps, the parameter keys, what a basic-layer fit trains
+    (:attr:`ProFLConfig.fit_scope`) and the clients' copies."""
 
     modules: nn.Module
     num_blocks: int
     phases: tuple[Phase, ...]
     param_keys: frozenset[str]
+    fit_scope: str = "module"
     copies: ModuleCache = field(default_factory=ModuleCache)
 
     def om(self, t: int) -> list[str]:
@@ -87,7 +89,10 @@ class ProFLStructure:
             return prefix, student, [], frozenset(student)
         student = self.om(t - 1)
         teacher = [f"block{t}", *self.om(t)]
-        return prefix, student, teacher, frozenset({f"om{t - 1}.basic{t}"})
+        fitted = {f"om{t - 1}.basic{t}"}
+        if self.fit_scope == "module" or (self.fit_scope == "authors" and t == self.num_blocks):
+            fitted = set(student)
+        return prefix, student, teacher, frozenset(fitted)
 
     def build(self, weights: Mapping[str, Tensor], submodel: str, *, teacher: bool) -> SubModel:
         """The sub-model's modules (reused copies) loaded with ``weights``."""
@@ -108,6 +113,19 @@ class ProFLStructure:
         active = f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
         keys = sorted(k for k in self.param_keys if k.startswith(active + "."))
         return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
+
+
+def deepen_standins(output_module: nn.Module, depth: int) -> None:
+    """Give every convolutional stand-in ``basic<k>`` of ``output_module`` ``depth - 1`` more
+    3x3 conv + batch norm + ReLU layers at its output width (in place; others are left)."""
+    for name, child in output_module.named_children():
+        if not (name.startswith("basic") and isinstance(child, nn.Sequential)
+                and len(child) and isinstance(child[0], nn.Conv2d)):
+            continue
+        width = child[0].out_channels
+        for _ in range(depth - 1):
+            child.extend([nn.Conv2d(width, width, 3, padding=1, bias=False),
+                          nn.BatchNorm2d(width), nn.ReLU(inplace=True)])
 
 
 def _first_conv_bn(module: nn.Module) -> tuple[str, nn.Conv2d, str, nn.BatchNorm2d] | None:

@@ -236,6 +236,9 @@ COMMANDS: dict[str, Run | NotRun] = {
     "make test": NotRun("the test run itself", makefile_target("test", "pytest", "PYTEST")),
     "make bench": NotRun("the default suite: about 20 minutes on 2 cores",
                          makefile_target("bench", "profl bench $(SUITE)")),
+    "profl em-study --partitions iid dirichlet:0.5 --seeds 0 1 2 --step-rounds 60": Run(
+        "wrote", extra=("--suite", "smoke", "--partitions", "iid", "--seeds", "0",
+                        "--step-rounds", "4", "--workers", "1")),
     "make gpu-check": NotRun("needs a CUDA device (exit 2 without one)",
                              makefile_target("gpu-check", "gpu_check", "gpu-check")),
     "pip install .": NotRun("tests/integration/test_wheel.py builds, installs and runs the wheel",

@@ -94,3 +94,38 @@ def test_a_standin_fit_reaches_its_block_s_predictions_on_a_small_fixed_task() -
                       train.x)
     assert before < 0.6
     assert after >= 0.9
+
+
+def fit_trainables(scope: str) -> dict[str, list[str]]:
+    method = ProFL(ProFLConfig(rounds=10, fit_scope=scope))  # type: ignore[arg-type]
+    state = method.init_state(build_model(native_spec("cnn", width=0.25)),
+                              np.random.default_rng(0))
+    return {name: sorted(task.trainable) for name, task in method.memory_plan(state).items()
+            if name.startswith("shrink:")}
+
+
+def test_the_standin_scope_fits_the_basic_layer_only() -> None:
+    assert fit_trainables("standin") == {
+        "shrink:4": ["om3.basic4"], "shrink:3": ["om2.basic3"], "shrink:2": ["om1.basic2"]}
+
+
+def test_the_authors_scope_also_fits_the_head_at_the_last_block() -> None:
+    assert fit_trainables("authors") == {
+        "shrink:4": ["om3.basic4", "om3.head"], "shrink:3": ["om2.basic3"],
+        "shrink:2": ["om1.basic2"]}
+
+
+def test_the_module_scope_fits_the_whole_output_module() -> None:
+    assert fit_trainables("module")["shrink:2"] == [
+        "om1.basic2", "om1.basic3", "om1.basic4", "om1.head"]
+
+
+def test_a_deeper_standin_adds_a_stride_one_conv_pair_at_its_width() -> None:
+    method = ProFL(ProFLConfig(rounds=10, standin_depth=2))
+    state = method.init_state(build_model(native_spec("cnn", width=0.25)),
+                              np.random.default_rng(0))
+    basic3 = state.structure.modules.get_submodule("om1.basic3")  # type: ignore[union-attr]
+    assert len(basic3) == 6
+    assert basic3[3].in_channels == basic3[0].out_channels
+    assert basic3[3].out_channels == basic3[0].out_channels
+    assert basic3[3].stride == (1, 1)
