@@ -33,6 +33,7 @@ from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
 from profl_core.methods.profl import ProFL, ProFLConfig
+from profl_core.methods.slt import SLT, SLTConfig
 
 Family = Literal["progressive", "full", "width", "depth", "alternatives", "other"]
 
@@ -94,6 +95,7 @@ class MethodInfo:
 FULL = MemoryKind("full")
 GROW, SHRINK = MemoryKind("grow", 1), MemoryKind("shrink", 2)
 DEPTH, TRUNC = MemoryKind("depth", 1), MemoryKind("trunc", 1)
+SLT_STAGE = MemoryKind("slt", 1)
 
 
 def _width(cls: type[HeteroFL]) -> Callable[[Any, FederatedData | None], Method]:
@@ -143,6 +145,8 @@ for _info in (
                renamed={"metrics_every": "eval_every"}),
     MethodInfo("inclusivefl", "depth", DepthFLConfig, _depth(InclusiveFL), kinds=(TRUNC,),
                renamed={"metrics_every": "eval_every"}),
+    MethodInfo("slt", "progressive", SLTConfig, lambda cfg, data: SLT(cfg),
+               kinds=(SLT_STAGE,)),
 ):
     register(_info)
 
