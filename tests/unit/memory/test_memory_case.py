@@ -55,11 +55,14 @@ def test_grow_freezes_exactly_the_prefix() -> None:
     assert frozen == {"block1", "block2"}
 
 
-def test_shrink_trains_only_the_basic_layer() -> None:
+def test_shrink_trains_the_output_module_of_the_block_before() -> None:
+    """ProFL's default fit (fit_scope="module"): basic3 and the copies of basic4 and the head."""
     prepared = build_step(case_from_text("cnn", "shrink:3", batch_size=2))
     trained = {id(p) for p in prepared.trainable_parameters()}
-    basic = {id(p) for p in prepared.step.sub.modules["om2.basic3"].parameters()}
-    assert trained == basic
+    modules = prepared.step.sub.modules
+    om2 = {id(p) for name in ("om2.basic3", "om2.basic4", "om2.head")
+           for p in modules[name].parameters()}
+    assert trained == om2
 
 
 def test_build_step_leaves_the_global_rng_alone() -> None:

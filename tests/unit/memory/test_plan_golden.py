@@ -1,8 +1,13 @@
 """``profl plan`` prints the plans it printed before the planner was made faster.
 
-``golden_plans/*.json`` are ``profl plan --model M --batch-size 64 --json`` of the planner
-before its speed-ups (commit 6bb10ed; predict probe, 1 thread: the heap objective depends on
-the thread count, and the planner's probe always runs at ``PLAN_THREADS = 1``).
+``golden_plans/*.json`` are ``profl plan --model M --batch-size 64 --json`` (predict probe, 1
+thread: the heap objective depends on the thread count, and the planner's probe always runs at
+``PLAN_THREADS = 1``). They were first made by the planner before its speed-ups (commit
+6bb10ed), which printed the same files as the faster one; they were made again when ProFL's
+basic-layer fit began training the whole output module (``fit_scope="module"``), which raised
+the ``shrink:t`` steps' bytes: resnet18's and resnet34's plans kept their partitions,
+mobilenet_v2's changed between partitions of equal peak, and vgg16's search found a partition
+with a lower peak (138.5 instead of 148.9 MiB).
 
 * resnet18: the whole plan is searched again (about a minute on one core) and must be the
   same partition, every step's bytes and the stage partition's;

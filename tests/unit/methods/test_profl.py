@@ -77,7 +77,7 @@ def test_frozen_sets_and_optimizer_params(phase: int) -> None:
         assert not sub.teacher
         assert task.loss == "ce"
     else:
-        expected_trainable = {f"om{t - 1}.basic{t}"}
+        expected_trainable = {f"om{t - 1}"}  # the whole output module (fit_scope="module")
         assert sub.student[0] == f"om{t - 1}.basic{t}"
         assert sub.teacher[0] == f"block{t}"
         assert task.loss == "kd"
