@@ -275,9 +275,8 @@ COMMANDS: dict[str, Run | NotRun] = {
         "label skew", extra=("--dataset", "synthetic")),
     # docs/training.md
     "profl train --method profl --model cnn --width 0.25 --clients 20 --per-round 6 "
-    "--samples-per-client 200 --rounds 150 --local-epochs 1 --lr 0.05 --em-window 5 "
-    "--em-evaluation-number 5 --seed 0 --out runs/profl-s0": Run("final accuracy",
-                                                                 extra=TINY_TRAIN),
+    "--samples-per-client 200 --rounds 150 --local-epochs 1 --lr 0.05 --seed 0 "
+    "--out runs/profl-s0": Run("final accuracy", extra=TINY_TRAIN),
     "profl train --method fedavg --em-window 10": Run(
         "profl: error: --em-window is a profl/profl-accum option, not fedavg's", code=2),
     TRAIN_PROFL + " --resume": Run("final accuracy", extra=TINY_TRAIN, needs=(TRAIN_PROFL,)),
