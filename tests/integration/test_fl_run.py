@@ -14,7 +14,9 @@ from profl_core.methods.profl import ProFL
 pytestmark = pytest.mark.integration
 
 # Test cross-entropy after round 3 of the tiny ProFL run below; see the golden test.
-GOLDEN_LOSS_ROUND3 = 1.2857375144958496  # basic layers conv+BN+ReLU (bare convs: 1.3447486)
+# The fit of round 2 trains the whole output module OM_3 (basic4 and the head; fit_scope
+# "module"); with basic4 alone it was 1.2857375, with bare-conv basic layers 1.3447486.
+GOLDEN_LOSS_ROUND3 = 1.2896318435668945
 
 
 def run(method: ProFL | FedAvg, sink: object, **kwargs: object) -> ServerState:
