@@ -71,7 +71,6 @@ output module of block t: ``basic<t+1> .. basic<T>`` then ``head``).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -91,13 +90,14 @@ from profl_core.methods.alternatives import PLAIN, Rung, check_min_micro_batch
 from profl_core.methods.effective_movement import FreezeRule, effective_movement, sample_indices
 from profl_core.methods.profl_steps import (
     ProFLStructure,
+    blocked_copy,
     deepen_standins,
     model_weights,
     plan,
     structure_of,
     warm_start_keys,
 )
-from profl_core.models import BlockedModel, fitted_basic_layers
+from profl_core.models import fitted_basic_layers
 from profl_core.models.exits import DISTILL_TEMPERATURE
 
 Schedule = Literal["em", "fixed"]
@@ -264,13 +264,7 @@ class ProFL(Method):
 
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """Model weights plus freshly initialized output modules ``om1 .. om<T-1>``."""
-        if not isinstance(model, BlockedModel):
-            raise ConfigError("profl needs a BlockedModel")
-        base = copy.deepcopy(model)
-        container = nn.Module()
-        for name in base.block_names():
-            container.add_module(name, base.get_submodule(name))
-        container.add_module("head", base.head)
+        base, container = blocked_copy(model, "profl")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
             for t in range(1, base.num_blocks):

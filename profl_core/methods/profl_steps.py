@@ -11,6 +11,7 @@ mimic ``B_t`` followed by ``OM_t`` (the teacher path). Server weights: ``block<i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from profl_core.errors import ConfigError
 from profl_core.fl.types import ServerState, SubModel
 from profl_core.methods.module_cache import ModuleCache
+from profl_core.models import BlockedModel
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,23 @@ class ProFLStructure:
         active = f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
         keys = sorted(k for k in self.param_keys if k.startswith(active + "."))
         return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
+
+
+def blocked_copy(model: nn.Module, method: str) -> tuple[BlockedModel, nn.Module]:
+    """A deep copy of ``model`` and a container of the copy's blocks ``block<i>`` and ``head``
+    (named as in the server's state dict).
+
+    Raises:
+        ConfigError: ``model`` is not a BlockedModel.
+    """
+    if not isinstance(model, BlockedModel):
+        raise ConfigError(f"{method} needs a BlockedModel")
+    base = copy.deepcopy(model)
+    container = nn.Module()
+    for name in base.block_names():
+        container.add_module(name, base.get_submodule(name))
+    container.add_module("head", base.head)
+    return base, container
 
 
 def deepen_standins(output_module: nn.Module, depth: int) -> None:

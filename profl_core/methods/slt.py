@@ -64,7 +64,6 @@ Server weights: ``block<i>.*``, ``head.*`` (the model) and ``scaled.basic<k>.*``
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
@@ -80,7 +79,7 @@ from profl_core.fl.method import LocalTraining, Method
 from profl_core.fl.selection import require_trainable, required, select_clients
 from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
 from profl_core.methods.module_cache import ModuleCache
-from profl_core.models import BlockedModel
+from profl_core.methods.profl_steps import blocked_copy
 
 #: The memory kind (and sub-model name prefix) of SLT's stages: ``slt:t``.
 KIND = "slt"
@@ -231,13 +230,7 @@ class SLT(Method):
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """The model's weights plus fresh stand-ins ``scaled.basic2 .. basic<T>``; the
         schedule's stage ends for ``config.rounds``."""
-        if not isinstance(model, BlockedModel):
-            raise ConfigError("slt needs a BlockedModel")
-        base = copy.deepcopy(model)
-        container = nn.Module()
-        for name in base.block_names():
-            container.add_module(name, base.get_submodule(name))
-        container.add_module("head", base.head)
+        base, container = blocked_copy(model, "slt")
         scaled = nn.Module()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
