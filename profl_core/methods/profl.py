@@ -12,9 +12,10 @@ averages the trained part with FedAvg.
    a. train the real ``B_t`` and the current output module ``OM_t`` (the real head for t = T)
       on top of the frozen ``B_1 .. B_{t-1}`` (sub-model ``grow:t``);
    b. fit a basic layer ``basic<t>`` to mimic ``B_t``: distil the logits of
-      ``OM_t(B_t(h))`` into ``OM_t(basic<t>(h))``, where ``h`` is the frozen prefix's output
-      and only ``basic<t>`` is trained (sub-model ``shrink:t``). ``basic<t>`` followed by
-      ``OM_t`` becomes ``OM_{t-1}``, the output module of block t-1.
+      ``OM_t(B_t(h))`` into ``OM_{t-1}(h)``, where ``h`` is the frozen prefix's output and
+      ``OM_{t-1}`` is ``basic<t>`` followed by a copy of ``OM_t`` (sub-model ``shrink:t``; by
+      default all of ``OM_{t-1}`` is trained, ``fit_scope``). ``OM_{t-1}`` is the output
+      module of block t-1.
 2. *Progressive growing*, for t = 1 .. T: train ``B_t`` and ``OM_t`` (from shrinking; the real
    head at t = T) with ``B_1 .. B_{t-1}`` frozen (sub-model ``grow:t``); ``OM_t`` is then
    discarded.
