@@ -131,13 +131,7 @@ def build_report(folder: Path) -> str:
         ]
         lines += [
             *section,
-            "`final_%`: the smoothed final, so that one evaluation's swing does not decide: "
-            "the mean test accuracy over the evaluations in the last ceil(10% of rounds) "
-            "rounds, or over the last 5 evaluations when fewer than 5 fall there (150 rounds "
-            "evaluated only every 10th: rounds 110-150). `best_%`/`last_%`: test accuracy at "
-            "the best/last evaluation (`last_%` is what `final_%` was before). `last10_pts`: how "
-            "many points the last 10% of rounds moved the test accuracy (mean over seeds; a "
-            "method has converged within the budget when it is under 1). `rounds`: rounds "
+            "`last_%` is what `final_%` was before the smoothed final. `rounds`: rounds "
             f"used (diverged runs included). `to_target`: first round with test accuracy >= "
             f"{100 * (target or 0):.0f}%, mean over the seeds that reached it (`-`: none "
             "did). `clients`: clients that trained per round (mean). `eligible_%`: mean share "
