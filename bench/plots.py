@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from bench.run_summary import step_label
+from bench.run_summary import step_groups, step_label
 from bench.stats import t_interval
 from bench.step_tables import RUN_END
 
@@ -363,9 +363,7 @@ def em_panels(rounds: list[dict[str, Any]], level: float | None) -> list[EmPanel
     or absent, ended at its last round for the reason of its ``step_end`` (``run end`` for a
     step the run's end cut short); no oracle round."""
     panels = []
-    for (stage, _, submodel), group in itertools.groupby(
-            rounds, key=lambda r: (r["stage"], r["step"], r["submodel"])):
-        records = list(group)
+    for (stage, _, submodel), records in step_groups(rounds):
         em = [(r.get("metrics") or {}).get("em") for r in records]
         panels.append(EmPanel(
             label=step_label(stage, submodel),

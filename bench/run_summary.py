@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,16 @@ def summary_records(
     return out
 
 
+def step_groups(
+    rounds: list[dict[str, Any]],
+) -> Iterator[tuple[tuple[str, int, str], list[dict[str, Any]]]]:
+    """The rounds of each method step of a run, in order: ``((stage, step, submodel),
+    records)`` for every run of consecutive rounds with equal stage, step and sub-model."""
+    for key, group in itertools.groupby(
+            rounds, key=lambda r: (r["stage"], r["step"], r["submodel"])):
+        yield key, list(group)
+
+
 def step_summary(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per method step (runs of equal stage, step and sub-model) of a run.
 
@@ -125,9 +136,7 @@ def step_summary(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     so ``accuracy`` vs ``block_accuracy`` is the stand-in against the real block.
     """
     steps: list[dict[str, Any]] = []
-    for (stage, step, submodel), group in itertools.groupby(
-            rounds, key=lambda r: (r["stage"], r["step"], r["submodel"])):
-        records = list(group)
+    for (stage, step, submodel), records in step_groups(rounds):
         scored = [r["accuracy"] for r in records if r["accuracy"] is not None]
         entry = {
             "stage": stage, "step": step, "submodel": submodel,
