@@ -34,7 +34,7 @@ from bench.plateau import plateau_round
 from bench.plots import EmPanel, em_figure
 from bench.run_files import read_rounds, run_record
 from bench.run_settings import TrainingConfig, method_config, run_config
-from bench.run_summary import step_label
+from bench.run_summary import step_groups, step_label
 from bench.training import (
     federated_data,
     load_data,
@@ -144,15 +144,10 @@ def read_study(folder: Path) -> list[StepTrace]:
     """Every step of every finished study run under ``folder``."""
     steps: list[StepTrace] = []
     for npz in sorted(folder.rglob(TRAJECTORIES)):
-        rounds = read_rounds(npz.parent / "rounds.jsonl")
-        order: list[tuple[str, str]] = []
-        for r in rounds:
-            if (r["stage"], r["submodel"]) not in order:
-                order.append((r["stage"], r["submodel"]))
+        groups = step_groups(read_rounds(npz.parent / "rounds.jsonl"))
         with np.load(npz) as data:
-            for i, (stage, submodel) in enumerate(order):
-                acc = np.array([r["accuracy"] for r in rounds
-                                if (r["stage"], r["submodel"]) == (stage, submodel)], dtype=float)
+            for i, ((stage, _, submodel), records) in enumerate(groups):
+                acc = np.array([r["accuracy"] for r in records], dtype=float)
                 steps.append(StepTrace(run=str(npz.parent.relative_to(folder)), index=i,
                                        stage=stage, submodel=submodel, accuracy=acc,
                                        rows=data[f"phase{i}"]))
@@ -213,17 +208,20 @@ def write_report(folder: Path, rules: Mapping[str, FreezeRule], shown: str) -> s
                        showindex=False), ""]
     figures = folder / "figures"
     rule = rules[shown]
+    known = dict(zip(zip(frame["run"], frame["step"], strict=True),
+                     zip(frame[f"end:{shown}"], frame["oracle"], strict=True), strict=True))
     for run in sorted({s.run for s in steps}):
-        mine = [s for s in steps if s.run == run]
         panels = []
-        for s in mine:
+        for s in (s for s in steps if s.run == run):
             values = em_series(s.rows, rule.window)
             em = np.concatenate([np.full(rule.window - 1, np.nan), values])[: s.accuracy.size]
-            end = replay(rule, s.rows) if s is not mine[-1] else None
+            end, oracle = known.get((s.run, s.label), (math.nan, plateau_round(s.accuracy)))
+            ended = not math.isnan(end)  # the last step (not in the table) is never EM's
             panels.append(EmPanel(label=s.label, rounds=np.arange(1, s.accuracy.size + 1),
-                                  em=em, level=rule.em_level, end_round=end,
-                                  end_reason=None if end is None else "em",
-                                  oracle_round=plateau_round(s.accuracy)))
+                                  em=em, level=rule.em_level,
+                                  end_round=int(end) if ended else None,
+                                  end_reason="em" if ended else None,
+                                  oracle_round=int(oracle)))
         em_figure(panels, figures / f"em-{run.replace('/', '-')}.png",
                   f"EM ({shown}: H={rule.window}, E={rule.evaluation_number}) vs the "
                   f"oracle, {run}")
