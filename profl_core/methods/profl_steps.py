@@ -176,14 +176,10 @@ def warm_start_keys(structure: ProFLStructure, t: int) -> dict[str, str]:
             and b_n.num_features == s_n.num_features)
     if not same:
         return {}
-    out: dict[str, str] = {}
-    for (src, _), (dst, _) in (((b_conv, b_c), (s_conv, s_c)), ((b_bn, b_n), (s_bn, s_n))):
-        src_module, dst_module = block.get_submodule(src), structure.modules.get_submodule(
-            f"{basic_name}.{dst}")
-        for key, _ in [*dst_module.named_parameters(), *dst_module.named_buffers()]:
-            if key in dict([*src_module.named_parameters(), *src_module.named_buffers()]):
-                out[f"{basic_name}.{dst}.{key}"] = f"block{t}.{src}.{key}"
-    return out
+    pairs = ((b_conv, b_c.state_dict(), s_conv, s_c.state_dict()),
+             (b_bn, b_n.state_dict(), s_bn, s_n.state_dict()))
+    return {f"{basic_name}.{dst}.{key}": f"block{t}.{src}.{key}"
+            for src, src_state, dst, dst_state in pairs for key in dst_state if key in src_state}
 
 
 def structure_of(state: ServerState) -> ProFLStructure:
