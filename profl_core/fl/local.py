@@ -236,16 +236,12 @@ class LocalStep:
                 else:
                     with torch.no_grad():
                         feats = sub.run(sub.prefix, x)
+                first_only = task.loss == "features"  # the stand-in against the block's output
                 target = None
-                if task.loss == "features":  # the stand-in against the block's output
+                if task.loss != "ce":
                     with torch.no_grad():
-                        target = sub.run(sub.teacher[:1], feats)
-                    logits = sub.run(sub.student[:1], feats)
-                else:
-                    if task.loss != "ce":
-                        with torch.no_grad():
-                            target = sub.run(sub.teacher, feats)
-                    logits = sub.output(feats)
+                        target = sub.run(sub.teacher[:1] if first_only else sub.teacher, feats)
+                logits = sub.run(sub.student[:1], feats) if first_only else sub.output(feats)
             obs.before_loss()
             if target is not None:
                 loss = (F.mse_loss(logits, target) if task.loss in ("mse", "features")
