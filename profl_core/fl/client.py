@@ -8,7 +8,8 @@ A backend (in process, or a Ray actor on another machine) hands each client a
    memory can only be enforced here;
 2. builds its sub-model from the server state and trains it with a generator seeded by
    :func:`client_seed`, which depends only on (run seed, round, client id), never on which
-   worker runs the job or in which order;
+   worker runs the job or in which order; a task with ``steps`` (FeDepth's block groups)
+   trains each step's sub-model in turn (:func:`train_task`);
 3. turns an exception or an out-of-memory error into a :class:`ClientDrop` with the reason, so
    the round goes on with the others. Bad input (:class:`ConfigError`) is not a client fault
    and propagates;
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -118,9 +119,8 @@ def run_client(
             raise InjectedFaultError(f"injected fault in client {task.client_id}")
         if job.fault == "oom":
             raise MemoryError(f"injected out-of-memory in client {task.client_id}")
-        sub = method.submodel(state, task)
         generator = torch.Generator().manual_seed(job.seed)
-        update = train_client(sub, data, task, generator=generator, config=config)
+        update = train_task(method, state, task, data, generator=generator, config=config)
     except ConfigError:
         raise
     except _OOM_ERRORS as err:
@@ -131,6 +131,42 @@ def run_client(
     if what is not None:
         return ClientDrop(client_id=task.client_id, reason=f"non-finite: {what}")
     return update
+
+
+def train_task(
+    method: SubModels,
+    state: ServerState,
+    task: ClientTask,
+    data: ArrayDataset,
+    *,
+    generator: torch.Generator,
+    config: LocalConfig,
+) -> ClientUpdate:
+    """Train ``task`` on ``data``: its sub-model, or, for a task with ``steps``, each step's
+    sub-model one after another (FeDepth's block groups).
+
+    Step k's sub-model is built from the server weights overwritten by everything steps
+    1..k-1 trained, and trains with the client's id, budget and generator for its own
+    ``local_epochs``. The update holds every entry any step trained (the last value of each),
+    ``num_examples = len(data)`` and the mean training loss over all steps' batches.
+    """
+    if not task.steps:
+        return train_client(method.submodel(state, task), data, task, generator=generator,
+                            config=config)
+    weights = dict(state.weights)
+    trained: dict[str, torch.Tensor] = {}
+    loss = batches = 0.0
+    for step in task.steps:
+        step = replace(step, client_id=task.client_id, budget_bytes=task.budget_bytes)
+        sub = method.submodel(replace(state, weights=weights), step)
+        update = train_client(sub, data, step, generator=generator, config=config)
+        weights.update(update.state)
+        trained.update(update.state)
+        count = step.local_epochs * -(-len(data) // step.batch_size)
+        loss += update.metrics["train_loss"] * count
+        batches += count
+    return ClientUpdate(client_id=task.client_id, state=trained, num_examples=len(data),
+                        metrics={"train_loss": loss / batches}, task=task)
 
 
 def non_finite(update: ClientUpdate) -> str | None:

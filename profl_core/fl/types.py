@@ -96,6 +96,12 @@ class ClientTask(StepOptions):
         foreach: PyTorch's multi-tensor optimizer kernels: None picks the device's default
             (foreach on CUDA, a per-parameter loop on the CPU); True/False forces it. The
             foreach kernels hold temporaries for every parameter at once (more memory).
+        steps: Sub-steps trained one after another in the client's local update, each a
+            whole task of its own (sub-model, trainable modules, ``required_bytes``), each
+            starting from the weights the previous one left (FeDepth's block groups); empty
+            (the default): the task is one step. With steps, ``required_bytes`` is the
+            largest of theirs and ``submodel`` only names the sequence
+            (:func:`~profl_core.fl.client.train_task`).
 
         Step options (``micro_batches``, ``checkpoint``, ``autocast``): see
         :class:`StepOptions`.
@@ -116,6 +122,7 @@ class ClientTask(StepOptions):
     budget_bytes: int | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
     foreach: bool | None = None
+    steps: tuple[ClientTask, ...] = ()
 
     def _where(self) -> str:
         return f"client task {self.submodel!r}: "

@@ -25,6 +25,9 @@ Kinds and the method whose clients run them (T = number of blocks, steps are 1-b
     DepthFL's depth-k client: blocks 1..k each with its exit, mutual self-distillation.
 ``trunc:k``
     InclusiveFL's depth-k client: blocks 1..k and the exit after block k, cross-entropy.
+``fedepth:S`` (S = 100 a + b, 1 <= a <= b <= T)
+    FeDepth's group step: blocks 1..a-1 frozen (``no_grad``), blocks a..b and the head
+    trainable, the later blocks skipped by a parameter-free link to the head, cross-entropy.
 
 The step options (gradient accumulation, checkpointing, autocast) are the case's
 ``micro_batches``, ``checkpoint`` and ``autocast``; labels and keys write them as modifiers
@@ -233,9 +236,9 @@ def check_step(kind: str, step: int | None, blocks: int) -> None:
             raise ConfigError(f"case {kind}: step={step}; {kind} takes no step, write {kind!r}")
         return
     if step is None or step not in valid:
-        raise ConfigError(
-            f"case {kind}: step={step}; use {kind}:T with T in {valid.start}..{valid.stop - 1}"
-        )
+        span = (f"in {valid.start}..{valid.stop - 1}" if isinstance(valid, range)
+                else f"one of {', '.join(map(str, valid))}")
+        raise ConfigError(f"case {kind}: step={step}; use {kind}:T with T {span}")
 
 
 def all_cases(spec: ModelSpec, *, batch_size: int, **options: Any) -> list[TrainingCase]:
