@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from bench.gate_output import FORMATS, cases_with, hints, outcome
+from bench.gate_output import FORMATS, cases_with, outcome
 from bench.memory_cases import MemorySection
 from bench.memory_measure import measure_with_progress, memory_records
 from bench.suites import Suite
@@ -320,7 +320,7 @@ def run_gate(
     diffs = compare_cases(expected, values, baseline_definitions=entry["definitions"],
                           current_definitions=current.definitions, tolerances=tolerances)
     result = outcome(diffs, suite=suite.name, baseline=str(path), version=version,
-                     measured_cases=len(values), notes=notes, hints=hints(diffs, refresh))
+                     measured_cases=len(values), notes=notes, refresh=refresh)
     report = FORMATS[fmt](result, details=details, show_all=show_all)
     if output is None:
         out(report)

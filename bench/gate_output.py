@@ -112,6 +112,8 @@ class Outcome:
     exit_code: int
     notes: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    #: the hints without the case keys (:func:`hints` with ``name_cases=False``)
+    unnamed_hints: list[str] = field(default_factory=list)
 
     @property
     def totals_line(self) -> str:
@@ -122,11 +124,19 @@ class Outcome:
         return sum(c.status == status for c in self.cases)
 
 
+#: Among numbers that grew by as much, the worst is the whole step's peak, then its heap peak.
+STEP_PEAKS = ("peak_bytes", "heap_peak_bytes")
+
+
 def _worst(diffs: list[Diff]) -> Diff | None:
-    def rise(d: Diff) -> tuple[float, float]:
+    """Of the failing numbers (else all), the one that grew most in bytes (then relatively);
+    a tie goes to the step's peak (:data:`STEP_PEAKS`), then to the first in metric order. A
+    case whose numbers are all unchanged thus reports its step's peak, not a block's."""
+    def rise(d: Diff) -> tuple[float, float, int]:
+        step = len(STEP_PEAKS) - STEP_PEAKS.index(d.metric) if d.metric in STEP_PEAKS else 0
         if d.current is None or d.baseline is None:
-            return (float("inf"), 0.0)
-        return (d.current - d.baseline, d.relative_change or 0.0)
+            return (float("inf"), 0.0, step)
+        return (d.current - d.baseline, d.relative_change or 0.0, step)
 
     pool = failed(diffs) or diffs
     return max(pool, key=rise) if pool else None
@@ -149,15 +159,17 @@ def case_results(diffs: list[Diff]) -> list[CaseResult]:
 
 
 def outcome(diffs: list[Diff], *, suite: str, baseline: str, version: str,
-            measured_cases: int, notes: list[str], hints: list[str]) -> Outcome:
-    """The :class:`Outcome` of a check; exit code 1 when a number fails or a case is missing."""
+            measured_cases: int, notes: list[str], refresh: str) -> Outcome:
+    """The :class:`Outcome` of a check; exit code 1 when a number fails or a case is missing.
+    ``refresh`` is the command that refreshes the baseline (for the hints)."""
     numbers = [d for d in diffs if d.metric != CASE_METRIC]
     return Outcome(
         suite=suite, baseline=baseline, version=version, diffs=diffs,
         cases=case_results(diffs), measured_cases=measured_cases, numbers=len(numbers),
         within=sum(d.status == Status.OK for d in numbers),
         failing=sum(d.status in (Status.REGRESSION, Status.MISSING) for d in numbers),
-        exit_code=1 if failed(diffs) else 0, notes=notes, hints=hints)
+        exit_code=1 if failed(diffs) else 0, notes=notes, hints=hints(diffs, refresh),
+        unnamed_hints=hints(diffs, refresh, name_cases=False))
 
 
 # ----------------------------------------------------------------------------------- hints
@@ -172,27 +184,35 @@ def listed(keys: list[str], most: int = 8) -> str:
     return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def hints(diffs: list[Diff], refresh: str) -> list[str]:
+def hints(diffs: list[Diff], refresh: str, *, name_cases: bool = True) -> list[str]:
     """The verdict's lines after the totals: what is not comparable, new, missing or
-    regressed, and the command that refreshes the baseline where that is the fix."""
+    regressed, and the command that refreshes the baseline where that is the fix.
+
+    ``name_cases=False`` leaves the case keys out (the ``github`` format has already given
+    each such case its own workflow command): the counts, the rule and the commands stay.
+    """
+    def which(keys: list[str]) -> str:
+        return f" ({listed(keys)})" if name_cases else ""
+
     lines = []
     redefined = cases_with(diffs, Status.NOT_COMPARABLE)
     if redefined:
-        lines.append(f"WARNING: {len(redefined)} cases not comparable ({listed(redefined)}): "
+        lines.append(f"WARNING: {len(redefined)} cases not comparable{which(redefined)}: "
                      f"{NOT_COMPARABLE_RULE}. If the new definition is intended, refresh the "
                      f"baseline: `{refresh}`")
     new = cases_with(diffs, Status.NEW)
     if new:
-        lines.append(f"note: {len(new)} new cases not in the baseline ({listed(new)}), not "
+        lines.append(f"note: {len(new)} new cases not in the baseline{which(new)}, not "
                      f"compared; add them with `{refresh}`")
     missing = cases_with(diffs, Status.MISSING)
     if missing:
-        lines.append(f"FAIL: {len(missing)} baseline cases missing from this run "
-                     f"({listed(missing)}); if they were removed on purpose, drop them with "
+        lines.append(f"FAIL: {len(missing)} baseline cases missing from this run"
+                     f"{which(missing)}; if they were removed on purpose, drop them with "
                      f"`{refresh}`")
     regressed = sorted({d.key for d in failed(diffs) if d.metric != CASE_METRIC})
     if regressed:
-        lines.append(f"FAIL: memory regression in {', '.join(regressed)}")
+        lines.append(f"FAIL: memory regression in {', '.join(regressed)}" if name_cases
+                     else f"FAIL: memory regression in {len(regressed)} cases")
     elif not failed(diffs) and any(d.status == Status.IMPROVED for d in diffs):
         lines.append(f"note: some numbers improved beyond tolerance; lock them in with "
                      f"`{refresh}`")
@@ -234,6 +254,56 @@ def _case_json(c: CaseResult) -> dict[str, object]:
             "change_bytes": c.change_bytes,
             "relative_change": None if d is None else d.relative_change,
             "tolerance": None if d is None else d.tolerance}
+
+
+_BYTES = {"type": ["integer", "number", "null"]}
+_NULLABLE_STR = {"type": ["string", "null"]}
+#: The JSON Schema (draft 2020-12) of the ``--format json`` document, version
+#: :data:`REPORT_SCHEMA_VERSION`. A case not compared (missing, new, not comparable) has every
+#: number ``null``; a compared one (pass, fail) names its worst number (:func:`_worst`).
+REPORT_SCHEMA: dict[str, object] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "profl check report",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema_version", "suite", "baseline", "torch", "exit_code", "totals", "notes",
+                 "cases"],
+    "properties": {
+        "schema_version": {"const": REPORT_SCHEMA_VERSION},
+        "suite": {"type": "string"},
+        "baseline": {"type": "string"},
+        "torch": {"type": "string"},
+        "exit_code": {"enum": [0, 1]},
+        "totals": {
+            "type": "object", "additionalProperties": False,
+            "required": ["cases", "numbers", "within_tolerance", "failing_numbers", "pass",
+                         "fail", "missing", "new", "not_comparable"],
+            "properties": {name: {"type": "integer", "minimum": 0} for name in (
+                "cases", "numbers", "within_tolerance", "failing_numbers", "pass", "fail",
+                "missing", "new", "not_comparable")},
+        },
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "cases": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["key", "status", "metric", "block", "phase", "baseline_bytes",
+                         "current_bytes", "change_bytes", "relative_change", "tolerance"],
+            "properties": {
+                "key": {"type": "string"},
+                "status": {"enum": [PASS, FAIL, MISSING, NEW, NOT_COMPARABLE]},
+                "metric": _NULLABLE_STR, "block": _NULLABLE_STR, "phase": _NULLABLE_STR,
+                "baseline_bytes": _BYTES, "current_bytes": _BYTES, "change_bytes": _BYTES,
+                "relative_change": {"type": ["number", "null"]},
+                "tolerance": {"type": ["number", "null"]},
+            },
+            "if": {"properties": {"status": {"enum": [PASS, FAIL]}}},
+            "then": {"properties": {"metric": {"type": "string"},
+                                    "baseline_bytes": {"type": ["integer", "number"]}}},
+            "else": {"properties": {name: {"type": "null"} for name in (
+                "metric", "block", "phase", "baseline_bytes", "current_bytes", "change_bytes",
+                "relative_change", "tolerance")}},
+        }},
+    },
+}
 
 
 def as_json(o: Outcome, **_: bool) -> str:
@@ -283,7 +353,8 @@ def _escape(text: str, *, prop: bool = False) -> str:
 
 def as_github(o: Outcome, **_: bool) -> str:
     """``::error`` per failing or missing case, ``::warning`` per case not comparable,
-    ``::notice`` per new case, then the totals line."""
+    ``::notice`` per new case, then the totals line and the hints without the case keys
+    (each case is named once, by its own command)."""
     command = {FAIL: ("error", "memory regression"), MISSING: ("error", "missing case"),
                NOT_COMPARABLE: ("warning", "not comparable"), NEW: ("notice", "new case")}
     lines = [f"::notice::{_escape(note)}" for note in o.notes]
@@ -293,7 +364,7 @@ def as_github(o: Outcome, **_: bool) -> str:
             message = f"{c.key}: {c.where} {c.change_text()}".replace("  ", " ")
             lines.append(f"::{level} title={_escape(f'{what} {c.key}', prop=True)}::"
                          f"{_escape(message)}")
-    return "\n".join([*lines, o.totals_line, *o.hints])
+    return "\n".join([*lines, o.totals_line, *o.unnamed_hints])
 
 
 FORMATS: dict[str, Callable[..., str]] = {

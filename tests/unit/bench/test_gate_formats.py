@@ -18,6 +18,8 @@ from test_user_gate import _edit, _entry, _suite, gate, made, measure_once
 
 from bench.cli import main
 from bench.gate import torch_minor
+from bench.gate_output import REPORT_SCHEMA, case_results
+from profl_core.compare import Diff, Status
 
 __all__ = ["gate", "made", "measure_once"]  # the fixtures this module reuses
 
@@ -122,6 +124,80 @@ def test_json_not_comparable_is_exit_0(gate: list[str],
     assert _run(gate, "json", capsys)[0] == 0
 
 
+def _validate(doc: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, REPORT_SCHEMA)
+
+
+def test_json_pass_is_valid_against_the_schema(gate: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    _validate(json.loads(_run(gate, "json", capsys)[1]))
+
+
+def test_json_regression_is_valid_against_the_schema(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _regress(Path(gate[-1]))
+    _validate(json.loads(_run(gate, "json", capsys)[1]))
+
+
+def test_json_not_comparable_is_valid_against_the_schema(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _redefine(Path(gate[-1]))
+    _validate(json.loads(_run(gate, "json", capsys)[1]))
+
+
+def test_the_schema_refuses_a_compared_case_without_its_worst_number(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The schema is not vacuous: a passing case with no metric is refused."""
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = json.loads(_run(gate, "json", capsys)[1])
+    doc["cases"][0]["metric"] = None
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, REPORT_SCHEMA)
+
+
+def test_json_pass_case_worst_number_is_the_step_peak(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every number unchanged: the worst is the whole step's peak, not the first metric."""
+    case = _json_case(json.loads(_run(gate, "json", capsys)[1]), CASE)
+    assert (case["metric"], case["block"], case["phase"]) == ("peak_bytes", None, None)
+
+
+def test_json_pass_case_gives_the_step_peak_bytes(
+    gate: list[str], made: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = _json_case(json.loads(_run(gate, "json", capsys)[1]), CASE)
+    assert case["current_bytes"] == _entry(made)["cases"][CASE]["peak_bytes"]
+
+
+def test_json_pass_case_gives_no_change(gate: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert _json_case(json.loads(_run(gate, "json", capsys)[1]), CASE)["change_bytes"] == 0
+
+
+def _diff(metric: str, baseline: int, current: int) -> Diff:
+    return Diff(key="k", metric=metric, baseline=baseline, current=current, tolerance=0.005,
+                status=Status.OK)
+
+
+def test_a_passing_number_that_grew_is_the_worst_over_the_step_peak() -> None:
+    grew = _diff("block_peak_bytes:block2:backward", 1000, 1001)
+    worst = case_results([_diff("block_heap_peak_bytes:block1:forward", 10, 10), grew,
+                          _diff("peak_bytes", 2000, 2000)])[0].worst
+    assert worst == grew
+
+
+def test_unchanged_numbers_give_the_step_peak_before_the_heap_peak() -> None:
+    step = _diff("peak_bytes", 2000, 2000)
+    worst = case_results([_diff("block_peak_bytes:block1:forward", 10, 10),
+                          _diff("heap_peak_bytes", 3000, 3000), step])[0].worst
+    assert worst == step
+
+
 def test_json_output_file_holds_the_document(gate: list[str], tmp_path: Path) -> None:
     report = tmp_path / "gate.json"
     main([*gate, "--format", "json", "--output", str(report)])
@@ -213,6 +289,47 @@ def test_github_not_comparable_has_no_error(gate: list[str],
                                             capsys: pytest.CaptureFixture[str]) -> None:
     _redefine(Path(gate[-1]))
     assert "::error" not in _run(gate, "github", capsys)[1]
+
+
+def _lines_naming(out: str, key: str) -> list[str]:
+    """The lines that name ``key``, as it is or escaped as a workflow command's property."""
+    escaped = key.replace(":", "%3A")
+    return [line for line in out.splitlines() if key in line or escaped in line]
+
+
+def test_github_not_comparable_case_is_named_once(gate: list[str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _redefine(Path(gate[-1]))
+    assert len(_lines_naming(_run(gate, "github", capsys)[1], CASE)) == 1
+
+
+def test_github_not_comparable_keeps_the_refresh_command(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _redefine(Path(gate[-1]))
+    warning = next(line for line in _run(gate, "github", capsys)[1].splitlines()
+                   if line.startswith("WARNING: 1 cases not comparable: "))
+    assert warning.endswith(f"--baseline {gate[-1]} --update`")
+
+
+def test_github_regression_case_is_named_once(gate: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _regress(Path(gate[-1]))
+    assert len(_lines_naming(_run(gate, "github", capsys)[1], CASE)) == 1
+
+
+def test_github_regression_ends_with_the_count_of_failing_cases(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _regress(Path(gate[-1]))
+    assert _run(gate, "github", capsys)[1].rstrip().endswith("FAIL: memory regression in 1 cases")
+
+
+def test_text_not_comparable_still_lists_the_case_in_its_warning(
+    gate: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _redefine(Path(gate[-1]))
+    assert f"WARNING: 1 cases not comparable ({CASE})" in _run(gate, "text", capsys)[1]
 
 
 # ------------------------------------------------------------------------------------- text
