@@ -486,3 +486,9 @@ def test_torchvision_output_modules_reach_the_head() -> None:
 def test_an_unknown_plain_name() -> None:
     with pytest.raises(ConfigError, match=r"unknown model 'resnet99'.*torchvision:NAME"):
         check_model_name("resnet99")
+
+
+def test_a_forward_that_fails_on_the_input_names_where_the_input_comes_from() -> None:
+    message = _error(_name("seq"), in_channels=1)
+    assert "its forward failed on a 2x1x32x32 input" in message
+    assert "the dataset's images in profl train" in message
