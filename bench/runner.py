@@ -3,13 +3,16 @@
 A run folder is ``results/runs/<machine>/<utc>_<sha>_<suite>/``. Every measured case is saved
 as soon as it is done, so ``--resume`` continues an interrupted run without redoing cases. The
 accuracy section runs every (label, partition, seed) into ``runs/<label>-<partition>-s<seed>/``,
-``workers`` runs at once in spawned processes; a run with a ``result.json`` is finished and
-skipped on ``--resume``, an unfinished one continues from its checkpoint. ``report.md``,
+``workers`` runs at once in spawned processes, the longest first (:func:`schedule`); a run with
+a ``result.json`` is finished and skipped on ``--resume``, an unfinished one continues from its
+checkpoint. Each distinct memory table is predicted once per suite into ``plans/``
+(:func:`bench.training.shared_table`), by the pool before its runs. ``report.md``,
 tables and figures are then rebuilt from the folder's files (:func:`bench.report.build_report`).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import platform
 import signal
@@ -35,10 +38,18 @@ from bench.run_files import (
     read_run_result,
 )
 from bench.run_frames import run_folders
-from bench.run_settings import TrainingConfig
+from bench.run_settings import TrainingConfig, make_method
 from bench.speed import run_speed
 from bench.suites import AccuracySection, Suite, run_name
-from bench.training import check_inputs, load_data, run_training
+from bench.training import (
+    PLANS_DIR,
+    check_inputs,
+    federated_data,
+    load_data,
+    model_spec,
+    run_training,
+    shared_table,
+)
 from bench.zoo import render as render_zoo
 from bench.zoo import write_zoo, zoo_table
 from profl_core.data import ArrayDataset
@@ -91,6 +102,33 @@ class _Job:
     resume: bool
     suite: str
     target_accuracy: float
+    plans: Path | None = None
+
+
+#: Measured training time (s) of one run of each method in the default suite's setting
+#: (150 rounds of cnn at width 0.25, 2 workers; docs/results.md and docs/baselines.md): the
+#: cost :func:`schedule` orders runs by. A method not listed counts as the longest.
+RUN_COST_S = {"profl": 56, "profl-accum": 124, "fedavg": 106, "alllarge": 106,
+              "exclusivefl": 39, "allsmall": 51, "fedavg-fit": 255, "heterofl": 80,
+              "fedrolex": 81, "depthfl": 64, "inclusivefl": 71}
+
+#: Measured time (s) to predict each method's memory table in that setting (docs/baselines.md);
+#: the other methods' take 0.4-3.6 s.
+PLAN_COST_S = {"profl-accum": 55, "fedavg-fit": 29}
+
+
+def run_cost(config: TrainingConfig) -> float:
+    """A run's estimated training time: :data:`RUN_COST_S` of its method, scaled by its rounds
+    and local epochs against the measured setting's (150 and 1); unknown methods the
+    longest."""
+    cost = RUN_COST_S.get(config.method, max(RUN_COST_S.values()))
+    return cost * config.rounds * config.local_epochs / 150
+
+
+def schedule(jobs: list[_Job]) -> list[_Job]:
+    """``jobs`` longest first by :func:`run_cost` (ties in suite order), so that a pool of
+    workers does not end with one long run alone (the longest-processing-time rule)."""
+    return sorted(jobs, key=lambda job: -run_cost(job.config))
 
 
 @dataclass(frozen=True)
@@ -135,6 +173,10 @@ class _Progress:
         acc = "-" if accuracy is None else f"{accuracy:.3f}"
         self.bar.set_postfix_str(f"{name} {submodel} acc {acc}")
 
+    def table(self, method: str, source: str, seconds: float) -> None:
+        how = "predicted" if source == "predicted" else "read from plans/"
+        self.log(f"  memory table of {method}: {how} ({seconds:.0f} s)")
+
     def done(self, outcome: _Outcome) -> None:
         self.bar.update(max(0, self.rounds[outcome.name] - self.last.pop(outcome.name)))
         self.finished += 1
@@ -171,10 +213,6 @@ def _init_worker(threads: int, queue: Any, stop: Any) -> None:
 
 def _work(job: _Job) -> _Outcome:
     """Run one job in a worker process: its data (loaded once per process), then training."""
-    key = (job.config.dataset, str(job.config.data_dir))
-    if key not in _DATA:
-        _DATA[key] = load_data(job.config)
-
     def progress(record: RoundRecord) -> None:
         _QUEUE.put((job.name, record.round, record.submodel, record.accuracy))
         if _STOP.is_set():
@@ -182,14 +220,45 @@ def _work(job: _Job) -> _Outcome:
 
     start = time.perf_counter()
     result = run_training(
-        job.config, job.out, resume=job.resume, progress=progress, data=_DATA[key],
-        suite=job.suite, target_accuracy=job.target_accuracy)
+        job.config, job.out, resume=job.resume, progress=progress, data=_data(job.config),
+        suite=job.suite, target_accuracy=job.target_accuracy, plans=job.plans)
     return _outcome(job.name, result, time.perf_counter() - start)
 
 
+def _data(config: TrainingConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """The train and test split of ``config``, loaded once per worker process."""
+    key = (config.dataset, str(config.data_dir))
+    if key not in _DATA:
+        _DATA[key] = load_data(config)
+    return _DATA[key]
+
+
+def _plan_work(job: _Job) -> tuple[str, str, float]:
+    """Predict (or read) the memory table of ``job``'s method into its suite's ``plans/`` in
+    a worker process; return the method, where the table came from and the seconds taken."""
+    start = time.perf_counter()
+    train, test = _data(job.config)
+    spec = model_spec(job.config, train)
+    method = make_method(job.config, federated_data(job.config, train, test))
+    _, source = shared_table(spec, job.config, method, job.plans)
+    return job.config.method, source, time.perf_counter() - start
+
+
+def plan_jobs(jobs: list[_Job]) -> list[_Job]:
+    """One job per distinct memory table of ``jobs`` (runs whose settings differ only in
+    seed, partition or label share one), the longest to predict first."""
+    first: dict[str, _Job] = {}
+    for job in jobs:
+        settings = {k: v for k, v in job.config.to_json().items()
+                    if k not in ("seed", "partition", "label")}
+        first.setdefault(json.dumps(settings, sort_keys=True, default=str), job)
+    return sorted(first.values(), key=lambda job: -PLAN_COST_S.get(job.config.method, 1))
+
+
 def _run_in_workers(jobs: list[_Job], workers: int, threads: int, tracker: _Progress) -> None:
-    """Run ``jobs`` in ``workers`` spawned processes; the first error stops the others after
-    their current round and is raised here."""
+    """Run ``jobs`` in ``workers`` spawned processes, after their memory tables
+    (:func:`plan_jobs`, queued first); the first error stops the others after their current
+    round and is raised here."""
     context = multiprocessing.get_context("spawn")
     queue, stop = context.Queue(), context.Event()
 
@@ -202,17 +271,21 @@ def _run_in_workers(jobs: list[_Job], workers: int, threads: int, tracker: _Prog
 
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                              initializer=_init_worker, initargs=(threads, queue, stop)) as pool:
+        tables = [pool.submit(_plan_work, job) for job in plan_jobs(jobs)]
         futures = [pool.submit(_work, job) for job in jobs]
         try:
-            pending = set(futures)
+            pending = set(tables) | set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 drain()
-                for future in sorted(done, key=futures.index):
-                    tracker.done(future.result())
+                for future in sorted(done, key=[*tables, *futures].index):
+                    if future in tables:
+                        tracker.table(*future.result())
+                    else:
+                        tracker.done(future.result())
         except BaseException:
             stop.set()  # running runs end after their round; queued ones never start
-            for future in futures:
+            for future in [*tables, *futures]:
                 future.cancel()
             raise
         finally:
@@ -257,7 +330,8 @@ def accuracy_jobs(
         if resume:
             check_resume(config, out)
         jobs.append(_Job(name=name, config=config, out=out, resume=resume,
-                         suite=suite, target_accuracy=section.target_accuracy))
+                         suite=suite, target_accuracy=section.target_accuracy,
+                         plans=folder / PLANS_DIR))
     return jobs
 
 
@@ -275,7 +349,9 @@ def run_accuracy(
     """Run every (label, partition, seed) of ``section`` into ``folder/runs/``.
 
     ``section.workers`` runs go at once, each in its own spawned process with
-    ``section.torch_threads`` torch threads (1 worker: one after the other in this process);
+    ``section.torch_threads`` torch threads, the longest first (:func:`schedule`), after the
+    pool has predicted each distinct memory table once (1 worker: one after the other in this
+    process, in the suite's order, the first run of each table predicting it);
     a run's result does not depend on which process ran it, only on its settings and the
     torch thread count (set ``threads`` to compare runs across ``workers``). With ``resume``,
     runs that hold ``result.json`` are skipped and the others continue from their checkpoints;
@@ -296,7 +372,7 @@ def run_accuracy(
     tracker = _Progress(jobs, len(runs) - len(jobs), len(runs), log)
     try:
         if workers > 1:
-            _run_in_workers(jobs, workers, section.torch_threads, tracker)
+            _run_in_workers(schedule(jobs), workers, section.torch_threads, tracker)
         else:
             _run_here(jobs, section.torch_threads, tracker)
     finally:
@@ -336,7 +412,7 @@ def _run_here(jobs: list[_Job], threads: int, tracker: _Progress) -> None:
             start = time.perf_counter()
             result = run_training(job.config, job.out, resume=job.resume, progress=progress,
                                   data=data, suite=job.suite,
-                                  target_accuracy=job.target_accuracy)
+                                  target_accuracy=job.target_accuracy, plans=job.plans)
             tracker.done(_outcome(job.name, result, time.perf_counter() - start))
     finally:
         torch.set_num_threads(before)

@@ -17,7 +17,10 @@ naming it, before any work.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -37,7 +40,7 @@ from bench.run_summary import step_summary, summary_records
 from profl_core.data import ArrayDataset, load_dataset, partition
 from profl_core.devices import DeviceProfile, Fleet, load_fleet, load_profiles
 from profl_core.errors import ConfigError
-from profl_core.files import atomic_write_text
+from profl_core.files import atomic_write_text, read_json
 from profl_core.fl import DivergedError, FederatedData, JsonlSink, RoundRecord, run_federated
 from profl_core.fl.loop import CHECKPOINT_NAME, load_checkpoint, restore_checkpoint
 from profl_core.fl.method import Method
@@ -92,21 +95,111 @@ def model_spec(config: TrainingConfig, train: ArrayDataset) -> ModelSpec:
                        identity_standins=identity)
 
 
-def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dict[str, int]:
+def memory_table(spec: ModelSpec, config: TrainingConfig, method: Method,
+                 plans: Path | None = None) -> dict[str, int]:
     """Required bytes of every sub-model ``method`` hands out (its memory plan), predicted on
     the client steps its clients run: the heap peak (live tensors plus kernel scratch) at this
     process's torch thread count, the count the clients train with.
 
     The table is computed once per process for each method, settings, model, batch size and
-    thread count (suite workers share it).
+    thread count, and with ``plans`` (a suite run folder's ``plans/``) once per suite: see
+    :func:`shared_table`.
     """
-    frozen_bn = config.frozen_bn
-    key = (method.name, method.config, spec, config.batch_size, frozen_bn,
-           torch.get_num_threads())
-    if key not in _TABLES:
-        reports = method_table(method, spec, batch_size=config.batch_size, frozen_bn=frozen_bn)
-        _TABLES[key] = {name: r.required_bytes for name, r in reports.items()}
-    return dict(_TABLES[key])
+    return shared_table(spec, config, method, plans)[0]
+
+
+#: Where a run's memory table came from (``memory_table_from`` in its ``result.json``):
+#: predicted by the run, this process's earlier prediction, or a suite's ``plans/`` file.
+TABLE_SOURCES = ("predicted", "process", "shared")
+
+#: A suite run folder's folder of memory tables shared by its runs (:func:`shared_table`).
+PLANS_DIR = "plans"
+
+
+def table_key(spec: ModelSpec, config: TrainingConfig, method: Method) -> tuple[Any, ...]:
+    """What determines a method's memory table in this process: the method and its settings,
+    the model, the batch size, the frozen-BN setting and the torch thread count."""
+    return (method.name, method.config, spec, config.batch_size, config.frozen_bn,
+            torch.get_num_threads())
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as JSON data that is the same in every process (sets sorted: their order
+    follows the per-process string hash)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__,
+                **{f.name: _canonical(getattr(value, f.name))
+                   for f in dataclasses.fields(value)}}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) for v in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def plan_digest(key: tuple[Any, ...]) -> str:
+    """The file name stem of a memory table in ``plans/``: a hash of :func:`table_key`, the
+    torch version and the CPU capability torch dispatches to (the heap's kernel scratch
+    depends on both)."""
+    text = json.dumps([_canonical(key), torch.__version__,
+                       torch.backends.cpu.get_cpu_capability()], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def shared_table(spec: ModelSpec, config: TrainingConfig, method: Method,
+                 plans: Path | None = None) -> tuple[dict[str, int], str]:
+    """:func:`memory_table` and where it came from (:data:`TABLE_SOURCES`).
+
+    With ``plans``, the table is the file ``plans/<digest>.json`` (:func:`plan_digest`) when
+    it exists; else this process predicts it and writes the file, holding
+    ``plans/<digest>.lock`` meanwhile, so the runs of a suite, its worker processes and a
+    ``--resume`` share one prediction. The file holds the very integers predicted (the
+    same table byte for byte) and the key it was predicted for, checked on reading.
+    """
+    key = table_key(spec, config, method)
+    if key in _TABLES:
+        return dict(_TABLES[key]), "process"
+    if plans is None:
+        _TABLES[key] = _predict_table(spec, config, method)
+        return dict(_TABLES[key]), "predicted"
+    plans.mkdir(parents=True, exist_ok=True)
+    digest = plan_digest(key)
+    path = plans / f"{digest}.json"
+    with open(plans / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the process ends, however it ends
+        if path.is_file():
+            source, table = "shared", _read_plan_file(path, key)
+        else:
+            start = time.perf_counter()
+            source, table = "predicted", _predict_table(spec, config, method)
+            atomic_write_text(path, json.dumps({
+                "key": _canonical(key), "torch": torch.__version__,
+                "predict_s": round(time.perf_counter() - start, 3), "table": table},
+                indent=1) + "\n")
+    _TABLES[key] = table
+    return dict(table), source
+
+
+def _read_plan_file(path: Path, key: tuple[Any, ...]) -> dict[str, int]:
+    """The table of a ``plans/`` file written for ``key``."""
+    fix = "delete it (the suite then predicts the table again)"
+    data = read_json(path, "memory plan file", missing=fix, fix=fix)
+    table = data.get("table") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("key") != _canonical(key) \
+            or not isinstance(table, dict) \
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in table.values()):
+        raise ConfigError(f"{path}: not the memory table of this run's method and model; {fix}")
+    return {str(name): int(v) for name, v in table.items()}
+
+
+def _predict_table(spec: ModelSpec, config: TrainingConfig, method: Method) -> dict[str, int]:
+    reports = method_table(method, spec, batch_size=config.batch_size,
+                           frozen_bn=config.frozen_bn)
+    return {name: r.required_bytes for name, r in reports.items()}
 
 
 _TABLES: dict[tuple[Any, ...], dict[str, int]] = {}
@@ -187,6 +280,7 @@ def run_training(
     suite: str | None = None,
     target_accuracy: float | None = None,
     log: Callable[[str], None] | None = None,
+    plans: Path | None = None,
 ) -> ResultFile:
     """Run one federated training into ``out`` and return its result file.
 
@@ -202,6 +296,8 @@ def run_training(
         suite: Result-file suite name (default ``train-<method>``).
         target_accuracy: Adds ``rounds_to_target`` to the records.
         log: Receives a few human-readable lines (memory table, final accuracy).
+        plans: A suite run folder's ``plans/``: the method's memory table is predicted once
+            for every run of the suite that shares it (:func:`shared_table`).
 
     Returns:
         The result file written to ``out/result.json``.
@@ -229,7 +325,9 @@ def run_training(
                                np_rng=np.random.default_rng(), rounds=config.rounds)
             done = int(payload["round"])
         JsonlSink(out / "rounds.jsonl").kept(done)
-    table = memory_table(spec, config, method)
+    table_start = time.perf_counter()
+    table, table_from = shared_table(spec, config, method, plans)
+    table_s = time.perf_counter() - table_start
     full_bytes = reference_bytes(spec, config)
     fleet = make_fleet(config, full_bytes)
     method.fit_fleet(fresh, fleet, table)  # fail before training when the method fits no device
@@ -259,6 +357,7 @@ def run_training(
           f"/seed{config.seed}"
     extra: dict[str, Any] = {
         "config": config.to_json(), "memory_table_bytes": table, "session_wall_s": wall,
+        "memory_table_from": table_from, "memory_table_s": table_s,
         "fleet": fleet.name, "target_accuracy": target_accuracy,
         "status": "completed" if diverged is None else "diverged", "steps": step_summary(rounds),
     }
