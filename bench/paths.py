@@ -30,7 +30,8 @@ DEVICES_DIR = PACKAGE_DIR / "devices"
 SUITES_DIR = PACKAGE_DIR / "suites"
 #: The pytest-benchmark files ``profl speed`` runs.
 SPEED_TESTS: tuple[Path, ...] = (PACKAGE_DIR / "test_speed.py", PACKAGE_DIR / "test_speed_fl.py",
-                                 PACKAGE_DIR / "test_speed_alternatives.py")
+                                 PACKAGE_DIR / "test_speed_alternatives.py",
+                                 PACKAGE_DIR / "test_speed_plan.py")
 #: Where run folders go by default: ``results/runs/...`` of the current folder (relative, so
 #: it is resolved where the command runs).
 RESULTS_DIR = Path("results")

@@ -29,6 +29,10 @@ TARGETS = [
      "test_client_training_engine", 0.9, ">="),
     ("engine client-trainings per second (250-sample client)", "engine_rate", None, 0.0,
      ">="),
+    # bench/test_speed_plan.py: profl plan's whole search, one core (issue 29)
+    ("profl plan resnet34, batch 64 (s)", "test_plan[resnet34]", None, 60.0, "<="),
+    ("profl plan mobilenet_v3_small, batch 32 (s)", "test_plan[torchvision:mobilenet_v3_small]",
+     None, 30.0, "<="),
 ]
 
 
