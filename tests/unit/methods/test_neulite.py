@@ -30,6 +30,7 @@ from profl_core.methods.neulite import (
     normalized_hsic,
     stage_table,
 )
+from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.models import build_model, native_spec
 from tests.integration.tiny_fl import ListSink
 
@@ -260,6 +261,25 @@ def test_memory_plan_holds_one_case_per_stage() -> None:
 def test_a_stage_peak_predicted_equals_dispatched(t: int) -> None:
     predicted = reports("predict")[f"neulite:{t}"].tensor_peak_bytes
     assert predicted == reports("dispatch")[f"neulite:{t}"].tensor_peak_bytes
+
+
+@functools.cache
+def plain_and_profl() -> tuple[dict[str, MemoryReport], dict[str, MemoryReport]]:
+    """The predicted tables of NeuLite without its two additions and of ProFL, on SPEC."""
+    plain = NeuLite(NeuLiteConfig(rounds=8, batch_size=BATCH, harmonize=False, lambda_x=0.0,
+                                  lambda_y=0.0))
+    return (method_table(plain, SPEC, batch_size=BATCH, probe="predict"),
+            method_table(ProFL(ProFLConfig(rounds=8, batch_size=BATCH)), SPEC,
+                         batch_size=BATCH, probe="predict"))
+
+
+@pytest.mark.parametrize("t", range(1, T + 1))
+def test_without_mentor_and_harmonizer_a_stage_is_profls_grow_step(t: int) -> None:
+    """No harmonized layer, both HSIC weights 0: stage t's step is ProFL's grow:t (B_t and
+    OM_t on the frozen B_1 .. B_{t-1}), to the byte (tensor and heap)."""
+    plain, profl = plain_and_profl()
+    assert plain[f"neulite:{t}"].tensor_peak_bytes == profl[f"grow:{t}"].tensor_peak_bytes
+    assert plain[f"neulite:{t}"].heap_peak_bytes == profl[f"grow:{t}"].heap_peak_bytes
 
 
 def test_a_stage_case_text_is_measured_as_the_methods_step() -> None:
