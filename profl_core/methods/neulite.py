@@ -44,8 +44,9 @@ Pseudo-code::
 **The schedule** (:func:`stage_table`): the code trains stage ``r mod 4 + 1`` in round r (1600
 rounds: 400 per stage, interleaved), each round with clients drawn from the devices able to
 run that stage; ``schedule="cyclic"`` does that for T stages. ``schedule="sequential"`` gives
-the stages equal consecutive shares of the budget (SLT's :func:`~profl_core.methods.slt.
-stage_ends` with equal sizes), the progressive reading of the abstract.
+the stages equal consecutive shares of the budget (SLT's
+:func:`~profl_core.methods.slt.stage_ends` with equal sizes), the progressive reading of the
+abstract.
 
 **Evaluation**: the code evaluates the model of the stage it just trained. Here a round is
 evaluated on the deepest stage trained so far (cyclic: the full model from round T on;
