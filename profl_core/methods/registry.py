@@ -29,9 +29,11 @@ from profl_core.methods.depthfl import DepthFL, DepthFLConfig
 from profl_core.methods.exclusivefl import ExclusiveFL
 from profl_core.methods.fedavg import FedAvg, FedAvgConfig
 from profl_core.methods.fedavg_fit import FedAvgFit, FedAvgFitConfig
+from profl_core.methods.fedepth import FeDepth, FeDepthConfig, group_steps
 from profl_core.methods.fedrolex import FedRolex
 from profl_core.methods.heterofl import HeteroFL, HeteroFLConfig
 from profl_core.methods.inclusivefl import InclusiveFL
+from profl_core.methods.neulite import NeuLite, NeuLiteConfig
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.methods.slt import SLT, SLTConfig
 
@@ -46,13 +48,18 @@ class MemoryKind:
         name: The case text's base (and the memory-plan key prefix of its sub-models).
         first_step: The kind's steps of a T-block model are ``first_step .. T``; None: the
             kind takes no step (``full``).
+        step_set: T -> the kind's steps when they are not ``first_step .. T`` (FeDepth's
+            block groups ``100 * a + b``).
     """
 
     name: str
     first_step: int | None = None
+    step_set: Callable[[int], Sequence[int]] | None = None
 
-    def steps(self, blocks: int) -> range:
+    def steps(self, blocks: int) -> Sequence[int]:
         """The valid steps of a model with ``blocks`` blocks (empty: none is taken)."""
+        if self.step_set is not None:
+            return self.step_set(blocks)
         return range(0) if self.first_step is None else range(self.first_step, blocks + 1)
 
 
@@ -96,6 +103,8 @@ FULL = MemoryKind("full")
 GROW, SHRINK = MemoryKind("grow", 1), MemoryKind("shrink", 2)
 DEPTH, TRUNC = MemoryKind("depth", 1), MemoryKind("trunc", 1)
 SLT_STAGE = MemoryKind("slt", 1)
+FEDEPTH_GROUP = MemoryKind("fedepth", 1, step_set=group_steps)
+NEULITE_STAGE = MemoryKind("neulite", 1)
 
 
 def _width(cls: type[HeteroFL]) -> Callable[[Any, FederatedData | None], Method]:
@@ -147,6 +156,10 @@ for _info in (
                renamed={"metrics_every": "eval_every"}),
     MethodInfo("slt", "progressive", SLTConfig, lambda cfg, data: SLT(cfg),
                kinds=(SLT_STAGE,)),
+    MethodInfo("fedepth", "progressive", FeDepthConfig, lambda cfg, data: FeDepth(cfg),
+               kinds=(FEDEPTH_GROUP,)),
+    MethodInfo("neulite", "progressive", NeuLiteConfig, lambda cfg, data: NeuLite(cfg),
+               kinds=(NEULITE_STAGE,)),
 ):
     register(_info)
 
