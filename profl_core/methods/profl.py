@@ -266,6 +266,11 @@ class ProFL(Method):
     def init_state(self, model: nn.Module, rng: np.random.Generator) -> ServerState:
         """Model weights plus freshly initialized output modules ``om1 .. om<T-1>``."""
         base, container = blocked_copy(model, "profl")
+        for i, name in enumerate(base.block_names()):
+            if next(base.block(i).parameters(), None) is None:
+                raise ConfigError(f"profl: {name} of the model has no parameters, and each "
+                                  "ProFL step trains one block; join it to a neighbouring "
+                                  "block (--blocks with a range, e.g. 0-1)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
             for t in range(1, base.num_blocks):

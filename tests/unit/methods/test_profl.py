@@ -1,5 +1,7 @@
 """ProFL's stage machine: shrink T..2 then grow 1..T, with the right frozen sets."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from profl_core.fl.types import ServerState
 from profl_core.methods.profl import ProFL, ProFLConfig
 from profl_core.methods.profl_steps import model_weights, plan
 from profl_core.models import build_model, native_spec
+from tests.conftest import importable_module
 
 T = 4
 TABLE = {f"grow:{t}": 100 for t in range(1, T + 1)} | {f"shrink:{t}": 50 for t in range(2, T + 1)}
@@ -167,3 +170,23 @@ def test_em_ends_steps_and_the_last_step_spends_the_remaining_budget() -> None:
     assert ends[:9] == [(3 * k, "em") for k in range(1, 10)]
     assert ends[9:] == [(100, "cap")]
     assert method.is_finished(state)
+
+
+def test_a_block_without_parameters_is_refused_in_one_line(tmp_path: Path) -> None:
+    source = """
+        from torch import nn
+
+        def build(num_classes):
+            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                                 nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                                               nn.Linear(8, num_classes)))
+        """
+    with importable_module(tmp_path, "relu_block_model", source):
+        model = build_model(native_spec("relu_block_model:build", in_channels=1,
+                                        input_size=28))
+        method = ProFL(ProFLConfig(rounds=4))
+        with pytest.raises(ConfigError) as info:
+            method.init_state(model, np.random.default_rng(0))
+    assert "block2 of the model has no parameters" in str(info.value)
+    assert "\n" not in str(info.value)
