@@ -37,7 +37,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 from torch import nn
 
@@ -217,9 +216,14 @@ class MethodStrategy(Strategy):
     # ----------------------------------------------------------------- the run
     def map_nodes(self, grid: Grid, timeout: float = 600) -> dict[int, int]:
         """Ask every node for its partition id (a query round) once the fleet's number of
-        nodes has registered; one node per fleet device."""
+        nodes has registered (within ``timeout`` seconds); one node per fleet device."""
         want = len(self.fleet.devices)
-        _, node_ids = sample_nodes(grid, want, want)
+        deadline = time.monotonic() + timeout
+        while len(node_ids := list(grid.get_node_ids())) < want:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"{len(node_ids)} of {want} nodes registered within "
+                                  f"{timeout:g} s; start one node per fleet device")
+            time.sleep(0.5)
         queries = [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.QUERY,
                            group_id="partition-ids") for n in node_ids]
         mapping: dict[int, int] = {}

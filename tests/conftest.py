@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -10,6 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# tests/flower needs flwr, which pins its own Ray: it runs in its own env (tox -e flower),
+# never in the main one, which has no flwr.
+collect_ignore = [] if importlib.util.find_spec("flwr") else ["flower"]
 
 PROFILE = """\
 name = "lab-phone"
