@@ -32,8 +32,8 @@ The model is cut into blocks ``B_1 .. B_T`` plus a head. Stage t (sub-model and 
 
 Pseudo-code::
 
-    stages[r] = r mod T + 1                      (schedule="cyclic", the code's; default)
-              | t while r < ends[t], ends = slt.stage_ends([1] * T, R)   (schedule="sequential")
+    stages[r] = r mod T + 1                      (stage_order="cyclic", the code's; default)
+              | t while r < ends[t], ends = slt.stage_ends([1] * T, R)   (stage_order="sequential")
     for round r = 0 .. R-1:
         t = stages[r]
         draw per_round devices whose budget fits neulite:t's measured peak
@@ -43,7 +43,7 @@ Pseudo-code::
 
 **The schedule** (:func:`stage_table`): the code trains stage ``r mod 4 + 1`` in round r (1600
 rounds: 400 per stage, interleaved), each round with clients drawn from the devices able to
-run that stage; ``schedule="cyclic"`` does that for T stages. ``schedule="sequential"`` gives
+run that stage; ``stage_order="cyclic"`` does that for T stages. ``stage_order="sequential"`` gives
 the stages equal consecutive shares of the budget (SLT's
 :func:`~profl_core.methods.slt.stage_ends` with equal sizes), the progressive reading of the
 abstract.
@@ -128,11 +128,11 @@ class NeuLiteConfig(LocalTraining):
     """NeuLite's settings: the local training (``rounds`` is the budget of all stages), and
 
     Attributes:
-        schedule: ``"cyclic"`` (round r trains stage ``r mod T + 1``: the code's) or
+        stage_order: ``"cyclic"`` (round r trains stage ``r mod T + 1``: the code's) or
             ``"sequential"`` (equal consecutive shares of the budget).
         lambda_x: Weight of the input term nHSIC(Z, X) at stage 1 (0 at stage T).
         lambda_y: Weight of the label term nHSIC(output, Y) at stage T (0 at stage 1).
-        sigma: The Gaussian kernels' width: ``exp(-|a - b|^2 / (2 sigma^2 d))`` for
+        hsic_sigma: The Gaussian kernels' width: ``exp(-|a - b|^2 / (2 sigma^2 d))`` for
             d-dimensional samples (the code's 5).
         harmonize: Train the last layer of ``B_{t-1}`` in stage t (the Training Harmonizer's
             backward half); False freezes it.
@@ -141,25 +141,25 @@ class NeuLiteConfig(LocalTraining):
 
     where: ClassVar[str] = "neulite"
 
-    schedule: Schedule = "cyclic"
+    stage_order: Schedule = "cyclic"
     lambda_x: float = 0.1
     lambda_y: float = 0.1
-    sigma: float = 5.0
+    hsic_sigma: float = 5.0
     harmonize: bool = True
     weighting: Weighting = "examples"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.schedule not in ("cyclic", "sequential"):
-            raise ConfigError(f"neulite: schedule={self.schedule!r}; use 'cyclic' or "
+        if self.stage_order not in ("cyclic", "sequential"):
+            raise ConfigError(f"neulite: stage_order={self.stage_order!r}; use 'cyclic' or "
                               "'sequential'")
         for name in ("lambda_x", "lambda_y"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"neulite: {name}={value!r}; use a number, 0 or more")
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, int | float) \
-                or self.sigma <= 0:
-            raise ConfigError(f"neulite: sigma={self.sigma!r}; use a number above 0")
+        if isinstance(self.hsic_sigma, bool) or not isinstance(self.hsic_sigma, int | float) \
+                or self.hsic_sigma <= 0:
+            raise ConfigError(f"neulite: hsic_sigma={self.hsic_sigma!r}; use a number above 0")
         if not isinstance(self.harmonize, bool):
             raise ConfigError(f"neulite: harmonize={self.harmonize!r}; use true or false")
         if self.weighting not in ("examples", "uniform"):
@@ -379,7 +379,7 @@ class NeuLite(Method):
         path = (*(f"block{i}" for i in range(first, t + 1)), *structure.om(t))
         lx, ly = curriculum_weights(t, structure.num_blocks, self.config.lambda_x,
                                     self.config.lambda_y)
-        step = CurriculumPath(modules, frozen, path, lx, ly, float(self.config.sigma))
+        step = CurriculumPath(modules, frozen, path, lx, ly, float(self.config.hsic_sigma))
         return SubModel(modules=modules, prefix=(),
                         student=(*frozen, *path, *structure.harmonized(t, harmonize)),
                         trainable=structure.trainable(t, harmonize),
@@ -406,7 +406,7 @@ class NeuLite(Method):
                 container.add_module(f"om{t}", base.output_module(t))
         blocks = base.num_blocks
         structure = NeuLiteStructure(
-            container, blocks, stage_table(self.config.rounds, blocks, self.config.schedule),
+            container, blocks, stage_table(self.config.rounds, blocks, self.config.stage_order),
             tuple(last_layer(base.block(i)) for i in range(blocks)))
         weights = {k: v.detach().clone() for k, v in container.state_dict().items()}
         return ServerState(weights=weights,
@@ -453,7 +453,7 @@ class NeuLite(Method):
         t = self.stage(state)
         used = int(state.meta["rounds_used"]) + 1
         stages = structure_of(state).stages
-        ends = self.config.schedule == "sequential" and (
+        ends = self.config.stage_order == "sequential" and (
             used == len(stages) or (used < len(stages) and stages[used] != t))
         weights = fedavg(state.weights, updates, weighting=self.config.weighting)
         return replace(state, weights=weights, meta={

@@ -247,7 +247,7 @@ COMMANDS: dict[str, Run | NotRun] = {
         "tensor peak 126.30 MiB at block2 (backward)"),
     PLAN: Run("wrote plan.json", background=True),
     "profl check": NotRun(
-        "measures the 116 memory-ci cases (about 2 minutes); the same gate runs on a user's "
+        "measures the 238 memory-ci cases (about 3 minutes); the same gate runs on a user's "
         "suite below, and tests/unit/bench/test_check_gate.py gates the shipped one",
         committed_gate),
     TRAIN_PROFL: Run("final accuracy", extra=TINY_TRAIN),

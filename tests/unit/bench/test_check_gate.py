@@ -56,8 +56,10 @@ def test_committed_baseline_covers_this_torch_version() -> None:
     data = json.loads(DEFAULT_BASELINE.read_text(encoding="utf-8"))
     cases = data["torch"][torch_minor()]["cases"]
     # 6 models x (full + shrink T..2 + grow 1..T) = 52, + 6 x (accum:4, ckpt, amp) = 18,
-    # + every ProFL step with accum:4 (52 - 6 = 46)
-    assert len(cases) == 116
+    # + every ProFL step with accum:4 (52 - 6 = 46), + the rivals: SLT's and NeuLite's T
+    # stages each (2 x 26 blocks = 52) and FeDepth's T(T+1)/2 groups (4 models of 4 blocks,
+    # vgg11 and vgg16 of 5: 4 x 10 + 2 x 15 = 70)
+    assert len(cases) == 116 + 52 + 70
 
 
 def test_committed_baseline_defines_every_case_as_the_shipped_suite_does() -> None:

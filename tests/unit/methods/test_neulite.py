@@ -214,7 +214,7 @@ def test_sequential_schedule_gives_equal_consecutive_shares() -> None:
 
 
 def test_method_walks_the_sequential_schedule_and_marks_stage_ends() -> None:
-    method = NeuLite(NeuLiteConfig(rounds=10, schedule="sequential"))
+    method = NeuLite(NeuLiteConfig(rounds=10, stage_order="sequential"))
     state = fresh_state(method)
     seen, ends = [], []
     for rnd in range(1, 11):
@@ -328,6 +328,6 @@ def test_config_rejects_an_unknown_key() -> None:
         NeuLiteConfig.from_dict({"rounds": 8, "nope": 1})
 
 
-def test_config_rejects_an_unknown_schedule() -> None:
-    with pytest.raises(ConfigError, match="schedule"):
-        NeuLiteConfig(rounds=8, schedule="em")  # type: ignore[arg-type]
+def test_config_rejects_an_unknown_stage_order() -> None:
+    with pytest.raises(ConfigError, match="stage_order='em'"):
+        NeuLiteConfig(rounds=8, stage_order="em")  # type: ignore[arg-type]
