@@ -53,10 +53,11 @@ def make_plan(spec: ModelSpec, *, batch_size: int, max_blocks: int, probe: str =
 
 
 class PlanProgress:
-    """The planner's progress on stderr: each search's block costs out of its total (the
-    costs it has not met in an earlier search; at most ``1 + refinements`` searches), the steps
-    measured, the time spent and the search's ETA. A tqdm bar on a terminal; otherwise one line
-    every ``every`` seconds (and when a search starts), for logs and CI.
+    """The planner's progress on stderr: each search's block steps out of its bound (the
+    steps of its blocks not measured in an earlier search; shrink steps that cannot change the
+    plan are skipped, so a search may end below it; at most ``1 + refinements`` searches), the
+    steps measured, the time spent and the search's ETA (at most). A tqdm bar on a terminal;
+    otherwise one line every ``every`` seconds (and when a search starts), for logs and CI.
     """
 
     def __init__(self, name: str, *, every: float = 5.0, stream: TextIO | None = None) -> None:
@@ -72,7 +73,7 @@ class PlanProgress:
 
     def __enter__(self) -> PlanProgress:
         if self.tty:
-            self.bar = tqdm(desc=f"plan {self.name}: {self.where}", unit=" block costs",
+            self.bar = tqdm(desc=f"plan {self.name}: {self.where}", unit=" block steps",
                             leave=False, file=self.stream, total=None)
         return self
 
@@ -90,7 +91,8 @@ class PlanProgress:
             self._line()
 
     def search(self, search: int, searches: int, done: int, total: int) -> None:
-        """:data:`~profl_core.memory.plan.Progress`: block cost ``done`` of ``total``."""
+        """:data:`~profl_core.memory.plan.Progress`: block step ``done`` of at most
+        ``total``."""
         now = time.monotonic()
         started = done == 0
         if started:
@@ -113,11 +115,11 @@ class PlanProgress:
         self.last_line = now
         text = f"plan {self.name}: {self.where}"
         if self.where != "stage partition":
-            text += f", {self.done}/{self.total} block costs"
+            text += f", {self.done}/{self.total} block steps at most"
         text += f", {self.steps} steps measured, {_clock(now - self.start)} elapsed"
         if 0 < self.done < self.total:
             rate = (now - self.search_start) / self.done
-            text += f", search ETA {_clock(rate * (self.total - self.done))}"
+            text += f", search ETA {_clock(rate * (self.total - self.done))} at most"
         print(text, file=self.stream, flush=True)
 
 

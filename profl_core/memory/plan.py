@@ -28,11 +28,13 @@ search is a dynamic programme over the boundaries that minimises the largest blo
 (among partitions with that largest cost) the sum of the block costs, then the number of
 blocks. Every searched partition is measured exactly (every ``grow:t`` and ``shrink:t`` case)
 and those are the peaks reported. A case met twice in one planning run is measured once
-(:func:`measure_once`), a block cost is computed once per ``(i, j, later cuts)``, and zoo and
-torchvision cuts skip building a model to learn that their ``shrink`` steps have a stand-in
-to fit (:func:`_stand_ins_fit`). With a fleet, the objective is the share of devices that fit
-every step: it is a decreasing step function of the largest peak, so the same partition
-maximises it.
+(:func:`measure_once`), a block's steps once per ``(i, j, later cuts)``, a block's ``shrink``
+step only when the block can be in a best partition (its ``grow`` step is a lower bound of
+its cost; :func:`_search` proves the boundaries are the ones every cost would give), and zoo
+and torchvision cuts skip building a model to learn that their ``shrink`` steps have a
+stand-in to fit (:func:`_stand_ins_fit`). With a fleet, the objective is the share of
+devices that fit every step: it is a decreasing step function of the largest peak, so the
+same partition maximises it.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 Measure = Callable[[TrainingCase], MemoryReport]
-#: ``progress(search, searches, done, total)``: block ``done`` of the ``total`` block costs
-#: search ``search`` (1-based, at most ``searches``) has to measure is costed.
+#: ``progress(search, searches, done, total)``: search ``search`` (1-based, at most
+#: ``searches``) has measured ``done`` of the at most ``total`` block steps it may need.
 Progress = Callable[[int, int, int, int], None]
 Objective = Literal["required", "tensor"]
 OBJECTIVES: tuple[str, ...] = ("required", "tensor")
@@ -263,8 +265,10 @@ def plan_partition(
             blocks the previous search put after it; stops early when the partition repeats.
         objective: the peak to minimise: ``"required"`` (what selection compares with a
             budget: the heap peak where the probe models it) or ``"tensor"`` (live tensors).
-        progress: told after every block cost measured (see :data:`Progress`); a search's
-            total counts the block costs not already known from an earlier search.
+        progress: told when a search starts and after every block step it measures (see
+            :data:`Progress`); a search's total counts the steps of its blocks not already
+            measured by an earlier search (a bound: shrink steps that cannot change the
+            answer are skipped, :func:`_search`).
 
     A case is measured once per call: a case met again (the same spec, step and options) reuses
     the first report, so ``measure`` must be deterministic (every probe is).
@@ -282,41 +286,15 @@ def plan_partition(
     n = len(units)
     measure = measure_once(measure)
     stand_ins_fit = _stand_ins_fit(base)
-    costs: dict[tuple[int, int, tuple[int, ...]], int] = {}
     searches = 1 + max(0, refinements)
-    done = total = search = 0
-
-    def cost(i: int, j: int, rest: tuple[int, ...]) -> int:
-        nonlocal done
-        key = (i, j, rest)
-        if key not in costs:
-            cut = partition_spec(base, units, [b for b in (i, j) if 0 < b < n] + list(rest),
-                                 head=head)
-            t = 1 if i == 0 else 2
-            fitted = t > 1 and (stand_ins_fit or t in fitted_steps(cut))
-            labels = [f"grow:{t}"] + ([f"shrink:{t}"] if fitted else [])
-            costs[key] = max(
-                _peak(measure(case_from_text(cut, label, batch_size=batch_size)), objective)
-                for label in labels)
-            done += 1
-            if progress is not None:
-                progress(search, searches, done, total)
-        return costs[key]
-
+    steps = _BlockSteps(base, units, head, batch_size=batch_size, measure=measure,
+                        objective=objective, stand_ins_fit=stand_ins_fit)
     later: tuple[int, ...] = ()  # the previous search's cuts; none at first
     best: Plan | None = None
     for search in range(1, searches + 1):
-        def rest_after(j: int, after: tuple[int, ...] = later) -> tuple[int, ...]:
-            return tuple(b for b in after if b > j)
-
-        def block_cost(i: int, j: int) -> int:
-            return cost(i, j, rest_after(j))
-
-        done = 0
-        total = sum((i, j, rest_after(j)) not in costs for i, j in _searched_blocks(n))
-        if progress is not None:
-            progress(search, searches, done, total)
-        bounds = _best_bounds(block_cost, n, min(max_blocks, n))
+        keys = {(i, j): (i, j, tuple(b for b in later if b > j)) for i, j in _searched_blocks(n)}
+        steps.start(search, searches, sum(steps.bound(key) for key in keys.values()), progress)
+        bounds = _search(steps, keys, n, min(max_blocks, n))
         plan = exact_plan(base, units, bounds, batch_size=batch_size, measure=measure,
                           head=head)
         if best is None or _rank(plan, objective) < _rank(best, objective):
@@ -326,6 +304,94 @@ def plan_partition(
         later = bounds
     assert best is not None
     return best
+
+
+def _search(steps: _BlockSteps, keys: dict[tuple[int, int], tuple[int, int, tuple[int, ...]]],
+            count: int, max_blocks: int) -> tuple[int, ...]:
+    """:func:`_best_bounds` over the block costs of ``keys`` (``(i, j)`` -> the key of
+    :class:`_BlockSteps`), measuring no block's ``shrink`` step that cannot change its answer.
+
+    1. Every block's ``grow`` step is measured: a lower bound of the block's cost.
+    2. The partition best by those bounds is costed exactly; its largest cost ``upper`` is at
+       least the least largest cost ``M`` of every partition.
+    3. A block whose ``grow`` step exceeds ``upper`` (so ``M``) is in no partition that
+       reaches ``M``: given its bound instead of its cost, the first programme still finds
+       ``M`` (every partition through it stays above ``M``, every other keeps its value, so
+       every state that reaches ``M`` keeps its entry) and the second leaves it out either
+       way (both numbers exceed ``M``). The boundaries are the ones every cost would give.
+    """
+    grow = {ij: steps.grow(key) for ij, key in keys.items()}
+    seed = _best_bounds(lambda i, j: grow[(i, j)], count, max_blocks)
+    upper = max(steps.cost(keys[ij]) for ij in itertools.pairwise([0, *seed, count]))
+
+    def block_cost(i: int, j: int) -> int:
+        return grow[(i, j)] if grow[(i, j)] > upper else steps.cost(keys[(i, j)])
+
+    return _best_bounds(block_cost, count, max_blocks)
+
+
+class _BlockSteps:
+    """The ProFL steps that cost a block ``[i, j)`` with the later cuts ``rest`` (a key
+    ``(i, j, rest)``), measured at most once per planning run: its ``grow:t`` step (``t`` = 1
+    for the first block, else 2: the prefix ``[0, i)`` is one frozen block) and, when its
+    stand-in has a basic layer to fit, its ``shrink:t`` step; the block's cost is the larger.
+    Tells ``progress`` after every step it measures (a search's total is the bound of
+    :meth:`bound` over its blocks: a grow step is always measured, a shrink step only when
+    the block can be in a best partition)."""
+
+    def __init__(self, base: ModelSpec, units: Sequence[Unit], head: str, *, batch_size: int,
+                 measure: Measure, objective: Objective, stand_ins_fit: bool) -> None:
+        self.base, self.units, self.head = base, units, head
+        self.batch_size, self.measure, self.objective = batch_size, measure, objective
+        self.stand_ins_fit = stand_ins_fit
+        self.peaks: dict[tuple[tuple[int, int, tuple[int, ...]], str], int] = {}
+        self.labels: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
+        self.progress: Progress | None = None
+        self.search = self.searches = self.done = self.total = 0
+
+    def start(self, search: int, searches: int, total: int, progress: Progress | None) -> None:
+        """A search starts: ``total`` steps at most to measure."""
+        self.search, self.searches, self.done, self.total = search, searches, 0, total
+        self.progress = progress
+        if progress is not None:
+            progress(search, searches, 0, total)
+
+    def _cut(self, key: tuple[int, int, tuple[int, ...]]) -> ModelSpec:
+        i, j, rest = key
+        n = len(self.units)
+        return partition_spec(self.base, self.units,
+                              [b for b in (i, j) if 0 < b < n] + list(rest), head=self.head)
+
+    def _labels(self, key: tuple[int, int, tuple[int, ...]]) -> list[str]:
+        if key not in self.labels:
+            t = 1 if key[0] == 0 else 2
+            fitted = t > 1 and (self.stand_ins_fit or t in fitted_steps(self._cut(key)))
+            self.labels[key] = [f"grow:{t}"] + ([f"shrink:{t}"] if fitted else [])
+        return self.labels[key]
+
+    def bound(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        """How many of the block's steps are not measured yet, at most."""
+        t = 1 if key[0] == 0 else 2
+        labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
+        return sum((key, label) not in self.peaks for label in labels)
+
+    def _peak(self, key: tuple[int, int, tuple[int, ...]], label: str) -> int:
+        if (key, label) not in self.peaks:
+            case = case_from_text(self._cut(key), label, batch_size=self.batch_size)
+            self.peaks[(key, label)] = _peak(self.measure(case), self.objective)
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.search, self.searches, self.done, self.total)
+        return self.peaks[(key, label)]
+
+    def grow(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        """The block's grow step: its cost when it has no stand-in to fit, else a lower
+        bound of it."""
+        return self._peak(key, self._labels(key)[0])
+
+    def cost(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        """The block's cost: the larger of its steps."""
+        return max(self._peak(key, label) for label in self._labels(key))
 
 
 def measure_once(measure: Measure) -> Measure:

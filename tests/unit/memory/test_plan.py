@@ -20,6 +20,8 @@ from profl_core.memory.case import TrainingCase
 from profl_core.memory.plan import (
     Unit,
     _best_bounds,
+    _search,
+    _searched_blocks,
     head_group,
     join,
     layer_units,
@@ -72,6 +74,45 @@ def test_the_search_finds_the_brute_force_optimum(seed: int) -> None:
     assert (max(costs), sum(costs), len(costs)) == _brute_force(cost, 9, 5)
 
 
+class _Table:
+    """Block steps from tables (the ``_BlockSteps`` interface of ``_search``): the grow and
+    shrink peaks of block ``[i, j)``; records which shrink steps were asked for."""
+
+    def __init__(self, grow: list[list[int]], shrink: list[list[int]]) -> None:
+        self.grow_table, self.shrink_table = grow, shrink
+        self.shrinks: set[tuple[int, int]] = set()
+
+    def grow(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        return self.grow_table[key[0]][key[1]]
+
+    def cost(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        self.shrinks.add(key[:2])
+        return max(self.grow_table[key[0]][key[1]], self.shrink_table[key[0]][key[1]])
+
+
+def _tables(seed: int, count: int) -> _Table:
+    rng = torch.Generator().manual_seed(seed)
+    grow = (torch.randint(1, 100, (count, count + 1), generator=rng)
+            + 10 * (torch.arange(count + 1) - torch.arange(count)[:, None]).abs()).tolist()
+    shrink = torch.randint(1, 120, (count, count + 1), generator=rng).tolist()
+    return _Table(grow, shrink)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_skipping_shrink_steps_gives_the_boundaries_of_every_cost(seed: int) -> None:
+    """The oracle: the search over every block's exact cost (the larger of its two steps)."""
+    table = _tables(seed, 9)
+    keys = {(i, j): (i, j, ()) for i, j in _searched_blocks(9)}
+    every = _best_bounds(lambda i, j: table.cost((i, j, ())), 9, 5)
+    assert _search(_tables(seed, 9), keys, 9, 5) == every
+
+
+def test_skipping_shrink_steps_skips_some() -> None:
+    table = _tables(0, 9)
+    _search(table, {(i, j): (i, j, ()) for i, j in _searched_blocks(9)}, 9, 5)
+    assert len(table.shrinks) < len(_searched_blocks(9))
+
+
 def test_resnet18_units_are_the_stem_and_its_basic_blocks() -> None:
     units = [u.text for u in layer_units(build_model(native_spec("resnet18")))]
     assert units == ["block1.0-2", "block1.3", "block1.4", "block2.0", "block2.1", "block3.0",
@@ -118,7 +159,7 @@ def test_the_search_measures_each_case_once(toy_plan) -> None:
     assert max(TOY_MEASURED.values()) == 1
 
 
-def test_each_search_counts_its_block_costs_up_to_its_total(toy_plan) -> None:
+def test_each_search_counts_its_block_steps_up_to_its_bound(toy_plan) -> None:
     starts = [i for i, (_, _, done, _) in enumerate(TOY_PROGRESS) if done == 0]
     assert starts[0] == 0
     assert 1 <= len(starts) <= TOY_PROGRESS[0][1] == 4  # 1 + refinements searches at most
@@ -128,9 +169,9 @@ def test_each_search_counts_its_block_costs_up_to_its_total(toy_plan) -> None:
         assert [done for _, _, done, _ in search] == list(range(len(search)))
         assert all(told[3] == total and told[0] == search[0][0] for told in search)
         assert len(search) - 1 <= total
-    # the first search costs every block of the 4 units but [0, 4), and all of them
-    assert TOY_PROGRESS[0][3] == 4 * 5 // 2 - 1
-    assert TOY_PROGRESS[starts[1] - 1 if len(starts) > 1 else -1][2] == 4 * 5 // 2 - 1
+    # the first search's bound: every block of the 4 units but [0, 4), the 3 first blocks
+    # [0, j) with their grow:1 step, the 6 others with grow:2 and shrink:2
+    assert TOY_PROGRESS[0][3] == 3 + 2 * 6
 
 
 def test_progress_off_a_terminal_is_a_line_every_few_seconds() -> None:
@@ -142,14 +183,14 @@ def test_progress_off_a_terminal_is_a_line_every_few_seconds() -> None:
             progress.measured("grow:1")
             progress.search(1, 4, done, 10)
     lines = stream.getvalue().splitlines()
-    assert lines == ["plan toy: search 1 of at most 4, 0/10 block costs, 1 steps measured, "
-                     "0s elapsed"]
+    assert lines == ["plan toy: search 1 of at most 4, 0/10 block steps at most, 1 steps "
+                     "measured, 0s elapsed"]
     stream = io.StringIO()
     with PlanProgress("toy", every=0.0, stream=stream) as progress:
         progress.search(2, 4, 0, 10)
         progress.measured("grow:2")
         progress.search(2, 4, 5, 10)
-    assert "5/10 block costs" in stream.getvalue()
+    assert "5/10 block steps at most" in stream.getvalue()
     assert "search ETA" in stream.getvalue().splitlines()[-1]
     assert "\r" not in stream.getvalue()
 
