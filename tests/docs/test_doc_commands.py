@@ -205,6 +205,14 @@ def ray_extra(repo: Path) -> None:
     covered_by("tests/integration/test_fl_backends.py", "def local_ray")(repo)
 
 
+def flower_extra(repo: Path) -> None:
+    """The ``flower`` extra pins flwr and the flower env runs tests/flower."""
+    assert 'flower = ["flwr[simulation]==1.42.0"]' in (repo / "pyproject.toml").read_text(
+        encoding="utf-8"), "pyproject.toml has no flower extra pinning flwr 1.42.0"
+    assert "[testenv:flower]" in (repo / "tox.ini").read_text(encoding="utf-8")
+    covered_by("tests/flower/test_strategy.py", "run_simulation(")(repo)
+
+
 def committed_gate(repo: Path) -> None:
     """The default gate's suite and a baseline entry for this torch version exist."""
     from bench.gate import torch_minor
@@ -313,6 +321,21 @@ COMMANDS: dict[str, Run | NotRun] = {
     # docs/planner.md
     "profl train --method profl --model cnn --width 0.25 --partition-plan plan.json --rounds 150 "
     "--out runs/planned": Run("final accuracy", extra=TINY_TRAIN, needs=(PLAN,)),
+    # docs/flower.md: flwr pins its own Ray, so these run in the flower env (tox -e flower)
+    "pip install 'profl-bench[flower]'": NotRun(
+        "installs flwr, which pins ray 2.55.1: tox -e flower installs it in an env of its own",
+        flower_extra),
+    "FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run "
+    "examples/flower --stream --federation-config num-supernodes=4": NotRun(
+        "needs flwr: tests/flower/test_example_app.py runs it in tox -e flower",
+        covered_by("tests/flower/test_example_app.py", '"flwr", "run", "examples/flower"')),
+    "FLWR_TELEMETRY_ENABLED=0 python examples/flower/run_simulation.py": NotRun(
+        "needs flwr: tests/flower/test_example_app.py runs it in tox -e flower",
+        covered_by("tests/flower/test_example_app.py", '"examples/flower/run_simulation.py"')),
+    "flower-supernode --insecure --superlink 127.0.0.1:9092 --node-config "
+    "'partition-id=0 profl-budget-bytes=1500000'": NotRun(
+        "needs a Flower deployment (a SuperLink); the key is profl_flower's BUDGET_KEY",
+        covered_by("profl_flower/client.py", 'BUDGET_KEY = "profl-budget-bytes"')),
     # docs/results.md
     "profl speed": NotRun("pytest-benchmark timings: minutes; bench/test_speed.py is its suite",
                           covered_by("bench/test_speed.py", "def test_")),
