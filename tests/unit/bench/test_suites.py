@@ -9,6 +9,7 @@ import pytest
 from bench.run_settings import TrainingConfig
 from bench.suites import SUITES_DIR, load_suite, run_name, suite_names
 from profl_core.errors import ConfigError
+from profl_core.methods.registry import METHODS
 
 GOOD = """
 [accuracy]
@@ -30,12 +31,14 @@ def test_shipped_suites_load_and_start_with_their_command(name: str) -> None:
     assert suite.memory or suite.accuracy or suite.speed or suite.zoo_models
 
 
-def test_default_suite_runs_every_method_non_iid_with_three_seeds() -> None:
-    """Every method, a non-IID partition, 3 seeds, one budget, ProFL's calibrated EM rule."""
+def test_default_suite_runs_every_family_and_the_rivals_non_iid_with_three_seeds() -> None:
+    """A method of every registered family and the three rivals, a non-IID partition, 3
+    seeds, one budget, ProFL's calibrated EM rule."""
     section = load_suite("default").accuracy
     assert section is not None
-    assert set(section.methods) == {"profl", "fedavg", "exclusivefl", "allsmall", "heterofl",
-                                    "fedrolex", "depthfl", "inclusivefl"}
+    families = {info.family for info in METHODS.values()} - {"other"}
+    assert {METHODS[m].family for m in section.methods} == families
+    assert {"profl", "fedavg", "fedavg-fit", "slt", "fedepth", "neulite"} <= set(section.methods)
     assert section.partitions == ("dirichlet:0.5",)
     assert section.seeds == (0, 1, 2)
     assert section.config("profl", "dirichlet:0.5", 0).options == {}
