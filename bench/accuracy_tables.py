@@ -22,6 +22,8 @@ from bench.run_frames import (
     accuracy_frame,
     curves_frame,
     label_key,
+    memory_ranges,
+    read_runs,
     target_accuracy,
 )
 from bench.stats import format_interval, t_interval
@@ -113,15 +115,18 @@ def _shown_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """The per-run and the per-(label, partition) accuracy tables (markdown + CSV) and their
-    figures; returns the per-run frame, the summary and the written paths."""
-    runs = accuracy_frame(folder)
+    figures; returns the per-run frame, the summary and the written paths (every run's files
+    read once)."""
+    files = read_runs(folder)
+    runs = accuracy_frame(folder, files)
     summary = accuracy_summary(runs)
     if runs.empty:
         return runs, summary, []
     written = write_table(runs.drop(columns=["run"]), folder, "accuracy_runs",
                           shown=_shown_runs(runs))
     written += write_table(summary, folder, "accuracy", shown=shown_summary(summary))
-    written += plots.accuracy_figures(curves_frame(folder), runs, summary, folder / "figures",
+    written += plots.accuracy_figures(curves_frame(folder, files), runs, summary,
+                                      memory_ranges(folder, files), folder / "figures",
                                       labels=sorted(set(runs["label"]), key=label_key),
-                                      target=target_accuracy(folder))
+                                      target=target_accuracy(folder, files))
     return runs, summary, written

@@ -131,6 +131,8 @@ def build_report(folder: Path) -> str:
         ]
         lines += [
             *section,
+            "![paired differences against profl and the best label]"
+            "(figures/paired_differences.png)", "",
             "`last_%` is what `final_%` was before the smoothed final. `rounds`: rounds "
             f"used (diverged runs included). `to_target`: first round with test accuracy >= "
             f"{100 * (target or 0):.0f}%, mean over the seeds that reached it (`-`: none "
@@ -143,8 +145,9 @@ def build_report(folder: Path) -> str:
             "recomputes it) and samples per micro-batch (gradient accumulation), means over "
             "participants and rounds. `wall_s`: "
             "training time of a run. Every run: `tables/accuracy_runs.md`.", "",
-            "![accuracy per round](figures/accuracy_curves.png)", "",
-            "![final accuracy against peak memory](figures/accuracy_vs_memory.png)", "",
+            "![accuracy per round, each label beside profl](figures/accuracy_curves.png)", "",
+            "![final accuracy against the smallest to the largest client task]"
+            "(figures/accuracy_vs_memory.png)", "",
             "![participation per method](figures/participation.png)", "",
         ]
         lines += step_section(folder)

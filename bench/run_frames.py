@@ -11,6 +11,7 @@ never contributes an accuracy.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,28 @@ def run_folders(folder: Path) -> list[Path]:
         if runs.is_dir() else []
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """One finished training run's files, read once for every frame of a report.
+
+    Attributes:
+        path: The run folder.
+        result: Its ``result.json`` (:func:`~bench.run_files.read_run_result`).
+        rounds: Its ``rounds.jsonl`` records (:func:`~bench.run_files.read_rounds`; empty
+            without the file). Read only: frames copy what they change.
+    """
+
+    path: Path
+    result: ResultFile
+    rounds: list[dict[str, Any]]
+
+
+def read_runs(folder: Path) -> list[RunFiles]:
+    """Every finished run of a suite run folder (:func:`run_folders`), read once."""
+    return [RunFiles(run, read_run_result(run), read_rounds(run / "rounds.jsonl"))
+            for run in run_folders(folder)]
+
+
 def _run_info(run: Path, result: ResultFile) -> dict[str, Any]:
     """Who a run is, from its result file: files without ``label``/``seed``/``status`` are
     labelled by their method, seed 0, completed."""
@@ -84,7 +107,7 @@ RUN_COLUMNS = ["run", "label", "method", "partition", "seed", "status", "fleet",
                "final_from"]
 
 
-def accuracy_frame(folder: Path) -> pd.DataFrame:
+def accuracy_frame(folder: Path, files: list[RunFiles] | None = None) -> pd.DataFrame:
     """One row per finished run: :data:`RUN_COLUMNS` and :data:`ACCURACY_COLUMNS`.
 
     Values come from each run's ``result.json``; a metric a run lacks (``rounds_to_target``
@@ -92,13 +115,13 @@ def accuracy_frame(folder: Path) -> pd.DataFrame:
     :data:`ACCURACY_ONLY` columns. A result file written before the smoothed final accuracy
     gets it from the run's ``rounds.jsonl``, or without one its last evaluation
     (``final_from``: :data:`FINAL_SOURCES`). Rows are in report order (:func:`_run_order`).
+    ``files``: the folder's runs already read (:func:`read_runs`).
     """
     rows = []
-    for run in run_folders(folder):
-        result = read_run_result(run)
-        row = _run_info(run, result)
+    for run in read_runs(folder) if files is None else files:
+        result, rounds = run.result, run.rounds
+        row = _run_info(run.path, result)
         values = {r.metric: r.value for r in result.records}
-        rounds = read_rounds(run / "rounds.jsonl")
         row["final_from"] = _fill_smoothed_final(values, rounds)
         values["last10_change"] = last10_change(rounds)
         values |= {metric: mean_metric(rounds, metric) for metric in COST_METRICS}
@@ -167,13 +190,13 @@ def label_key(label: str) -> tuple[int, str]:
     return (order.index(label) if label in order else len(order), label)
 
 
-def curves_frame(folder: Path) -> pd.DataFrame:
+def curves_frame(folder: Path, files: list[RunFiles] | None = None) -> pd.DataFrame:
     """Long form from every run's ``rounds.jsonl``: label, partition, seed, status, round,
-    accuracy % (evaluated rounds only)."""
+    accuracy % (evaluated rounds only). ``files``: as in :func:`accuracy_frame`."""
     rows = []
-    for run in run_folders(folder):
-        info = _run_info(run, read_run_result(run))
-        for record in read_rounds(run / "rounds.jsonl"):
+    for run in read_runs(folder) if files is None else files:
+        info = _run_info(run.path, run.result)
+        for record in run.rounds:
             if record.get("accuracy") is not None:
                 rows.append({**{k: info[k] for k in ("label", "partition", "seed", "status")},
                              "round": record["round"], "accuracy_%": 100 * record["accuracy"]})
@@ -181,10 +204,27 @@ def curves_frame(folder: Path) -> pd.DataFrame:
                                        "accuracy_%"])
 
 
-def target_accuracy(folder: Path) -> float | None:
+def memory_ranges(folder: Path, files: list[RunFiles] | None = None) -> pd.DataFrame:
+    """Per (label, partition): ``low_mib`` and ``high_mib``, the smallest and the largest
+    required bytes of any client task in any round of its runs (``rounds.jsonl``'s
+    ``required_bytes``, diverged runs included), in MiB; labels without rounds are left out.
+    ``files``: as in :func:`accuracy_frame`."""
+    seen: dict[tuple[str, str], list[int]] = {}
+    for run in read_runs(folder) if files is None else files:
+        info = _run_info(run.path, run.result)
+        tasks = [b for record in run.rounds for b in record["required_bytes"]]
+        if tasks:
+            span = seen.setdefault((info["label"], info["partition"]), [min(tasks), max(tasks)])
+            span[:] = [min(span[0], min(tasks)), max(span[1], max(tasks))]
+    return pd.DataFrame([{"label": label, "partition": part, "low_mib": low / MIB,
+                          "high_mib": high / MIB} for (label, part), (low, high) in seen.items()],
+                        columns=["label", "partition", "low_mib", "high_mib"])
+
+
+def target_accuracy(folder: Path, files: list[RunFiles] | None = None) -> float | None:
     """The accuracy target the runs used (from the first run's result file)."""
-    for run in run_folders(folder):
-        target = read_run_result(run).extra.get("target_accuracy")
+    for run in read_runs(folder) if files is None else files:
+        target = run.result.extra.get("target_accuracy")
         if target is not None:
             return float(target)
     return None
