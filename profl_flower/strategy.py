@@ -106,6 +106,9 @@ class MethodStrategy(Strategy):
         #: partition id -> node id, learnt by :meth:`map_nodes`.
         self.nodes: dict[int, int] = {}
         self.logs: list[RoundLog] = []
+        #: Seconds of :meth:`start`: ``nodes_s`` until every node told its partition id,
+        #: ``rounds_s`` the rounds after that.
+        self.timing: dict[str, float] = {}
         #: The sub-model the current round trains (what :meth:`evaluator` scores).
         self.submodel = method.position(self.state)[2]
         self._method_json = codec.method_to_json(method)
@@ -270,7 +273,9 @@ class MethodStrategy(Strategy):
         self.summary()
         train_config = train_config or ConfigRecord()
         result = Result()
+        t_start = time.perf_counter()
         self.map_nodes(grid, timeout)
+        self.timing["nodes_s"] = time.perf_counter() - t_start
         rnd = 1
         while not self.method.is_finished(self.state) and (num_rounds is None
                                                             or rnd <= num_rounds):
@@ -302,6 +307,7 @@ class MethodStrategy(Strategy):
                 result.evaluate_metrics_serverapp[rnd] = scores
             self._record(rnd, (stage, step, submodel), before, scores, time.perf_counter() - t0)
             rnd += 1
+        self.timing["rounds_s"] = time.perf_counter() - t_start - self.timing["nodes_s"]
         return result
 
     def _record(self, rnd: int, position: tuple[str, int, str], before: ServerState,
