@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 from bench_fixtures import MIB, SUITE, T975, run_path, write_suite
 
+from bench.memory_render import render_memory
 from bench.plots import curve_panels, fold_widths, forest_frame, mean_curves, memory_points
 from bench.report import build_report
 from bench.run_frames import curves_frame, memory_ranges
+from profl_core.results import Record, ResultFile
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -118,3 +120,30 @@ def test_width_variants_fold_into_their_model_widest_first() -> None:
     folded = fold_widths(frame)
     assert list(folded["model"]) == ["cnn", "cnn", "cnn", "cnn", "vit"]
     assert list(folded["case"]) == ["full", "grow:1", "full@w0.5", "full@w0.25", "full"]
+
+
+def _memory_result() -> ResultFile:
+    """A hand-made memory section: cnn's full step and grow:1, and its width variant @w0.5."""
+    records = []
+    for key, peak in (("cnn/full/bs8", 6), ("cnn/grow:1/bs8", 4), ("cnn@w0.5/full/bs8", 2)):
+        records += [
+            Record(key=key, metric="peak_bytes", value=peak * MIB, unit="B"),
+            Record(key=key, metric="breakdown_bytes:activation", value=peak * MIB / 2, unit="B"),
+            Record(key=key, metric="breakdown_bytes:param_trainable", value=peak * MIB / 2,
+                   unit="B"),
+            Record(key=key, metric="block_peak_bytes:block1:forward", value=peak * MIB / 3,
+                   unit="B"),
+            Record(key=key, metric="block_peak_bytes:block1:backward", value=peak * MIB,
+                   unit="B"),
+            Record(key=key, metric="participation:edge", value=1 / peak, unit="ratio"),
+        ]
+    return ResultFile(suite="unit", records=tuple(records))
+
+
+def test_memory_figures_are_pngs_one_block_figure_per_model(tmp_path: Path) -> None:
+    written = render_memory(_memory_result(), tmp_path)
+    figures = sorted(p.name for p in written if p.suffix == ".png")
+    assert figures == ["block_peaks_cnn.png", "memory_breakdown.png",
+                       "memory_participation.png"]  # cnn@w0.5 is a case of cnn's figures
+    for name in figures:
+        assert (tmp_path / "figures" / name).read_bytes().startswith(PNG_MAGIC)
