@@ -27,6 +27,7 @@ asks every node for its ``partition-id`` (a query round) and keeps the mapping.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -62,6 +63,27 @@ from profl_flower import codec
 ARRAYS, CONFIG, UPDATE, METRICS, DROP = "submodel", "profl", "update", "metrics", "drop"
 #: The node config key of a node's partition id (Flower's simulation sets it).
 PARTITION_ID = "partition-id"
+
+
+#: A line naming an exception: ``module.NameError: message``.
+_EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(?:Error|Exception)): (\S.*)$")
+#: What the simulation wraps a ClientApp's exception in (not the cause).
+_WRAPPERS = ("ClientAppException", "RayTaskError")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_line(reason: str, limit: int = 200) -> str:
+    """The client's exception in an error reply's reason as ``Type: message`` (the last
+    exception line that is not the simulation's wrapper), else the reason's first line."""
+    lines = _ANSI.sub("", reason).strip().splitlines()
+    causes = [m for m in map(_EXCEPTION_LINE.match, lines)
+              if m is not None and not any(w in m.group(1) for w in _WRAPPERS)]
+    if causes:
+        name, message = causes[-1].groups()
+        line = f"{name.rsplit('.', 1)[-1]}: {message}"
+    else:
+        line = lines[0] if lines else "no reason given"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -169,7 +191,7 @@ class MethodStrategy(Strategy):
             if cid is None or cid not in by_client:
                 continue
             if reply.has_error():
-                drops[cid] = f"error: {reply.error.reason.strip().splitlines()[0][:200]}"
+                drops[cid] = f"error: {error_line(reply.error.reason)}"
             elif DROP in reply.content.config_records:
                 drops[cid] = str(reply.content.config_records[DROP]["reason"])
             else:

@@ -17,6 +17,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 from tiny_flower import (
+    BROKEN,
     FLEET,
     NODES,
     PROFL_TABLE,
@@ -115,17 +116,20 @@ def test_flower_simulation_equals_the_local_backend(name: str) -> None:
     assert strategy.method.is_finished(strategy.state)
 
 
-def test_a_node_that_fits_nothing_gets_no_work_and_a_refusal_is_a_drop() -> None:
+def test_a_node_that_fits_nothing_gets_no_work_and_refusals_and_errors_are_drops() -> None:
     """Node 0 (10 B) is never sent a task; node 2 states 0 B itself and refuses its task
-    before training: the server records the drop with the client's reason."""
+    before training, node 1 fails: the server records both as drops with their reasons and
+    the rounds go on with the others."""
     strategy, sink = simulate(build("profl", CASES["profl"]), PROFL_TABLE, setup=shrunk_node,
                               num_rounds=4)
     sent = [t.client_id for log in strategy.logs for t in log.tasks]
     drops = [d for r in sink.records for d in r.dropped]
+    refused = [reason for cid, reason in drops if cid == 2]
+    failed = [reason for cid, reason in drops if cid == BROKEN]
+    assert len(sink.records) == 4
     assert 0 not in sent
-    assert 2 in sent
-    assert drops
-    assert {cid for cid, _ in drops} == {2}
-    assert all(reason.startswith("refused: ") and reason.endswith("budget 0 B")
-               for _, reason in drops)
-    assert all(2 not in r.participants for r in sink.records)
+    assert {cid for cid, _ in drops} == {BROKEN, 2}
+    assert refused
+    assert all(r.startswith("refused: ") and r.endswith("budget 0 B") for r in refused)
+    assert set(failed) == {"error: NodeFaultError: node of partition 1 is broken"}
+    assert all(r.participants == (3,) for r in sink.records)

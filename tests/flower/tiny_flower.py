@@ -33,6 +33,12 @@ FLEET = Fleet(
 #: Partition -> the budget its node states itself (node config ``profl-budget-bytes``) when it
 #: differs from what the server's fleet says: node 2 has lost its memory.
 SHRUNK = {2: 0}
+#: The partition whose node fails with an exception on every task.
+BROKEN = 1
+
+
+class NodeFaultError(RuntimeError):
+    """The test's fault of node :data:`BROKEN`."""
 
 
 class ListSink:
@@ -70,9 +76,12 @@ def node(context: Context) -> NodeSetup:
 
 
 def shrunk_node(context: Context) -> NodeSetup:
-    """:func:`node`, but partition 2 states a budget of 0 B (as a deployed node would)."""
+    """:func:`node`, but partition 2 states a budget of 0 B (as a deployed node would) and
+    partition 1 raises (its ClientApp answers with an error reply)."""
     setup = node(context)
     pid = partition_id(context)
+    if pid == BROKEN:
+        raise NodeFaultError(f"node of partition {pid} is broken")
     if pid not in SHRUNK:
         return setup
     return NodeSetup(model=setup.model, data=setup.data, budget_bytes=SHRUNK[pid],
