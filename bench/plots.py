@@ -334,12 +334,16 @@ def accuracy_curves(
     for r, c in itertools.product(range(rows), range(cols)):
         if (r, c) not in used:
             axes[r][c].set_visible(False)
-    handles = [plt.Line2D([], [], color="black", linewidth=1.5)]
-    fig.legend(handles, [f"{reference} (in every panel)"], loc="outside lower center",
-               fontsize=8, frameon=False)
-    fig.suptitle("Mean accuracy per round over the completed seeds, each label beside "
-                 f"{reference} (band: 95% t-interval; dashed: rounds only some seeds ran; "
-                 "dotted: the target)", fontsize=10)
+    beside = any(label != reference for _, label in panels) and \
+        reference in set(runs["label"])
+    if beside:
+        fig.legend([plt.Line2D([], [], color="black", linewidth=1.5)],
+                   [f"{reference} (in every panel)"], loc="outside lower center", fontsize=8,
+                   frameon=False)
+    fig.suptitle("Mean accuracy per round over the completed seeds"
+                 f"{f', each label beside {reference}' if beside else ''}\n(band: 95% "
+                 "t-interval; dashed: rounds only some seeds ran; dotted: the target)",
+                 fontsize=10)
     return _save(fig, path)
 
 
