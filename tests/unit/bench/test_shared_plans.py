@@ -19,6 +19,7 @@ from bench.run_settings import TrainingConfig
 from bench.runner import RUN_COST_S, _Job, plan_jobs, run_accuracy, schedule
 from bench.suites import AccuracySection
 from bench.training import PLANS_DIR, run_training
+from profl_core.errors import ConfigError
 from profl_core.results import read_result
 
 BASE = TrainingConfig(dataset="synthetic", model="cnn", width=0.25, clients=6, per_round=3,
@@ -88,7 +89,7 @@ def test_a_plan_file_of_another_key_is_refused(tmp_path: Path) -> None:
     data["key"][0] = "other"
     path.write_text(json.dumps(data))
     training._TABLES.clear()
-    with pytest.raises(training.ConfigError, match="not the memory table"):
+    with pytest.raises(ConfigError, match="not the memory table"):
         run_training(config, tmp_path / "second", plans=tmp_path / PLANS_DIR)
 
 
@@ -110,8 +111,9 @@ def test_runs_are_scheduled_longest_first_ties_in_suite_order() -> None:
 
 def test_an_unknown_method_counts_as_the_longest() -> None:
     assert "slt" not in RUN_COST_S
-    jobs = [_job("fedavg-fit", 0), _job("slt", 0)]
-    assert [job.name for job in schedule(jobs)] == ["fedavg-fit-0", "slt-0"]  # a tie: in order
+    longest = max(RUN_COST_S, key=RUN_COST_S.__getitem__)
+    jobs = [_job("fedavg", 0), _job(longest, 0), _job("slt", 0)]
+    assert [job.name for job in schedule(jobs)] == [f"{longest}-0", "slt-0", "fedavg-0"]
 
 
 def test_one_plan_job_per_method_and_settings() -> None:
