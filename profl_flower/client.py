@@ -125,8 +125,8 @@ def train_reply(message: Message, node: NodeSetup, pid: int) -> Message:
     task = codec.task_from_json(str(settings["task"]))
     if task.client_id != pid:
         raise ConfigError(f"a task of partition {task.client_id} reached partition {pid}")
-    budget = node.budget_bytes if bool(settings["enforce-memory"]) else None
-    task = replace(task, budget_bytes=budget)
+    if task.budget_bytes is None and bool(settings["enforce-memory"]):  # the loop's rule
+        task = replace(task, budget_bytes=node.budget_bytes)
     reason = refusal(task)
     if reason is not None:  # before anything is built or trained
         return _reply(message, RecordDict({DROP: ConfigRecord({"reason": reason})}))

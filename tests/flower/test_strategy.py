@@ -38,6 +38,9 @@ from profl_core.methods.profl import ProFLConfig
 from profl_core.methods.registry import method_info
 from profl_flower import MethodStrategy, NodeSetup, make_client_app
 
+#: Bounds the wait for nodes and replies: a simulation whose Ray fails to start fails the
+#: test instead of hanging it.
+TIMEOUT_S = 300
 BACKEND = {"init_args": {"num_cpus": 2, "logging_level": "ERROR", "log_to_driver": False},
            "client_resources": {"num_cpus": 1}}
 
@@ -74,7 +77,7 @@ def simulate(method: Method, table: MemoryTable,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy.start(grid, num_rounds=num_rounds,
+        strategy.start(grid, num_rounds=num_rounds, timeout=TIMEOUT_S,
                        evaluate_fn=strategy.evaluator(tiny_data().test))
 
     run_simulation(app, make_client_app(setup), num_supernodes=NODES, backend_config=BACKEND)
