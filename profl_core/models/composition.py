@@ -87,9 +87,9 @@ def verify(spec: ModelSpec, builder: Builder) -> None:
                         "(forward(x) on one image batch): wrap it in a module whose forward "
                         "takes one tensor") from None
                 raise ConfigError(f"model {name!r}: its forward failed on a {shape} input "
-                                  f"({one_line(err)}); make it take that input (the dataset's images "
-                                  "in profl train; --in-channels and --input-size in the other "
-                                  "commands)") from None
+                                  f"({one_line(err)}); make it take that input (the dataset's "
+                                  "images in profl train; --in-channels and --input-size in "
+                                  "the other commands)") from None
             if not isinstance(expected, Tensor):
                 raise ConfigError(f"model {name!r}: its forward returned a "
                                   f"{type(expected).__name__}, not a Tensor of logits")
