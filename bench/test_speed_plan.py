@@ -1,8 +1,10 @@
-"""Speed benchmarks of the partition planner (``profl plan``; pytest-benchmark). Run with
+"""Speed benchmarks of the partition planner (``profl plan``; pytest-benchmark). ``profl
+speed`` runs them with the other speed benchmarks (``profl speed -k test_plan`` alone); or
 ``OMP_NUM_THREADS=1 pytest bench/test_speed_plan.py``.
 
 Targets, on one core (the planner's probe runs at one thread), reported in ``extra_info``
-next to the time and never asserted:
+next to the time, and by ``profl speed`` as rows of its table (:data:`bench.speed.TARGETS`),
+never asserted:
 
 * resnet34 at batch 64: at most 60 s;
 * torchvision mobilenet_v3_small at batch 32: at most 30 s.
