@@ -194,25 +194,28 @@ def hints(diffs: list[Diff], refresh: str, *, name_cases: bool = True) -> list[s
     def which(keys: list[str]) -> str:
         return f" ({listed(keys)})" if name_cases else ""
 
+    def count(keys: list[str], noun: str) -> str:
+        return f"{len(keys)} {noun}" + ("" if len(keys) == 1 else "s")
+
     lines = []
     redefined = cases_with(diffs, Status.NOT_COMPARABLE)
     if redefined:
-        lines.append(f"WARNING: {len(redefined)} cases not comparable{which(redefined)}: "
+        lines.append(f"WARNING: {count(redefined, 'case')} not comparable{which(redefined)}: "
                      f"{NOT_COMPARABLE_RULE}. If the new definition is intended, refresh the "
                      f"baseline: `{refresh}`")
     new = cases_with(diffs, Status.NEW)
     if new:
-        lines.append(f"note: {len(new)} new cases not in the baseline{which(new)}, not "
+        lines.append(f"note: {count(new, 'new case')} not in the baseline{which(new)}, not "
                      f"compared; add them with `{refresh}`")
     missing = cases_with(diffs, Status.MISSING)
     if missing:
-        lines.append(f"FAIL: {len(missing)} baseline cases missing from this run"
+        lines.append(f"FAIL: {count(missing, 'baseline case')} missing from this run"
                      f"{which(missing)}; if they were removed on purpose, drop them with "
                      f"`{refresh}`")
     regressed = sorted({d.key for d in failed(diffs) if d.metric != CASE_METRIC})
     if regressed:
         lines.append(f"FAIL: memory regression in {', '.join(regressed)}" if name_cases
-                     else f"FAIL: memory regression in {len(regressed)} cases")
+                     else f"FAIL: memory regression in {count(regressed, 'case')}")
     elif not failed(diffs) and any(d.status == Status.IMPROVED for d in diffs):
         lines.append(f"note: some numbers improved beyond tolerance; lock them in with "
                      f"`{refresh}`")

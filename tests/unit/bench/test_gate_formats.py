@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from test_user_gate import _edit, _entry, _suite, gate, made, measure_once
 
@@ -125,7 +126,6 @@ def test_json_not_comparable_is_exit_0(gate: list[str],
 
 
 def _validate(doc: dict[str, Any]) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(doc, REPORT_SCHEMA)
 
 
@@ -152,7 +152,6 @@ def test_the_schema_refuses_a_compared_case_without_its_worst_number(
     gate: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The schema is not vacuous: a passing case with no metric is refused."""
-    jsonschema = pytest.importorskip("jsonschema")
     doc = json.loads(_run(gate, "json", capsys)[1])
     doc["cases"][0]["metric"] = None
     with pytest.raises(jsonschema.ValidationError):
@@ -308,7 +307,7 @@ def test_github_not_comparable_keeps_the_refresh_command(
 ) -> None:
     _redefine(Path(gate[-1]))
     warning = next(line for line in _run(gate, "github", capsys)[1].splitlines()
-                   if line.startswith("WARNING: 1 cases not comparable: "))
+                   if line.startswith("WARNING: 1 case not comparable: "))
     assert warning.endswith(f"--baseline {gate[-1]} --update`")
 
 
@@ -322,14 +321,14 @@ def test_github_regression_ends_with_the_count_of_failing_cases(
     gate: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _regress(Path(gate[-1]))
-    assert _run(gate, "github", capsys)[1].rstrip().endswith("FAIL: memory regression in 1 cases")
+    assert _run(gate, "github", capsys)[1].rstrip().endswith("FAIL: memory regression in 1 case")
 
 
 def test_text_not_comparable_still_lists_the_case_in_its_warning(
     gate: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _redefine(Path(gate[-1]))
-    assert f"WARNING: 1 cases not comparable ({CASE})" in _run(gate, "text", capsys)[1]
+    assert f"WARNING: 1 case not comparable ({CASE})" in _run(gate, "text", capsys)[1]
 
 
 # ------------------------------------------------------------------------------------- text

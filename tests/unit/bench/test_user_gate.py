@@ -130,7 +130,7 @@ def test_a_changed_definition_hash_is_not_comparable(
 ) -> None:
     _edit(Path(gate[-1]), lambda entry: entry["definitions"].update({"cnn/grow:2": "0" * 64}))
     assert main(gate) == 0
-    assert "WARNING: 1 cases not comparable (cnn/grow:2)" in capsys.readouterr().out
+    assert "WARNING: 1 case not comparable (cnn/grow:2)" in capsys.readouterr().out
 
 
 def test_a_not_comparable_case_has_its_numbers_left_uncompared(
@@ -173,7 +173,7 @@ def test_a_case_the_baseline_lacks_is_new_and_passes(
 
     _edit(Path(gate[-1]), drop)
     assert main(gate) == 0
-    assert "note: 1 new cases not in the baseline (cnn/grow:4)" in capsys.readouterr().out
+    assert "note: 1 new case not in the baseline (cnn/grow:4)" in capsys.readouterr().out
 
 
 def test_a_case_the_run_lacks_is_missing_and_fails(
@@ -185,7 +185,7 @@ def test_a_case_the_run_lacks_is_missing_and_fails(
 
     _edit(Path(gate[-1]), add)
     assert main(gate) == 1
-    assert "FAIL: 1 baseline cases missing from this run (cnn/grow:9)" in capsys.readouterr().out
+    assert "FAIL: 1 baseline case missing from this run (cnn/grow:9)" in capsys.readouterr().out
 
 
 def test_update_makes_a_not_comparable_case_comparable_again(
