@@ -107,12 +107,13 @@ class _Job:
 
 #: Measured training time (s) of one run of each method in the default suite's setting
 #: (150 rounds of cnn at width 0.25, 2 workers; docs/results.md and docs/baselines.md;
-#: fedepth's and neulite's from one seed-0 run each): the cost :func:`schedule` orders runs by.
+#: slt's, fedepth's and neulite's: means of the default suite's 3 seeds on a loaded machine):
+#: the cost :func:`schedule` orders runs by.
 #: A method not listed counts as the longest.
 RUN_COST_S = {"profl": 56, "profl-accum": 124, "fedavg": 106, "alllarge": 106,
               "exclusivefl": 39, "allsmall": 51, "fedavg-fit": 255, "heterofl": 80,
-              "fedrolex": 81, "depthfl": 64, "inclusivefl": 71, "fedepth": 417,
-              "neulite": 147}
+              "fedrolex": 81, "depthfl": 64, "inclusivefl": 71, "slt": 91, "fedepth": 228,
+              "neulite": 125}
 
 #: Measured time (s) to predict each method's memory table in that setting (docs/baselines.md);
 #: the other methods' take 0.4-3.6 s.
