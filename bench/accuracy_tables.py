@@ -27,6 +27,7 @@ from bench.run_frames import (
     target_accuracy,
 )
 from bench.stats import format_interval, t_interval
+from profl_core.methods.registry import METHODS
 
 #: Columns summarised as a mean ± 95% interval over the completed seeds, and the prefix of
 #: their ``<prefix>_mean`` / ``<prefix>_ci95`` columns in the summary; the others are means.
@@ -43,7 +44,7 @@ def summary_names(column: str) -> tuple[str, ...]:
 
 #: The summary's columns: who, how many seeds, the means (and intervals) of the per-run
 #: columns, then the paired comparisons (whose first two columns are label and partition).
-MEAN_COLUMNS = ["label", "partition", "seeds", "completed",
+MEAN_COLUMNS = ["label", "family", "partition", "seeds", "completed",
                 *(name for column in ACCURACY_COLUMNS for name in summary_names(column))]
 SUMMARY_COLUMNS = [*MEAN_COLUMNS, *COMPARISON_COLUMNS[2:]]
 
@@ -51,9 +52,15 @@ SUMMARY_COLUMNS = [*MEAN_COLUMNS, *COMPARISON_COLUMNS[2:]]
 SHOWN_COMPARISONS = {"profl": ("Δ_profl", "vs_profl"), "best": ("Δ_best", "vs_best")}
 
 
+def family(method: str) -> str:
+    """The registry family of ``method`` (progressive, full, width, depth, alternatives,
+    other), ``-`` for a method that is not registered here."""
+    return METHODS[method].family if method in METHODS else "-"
+
+
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (label, partition) of :func:`~bench.run_frames.accuracy_frame`'s rows, in
-    their order.
+    their order, with the method's registry family.
 
     ``seeds``: runs; ``completed``: those that did not diverge. ``final_mean``/``final_ci95``
     and ``best_mean``/``best_ci95``: mean and 95% half-width over the completed seeds. The
@@ -65,7 +72,8 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for (label, partition), group in runs.groupby(["label", "partition"], sort=False):
-        row: dict[str, Any] = {"label": label, "partition": partition, "seeds": len(group),
+        row: dict[str, Any] = {"label": label, "family": family(group["method"].iloc[0]),
+                               "partition": partition, "seeds": len(group),
                                "completed": int((group["status"] == "completed").sum())}
         for column in ACCURACY_COLUMNS:
             values = t_interval(group[column]) if column in INTERVAL_COLUMNS \
@@ -83,7 +91,7 @@ def shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as printed: ``seeds`` as ``completed/total`` when some diverged,
     ``final_%``/``best_%`` as ``mean ± half`` (``diverged`` when no seed completed), and each
     paired comparison as ``Δ ± CI`` (signed points) and its verdict."""
-    shown = summary[["label", "partition"]].copy()
+    shown = summary[["label", "family", "partition"]].copy()
     shown["seeds"] = [str(n) if done == n else f"{done}/{n}"
                       for done, n in zip(summary["completed"], summary["seeds"], strict=True)]
     for column in ACCURACY_COLUMNS:

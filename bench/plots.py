@@ -452,7 +452,8 @@ FOREST_KINDS = ("profl", "best")
 def forest_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """What :func:`forest_plot` draws: one row per (partition, kind, label) with a paired
     difference in the table (:func:`bench.comparisons.paired_comparisons`; the reference's
-    own row and rows without a seed both completed are left out): ``reference`` (``profl``,
+    own row and rows without a seed both completed are left out), with the label's
+    ``family`` (shown beside it): ``reference`` (``profl``,
     or the partition's best label), ``mean``/``half`` (points), ``pairs``, ``p_holm`` and
     ``verdict``, the table's ``d_<kind>_mean``, ``d_<kind>_ci95``, ``d_<kind>_pairs``,
     ``p_<kind>_holm`` and ``vs_<kind>``."""
@@ -463,11 +464,12 @@ def forest_frame(summary: pd.DataFrame) -> pd.DataFrame:
                 continue
             rows.append({"partition": row["partition"], "kind": kind,
                          "reference": "profl" if kind == "profl" else row["best_label"],
-                         "label": row["label"], "mean": row[f"d_{kind}_mean"],
+                         "label": row["label"], "family": row.get("family", "-"),
+                         "mean": row[f"d_{kind}_mean"],
                          "half": row[f"d_{kind}_ci95"], "pairs": int(row[f"d_{kind}_pairs"]),
                          "p_holm": row[f"p_{kind}_holm"], "verdict": row[f"vs_{kind}"]})
-    return pd.DataFrame(rows, columns=["partition", "kind", "reference", "label", "mean",
-                                       "half", "pairs", "p_holm", "verdict"])
+    return pd.DataFrame(rows, columns=["partition", "kind", "reference", "label", "family",
+                                       "mean", "half", "pairs", "p_holm", "verdict"])
 
 
 def _forest_text(row: pd.Series) -> str:
@@ -504,7 +506,8 @@ def forest_plot(summary: pd.DataFrame, path: Path, *, labels: list[str]) -> Path
             ax.annotate(_forest_text(row), (1.0, yy), xycoords=("axes fraction", "data"),
                         xytext=(6, 0), textcoords="offset points", va="center", fontsize=8,
                         color=color, annotation_clip=False)
-        ax.set_yticks(y, list(here["label"]))
+        ax.set_yticks(y, [f"{label} ({family})" for label, family
+                          in zip(here["label"], here["family"], strict=True)])
         ax.set_ylim(-0.7, max(len(here), 1) - 0.3)
         reference = here["reference"].iloc[0] if len(here) else \
             ("profl" if kind == "profl" else "best")

@@ -235,7 +235,7 @@ def test_the_report_says_which_finals_came_from_elsewhere(tmp_path: Path) -> Non
 def test_printed_text_has_table_legend_and_diverged_runs(built: tuple[Path, str]) -> None:
     _, text = built
     assert "## Accuracy" in text
-    assert "| profl-noshrink | iid           | 0/3     | diverged" in text
+    assert "| profl-noshrink | progressive | iid           | 0/3     | diverged" in text
     assert "95% Student-t interval over the completed seeds" in text
     assert "`vs_profl`" in text
     assert "last ceil(10%) of rounds" in text
@@ -322,3 +322,10 @@ def test_last10_change_is_final_minus_the_last_evaluation_before_90_percent() ->
     assert last10_change(rounds) == pytest.approx(0.75 - 0.74)
     assert math.isnan(last10_change([{"round": 1, "accuracy": None}]))
     assert math.isnan(last10_change([{"round": 10, "accuracy": 0.5}]))
+
+
+def test_the_table_names_each_labels_registry_family(built: tuple[Path, str]) -> None:
+    """A variant's family is its method's: profl-noshrink runs profl (progressive)."""
+    table = built[0] / "tables" / "accuracy.md"
+    assert _md_row(table, label="fedavg", partition="iid")["family"] == "full"
+    assert _md_row(table, label="profl-noshrink", partition="iid")["family"] == "progressive"
