@@ -106,14 +106,14 @@ class _Job:
 
 
 #: Measured training time (s) of one run of each method in the default suite's setting
-#: (150 rounds of cnn at width 0.25, 2 workers; docs/results.md and docs/baselines.md;
-#: slt's, fedepth's and neulite's: means of the default suite's 3 seeds on a loaded machine):
-#: the cost :func:`schedule` orders runs by.
+#: (150 rounds of cnn at width 0.25, 2 workers; the default suite's methods: means of its 3
+#: seeds in the run of docs/results.md; the others from the earlier runs there and in
+#: docs/baselines.md): the cost :func:`schedule` orders runs by.
 #: A method not listed counts as the longest.
-RUN_COST_S = {"profl": 56, "profl-accum": 124, "fedavg": 106, "alllarge": 106,
-              "exclusivefl": 39, "allsmall": 51, "fedavg-fit": 255, "heterofl": 80,
-              "fedrolex": 81, "depthfl": 64, "inclusivefl": 71, "slt": 91, "fedepth": 228,
-              "neulite": 125}
+RUN_COST_S = {"profl": 50, "profl-accum": 124, "fedavg": 92, "alllarge": 92,
+              "exclusivefl": 39, "allsmall": 51, "fedavg-fit": 139, "heterofl": 68,
+              "fedrolex": 81, "depthfl": 58, "inclusivefl": 71, "slt": 45, "fedepth": 115,
+              "neulite": 55}
 
 #: Measured time (s) to predict each method's memory table in that setting (docs/baselines.md);
 #: the other methods' take 0.4-3.6 s.
