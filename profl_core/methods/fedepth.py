@@ -256,12 +256,7 @@ class FeDepthStructure:
     def build(self, weights: Mapping[str, Tensor], group: Group) -> SubModel:
         """The group's sub-model (reused copies) loaded with ``weights``."""
         prefix, student, trained = self.paths(group)
-        modules: dict[str, nn.Module] = {}
-        for name in [*prefix, *student]:
-            start = name + "."
-            modules[name] = self.copies.loaded(
-                name, self.modules.get_submodule(name),
-                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
+        modules = self.copies.load_named(self.modules, [*prefix, *student], weights)
         return SubModel(modules=modules, prefix=tuple(prefix), student=tuple(student),
                         trainable=frozenset(trained))
 

@@ -40,5 +40,14 @@ class ModuleCache:
         module.load_state_dict(weights)
         return module
 
+    def load_named(self, container: nn.Module, names: list[str],
+                   weights: Mapping[str, Tensor]) -> dict[str, nn.Module]:
+        """:meth:`loaded` copies of the submodules ``names`` of ``container``, each loaded
+        with the entries of ``weights`` under its name (``<name>.<key>``), by name."""
+        return {name: self.loaded(name, container.get_submodule(name),
+                                  {k[len(name) + 1:]: v for k, v in weights.items()
+                                   if k.startswith(name + ".")})
+                for name in names}
+
     def __getstate__(self) -> dict[str, object]:
         return {"_copies": {}}

@@ -103,15 +103,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
 from profl_core.fl.aggregate import Weighting, fedavg
-from profl_core.fl.method import LocalTraining, Method
-from profl_core.fl.selection import require_trainable, required, select_clients
-from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
+from profl_core.fl.method import LocalTraining
+from profl_core.fl.types import ClientTask, ClientUpdate, ServerState, SubModel
 from profl_core.methods.module_cache import ModuleCache
 from profl_core.methods.profl_steps import blocked_copy
 from profl_core.methods.slt import stage_ends
+from profl_core.methods.stage_rounds import StageMethod
 
 #: The memory kind (and sub-model name prefix) of NeuLite's stages: ``neulite:t``.
 KIND = "neulite"
@@ -332,12 +331,8 @@ class NeuLiteStructure:
                    harmonize: bool) -> dict[str, nn.Module]:
         """Stage t's modules (reused copies) loaded with ``weights``; a harmonized layer
         inside ``B_{t-1}`` is listed after its block under its own name."""
-        modules: dict[str, nn.Module] = {}
-        for name in [*(f"block{i}" for i in range(1, t + 1)), *self.om(t)]:
-            start = name + "."
-            modules[name] = self.copies.loaded(
-                name, self.modules.get_submodule(name),
-                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
+        modules = self.copies.load_named(
+            self.modules, [*(f"block{i}" for i in range(1, t + 1)), *self.om(t)], weights)
         for name in self.harmonized(t, harmonize):
             block, _, inner = name.partition(".")
             if inner:
@@ -353,10 +348,11 @@ def structure_of(state: ServerState) -> NeuLiteStructure:
     return state.structure
 
 
-class NeuLite(Method):
+class NeuLite(StageMethod):
     """NeuLite (``neulite``)."""
 
     name = "neulite"
+    kind = KIND
     config: NeuLiteConfig
 
     # ----------------------------------------------------------------- the client half
@@ -364,7 +360,7 @@ class NeuLite(Method):
     def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
         """Every stage's task, ``neulite:1 .. neulite:T``."""
         structure = structure_of(state)
-        return {submodel_name(t): self._task(structure, t, 0, 0)
+        return {submodel_name(t): self.stage_task(state, t, 0, 0)
                 for t in range(1, structure.num_blocks + 1)}
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
@@ -418,34 +414,6 @@ class NeuLite(Method):
         stages = structure_of(state).stages
         return stages[min(int(state.meta["rounds_used"]), len(stages) - 1)]
 
-    def position(self, state: ServerState) -> tuple[str, int, str]:
-        """``("neulite", t, "neulite:t")`` of the next round's stage."""
-        t = self.stage(state)
-        return KIND, t, submodel_name(t)
-
-    def fit_fleet(self, state: ServerState, fleet: Fleet,
-                  memory_table: MemoryTable) -> ServerState:
-        """Every stage must fit at least one device."""
-        for name in self.memory_plan(state):
-            require_trainable(fleet, required(memory_table, name), name)
-        return state
-
-    def eligible_share(self, state: ServerState, fleet: Fleet,
-                       memory_table: MemoryTable) -> float:
-        """The share of the fleet whose budget fits the next round's stage."""
-        return fleet.participation(required(memory_table, self.position(state)[2]))
-
-    def configure_round(
-        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
-        rng: np.random.Generator,
-    ) -> list[ClientTask]:
-        """``per_round`` devices that fit the stage's required bytes, each training it."""
-        structure, t = structure_of(state), self.stage(state)
-        need = required(memory_table, submodel_name(t))
-        chosen = select_clients(fleet, need, self.config.per_round, rng,
-                                submodel=submodel_name(t))
-        return [self._task(structure, t, cid, need) for cid in chosen]
-
     def aggregate(
         self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
     ) -> ServerState:
@@ -469,8 +437,10 @@ class NeuLite(Method):
         """The trained model's ``block<i>.*`` and ``head.*``, without the output modules."""
         return {k: v for k, v in state.weights.items() if not k.startswith("om")}
 
-    def _task(self, structure: NeuLiteStructure, t: int, client_id: int,
-              required_bytes: int) -> ClientTask:
+    def stage_task(self, state: ServerState, t: int, client_id: int,
+                   required_bytes: int) -> ClientTask:
+        """Client ``client_id``'s task of stage ``t``."""
+        structure = structure_of(state)
         harmonize = self.config.harmonize and bool(structure.harmonized(t, True))
         return self.config.task(client_id, submodel_name(t),
                                 structure.trainable(t, harmonize), required_bytes)

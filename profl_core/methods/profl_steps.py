@@ -100,12 +100,7 @@ class ProFLStructure:
         """The sub-model's modules (reused copies) loaded with ``weights``."""
         prefix, student, teach, trainable = self.paths(submodel)
         teach = teach if teacher else []
-        modules: dict[str, nn.Module] = {}
-        for name in [*prefix, *student, *teach]:
-            start = name + "."
-            modules[name] = self.copies.loaded(
-                name, self.modules.get_submodule(name),
-                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
+        modules = self.copies.load_named(self.modules, [*prefix, *student, *teach], weights)
         return SubModel(modules=modules, prefix=tuple(prefix), student=tuple(student),
                         teacher=tuple(teach), trainable=trainable)
 

@@ -72,14 +72,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from profl_core.devices import Fleet
 from profl_core.errors import ConfigError
 from profl_core.fl.aggregate import Weighting, fedavg
-from profl_core.fl.method import LocalTraining, Method
-from profl_core.fl.selection import require_trainable, required, select_clients
-from profl_core.fl.types import ClientTask, ClientUpdate, MemoryTable, ServerState, SubModel
+from profl_core.fl.method import LocalTraining
+from profl_core.fl.types import ClientTask, ClientUpdate, ServerState, SubModel
 from profl_core.methods.module_cache import ModuleCache
 from profl_core.methods.profl_steps import blocked_copy
+from profl_core.methods.stage_rounds import StageMethod
 
 #: The memory kind (and sub-model name prefix) of SLT's stages: ``slt:t``.
 KIND = "slt"
@@ -181,12 +180,7 @@ class SLTStructure:
     def build(self, weights: Mapping[str, Tensor], t: int) -> SubModel:
         """Stage t's sub-model (reused copies) loaded with ``weights``."""
         prefix, student = self.paths(t)
-        modules: dict[str, nn.Module] = {}
-        for name in [*prefix, *student]:
-            start = name + "."
-            modules[name] = self.copies.loaded(
-                name, self.modules.get_submodule(name),
-                {k[len(start):]: v for k, v in weights.items() if k.startswith(start)})
+        modules = self.copies.load_named(self.modules, [*prefix, *student], weights)
         return SubModel(modules=modules, prefix=tuple(prefix), student=tuple(student),
                         trainable=frozenset(student))
 
@@ -206,10 +200,11 @@ def stage_sizes(weights: Mapping[str, Tensor], trained: Sequence[Sequence[str]])
             for names in trained]
 
 
-class SLT(Method):
+class SLT(StageMethod):
     """Successive Layer Training (``slt``)."""
 
     name = "slt"
+    kind = KIND
     config: SLTConfig
 
     # ----------------------------------------------------------------- the client half
@@ -217,7 +212,7 @@ class SLT(Method):
     def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
         """Every stage's task, ``slt:1 .. slt:T``."""
         structure = structure_of(state)
-        return {submodel_name(t): self._task(structure, t, 0, 0)
+        return {submodel_name(t): self.stage_task(state, t, 0, 0)
                 for t in range(1, structure.num_blocks + 1)}
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
@@ -256,34 +251,6 @@ class SLT(Method):
         """The stage of the next (or, once finished, the last) round."""
         return stage_of(structure_of(state).ends, int(state.meta["rounds_used"]))
 
-    def position(self, state: ServerState) -> tuple[str, int, str]:
-        """``("slt", t, "slt:t")`` of the next round's stage."""
-        t = self.stage(state)
-        return KIND, t, submodel_name(t)
-
-    def fit_fleet(self, state: ServerState, fleet: Fleet,
-                  memory_table: MemoryTable) -> ServerState:
-        """Every stage must fit at least one device."""
-        for name in self.memory_plan(state):
-            require_trainable(fleet, required(memory_table, name), name)
-        return state
-
-    def eligible_share(self, state: ServerState, fleet: Fleet,
-                       memory_table: MemoryTable) -> float:
-        """The share of the fleet whose budget fits the next round's stage."""
-        return fleet.participation(required(memory_table, self.position(state)[2]))
-
-    def configure_round(
-        self, rnd: int, state: ServerState, fleet: Fleet, memory_table: MemoryTable,
-        rng: np.random.Generator,
-    ) -> list[ClientTask]:
-        """``per_round`` devices that fit the stage's required bytes, each training it."""
-        structure, t = structure_of(state), self.stage(state)
-        need = required(memory_table, submodel_name(t))
-        chosen = select_clients(fleet, need, self.config.per_round, rng,
-                                submodel=submodel_name(t))
-        return [self._task(structure, t, cid, need) for cid in chosen]
-
     def aggregate(
         self, rnd: int, state: ServerState, updates: Sequence[ClientUpdate]
     ) -> ServerState:
@@ -302,7 +269,9 @@ class SLT(Method):
         """The trained model's ``block<i>.*`` and ``head.*``, without the stand-ins."""
         return {k: v for k, v in state.weights.items() if not k.startswith(SCALED + ".")}
 
-    def _task(self, structure: SLTStructure, t: int, client_id: int,
-              required_bytes: int) -> ClientTask:
+    def stage_task(self, state: ServerState, t: int, client_id: int,
+                   required_bytes: int) -> ClientTask:
+        """Client ``client_id``'s task of stage ``t``."""
+        structure = structure_of(state)
         return self.config.task(client_id, submodel_name(t), frozenset(structure.paths(t)[1]),
                                 required_bytes)
