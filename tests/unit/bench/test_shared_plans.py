@@ -8,6 +8,7 @@ predicts by itself in this process, and the measured costs of :data:`bench.runne
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from bench.runner import RUN_COST_S, _Job, plan_jobs, run_accuracy, schedule
 from bench.suites import AccuracySection
 from bench.training import PLANS_DIR, run_training
 from profl_core.errors import ConfigError
+from profl_core.methods.fedavg import FedAvg, FedAvgConfig
+from profl_core.methods.registry import FULL, MethodInfo, register, unregister
 from profl_core.results import read_result
 
 BASE = TrainingConfig(dataset="synthetic", model="cnn", width=0.25, clients=6, per_round=3,
@@ -55,9 +58,10 @@ def test_runs_hold_the_table_of_their_plan_file(suite: Path) -> None:
 
 
 def test_a_run_on_the_shared_table_trains_as_one_that_predicted_its_own(
-    suite: Path, tmp_path: Path
+    suite: Path, tmp_path: Path, one_thread: None
 ) -> None:
-    """fedavg seed 1 again in this process, predicting its own table (no plans folder)."""
+    """fedavg seed 1 again in this process, predicting its own table (no plans folder), with
+    the workers' one torch thread (the table's key and the kernels' sums depend on it)."""
     training._TABLES.clear()
     config = SECTION.config("fedavg", "iid", 1)
     alone = run_training(config, tmp_path / "alone")
@@ -73,7 +77,8 @@ def test_a_run_on_the_shared_table_trains_as_one_that_predicted_its_own(
     assert ours == theirs
 
 
-def test_resume_reads_the_tables_instead_of_predicting(suite: Path, tmp_path: Path) -> None:
+def test_resume_reads_the_tables_instead_of_predicting(suite: Path, tmp_path: Path,
+                                                      one_thread: None) -> None:
     training._TABLES.clear()
     config = SECTION.config("profl", "iid", 0)
     result = run_training(config, tmp_path / "again", plans=suite / PLANS_DIR)
@@ -109,11 +114,22 @@ def test_runs_are_scheduled_longest_first_ties_in_suite_order() -> None:
                      "profl-1", "exclusivefl-0", "exclusivefl-1"]
 
 
-def test_an_unknown_method_counts_as_the_longest() -> None:
-    assert "slt" not in RUN_COST_S
+@pytest.fixture
+def plugin_method() -> Iterator[None]:
+    """A method registered by a plugin (FedAvg under another name), unregistered after."""
+    register(MethodInfo("plugin-method", "other", FedAvgConfig, lambda cfg, data: FedAvg(cfg),
+                        kinds=(FULL,)))
+    yield
+    unregister("plugin-method")
+
+
+def test_an_unknown_method_counts_as_the_longest(plugin_method: None) -> None:
+    """A plugin's method has no measured cost."""
+    assert "plugin-method" not in RUN_COST_S
     longest = max(RUN_COST_S, key=RUN_COST_S.__getitem__)
-    jobs = [_job("fedavg", 0), _job(longest, 0), _job("slt", 0)]
-    assert [job.name for job in schedule(jobs)] == [f"{longest}-0", "slt-0", "fedavg-0"]
+    jobs = [_job("fedavg", 0), _job(longest, 0), _job("plugin-method", 0)]
+    assert [job.name for job in schedule(jobs)] == [f"{longest}-0", "plugin-method-0",
+                                                    "fedavg-0"]
 
 
 def test_one_plan_job_per_method_and_settings() -> None:
