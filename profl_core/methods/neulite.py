@@ -108,7 +108,7 @@ from profl_core.fl.aggregate import Weighting, fedavg
 from profl_core.fl.method import LocalTraining
 from profl_core.fl.types import ClientTask, ClientUpdate, ServerState, SubModel
 from profl_core.methods.module_cache import ModuleCache
-from profl_core.methods.profl_steps import blocked_copy
+from profl_core.methods.profl_steps import blocked_copy, output_module_names
 from profl_core.methods.slt import stage_ends
 from profl_core.methods.stage_rounds import StageMethod
 
@@ -311,10 +311,7 @@ class NeuLiteStructure:
 
     def om(self, t: int) -> list[str]:
         """Module names of the output module of block t (the model's head for t = T)."""
-        if t == self.num_blocks:
-            return ["head"]
-        om = self.modules.get_submodule(f"om{t}")
-        return [f"om{t}.{child}" for child, _ in om.named_children()]
+        return output_module_names(self.modules, self.num_blocks, t)
 
     def harmonized(self, t: int, harmonize: bool) -> list[str]:
         """Module names of the last layer of ``B_{t-1}`` that stage t trains."""

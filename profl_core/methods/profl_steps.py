@@ -75,10 +75,7 @@ class ProFLStructure:
 
     def om(self, t: int) -> list[str]:
         """Module names of the output module of block t (the real head for t = T)."""
-        if t == self.num_blocks:
-            return ["head"]
-        om = self.modules.get_submodule(f"om{t}")
-        return [f"om{t}.{child}" for child, _ in om.named_children()]
+        return output_module_names(self.modules, self.num_blocks, t)
 
     def paths(self, submodel: str) -> tuple[list[str], list[str], list[str], frozenset[str]]:
         """(prefix, student, teacher, trainable) of a sub-model."""
@@ -110,6 +107,14 @@ class ProFLStructure:
         active = f"om{phase.step - 1}.basic{phase.step}" if phase.fitting else f"block{phase.step}"
         keys = sorted(k for k in self.param_keys if k.startswith(active + "."))
         return torch.cat([weights[k].detach().reshape(-1).float() for k in keys])
+
+
+def output_module_names(modules: nn.Module, num_blocks: int, t: int) -> list[str]:
+    """Module names, in ``modules``, of the output module ``om<t>`` of block t (its children:
+    the stand-ins, then the head), or ``["head"]`` for the last block."""
+    if t == num_blocks:
+        return ["head"]
+    return [f"om{t}.{child}" for child, _ in modules.get_submodule(f"om{t}").named_children()]
 
 
 def blocked_copy(model: nn.Module, method: str) -> tuple[BlockedModel, nn.Module]:
