@@ -21,6 +21,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from bench.paths import fleet_path, profiles_dir
+from bench.report_cache import ReportCache
 from profl_core.devices import Fleet, load_fleet, load_profiles
 from profl_core.files import Fields, read_json
 from profl_core.memory import MemoryReport, TrainingCase, measure
@@ -35,18 +36,21 @@ MIB = float(1 << 20)
 
 
 def make_plan(spec: ModelSpec, *, batch_size: int, max_blocks: int, probe: str = "predict",
-              objective: Objective = "required") -> tuple[Plan, Plan]:
-    """The planned partition and the model's stage partition, both measured with ``probe``;
-    progress on stderr (:class:`PlanProgress`)."""
-    with PlanProgress(spec.name) as progress:
+              objective: Objective = "required",
+              cache: ReportCache | None = None) -> tuple[Plan, Plan]:
+    """The planned partition and the model's stage partition, both measured with ``probe``
+    (answered from ``cache`` where it holds the case: :mod:`bench.report_cache`); progress on
+    stderr (:class:`PlanProgress`)."""
+    with PlanProgress(spec.name, cache=cache) as progress:
 
         def probe_case(case: TrainingCase) -> MemoryReport:
             report = measure(case, probe=probe, threads=PLAN_THREADS)
             progress.measured(case.label)
             return report
 
-        stage = stage_plan(spec, batch_size=batch_size, measure=probe_case)
-        planned = plan_partition(spec, batch_size=batch_size, measure=probe_case,
+        measure_case = probe_case if cache is None else cache.wrap(probe_case)
+        stage = stage_plan(spec, batch_size=batch_size, measure=measure_case)
+        planned = plan_partition(spec, batch_size=batch_size, measure=measure_case,
                                  max_blocks=max_blocks, objective=objective,
                                  progress=progress.search)
     return planned, stage
@@ -56,12 +60,15 @@ class PlanProgress:
     """The planner's progress on stderr: each search's block steps out of its bound (the
     steps of its blocks not measured in an earlier search; shrink steps that cannot change the
     plan are skipped, so a search may end below it; at most ``1 + refinements`` searches), the
-    steps measured, the time spent and the search's ETA (at most). A tqdm bar on a terminal;
-    otherwise one line every ``every`` seconds (and when a search starts), for logs and CI.
+    steps measured (and, with a cache, the steps it answered), the time spent and the search's
+    ETA (at most). A tqdm bar on a terminal; otherwise one line every ``every`` seconds (and
+    when a search starts), for logs and CI.
     """
 
-    def __init__(self, name: str, *, every: float = 5.0, stream: TextIO | None = None) -> None:
+    def __init__(self, name: str, *, every: float = 5.0, stream: TextIO | None = None,
+                 cache: ReportCache | None = None) -> None:
         self.name = name
+        self.cache = cache
         self.every = every
         self.stream = sys.stderr if stream is None else stream
         self.tty = self.stream.isatty()
@@ -116,7 +123,10 @@ class PlanProgress:
         text = f"plan {self.name}: {self.where}"
         if self.where != "stage partition":
             text += f", {self.done}/{self.total} block steps at most"
-        text += f", {self.steps} steps measured, {_clock(now - self.start)} elapsed"
+        text += f", {self.steps} steps measured"
+        if self.cache is not None and self.cache.hits:
+            text += f", {self.cache.hits} from the cache"
+        text += f", {_clock(now - self.start)} elapsed"
         if 0 < self.done < self.total:
             rate = (now - self.search_start) / self.done
             text += f", search ETA {_clock(rate * (self.total - self.done))} at most"

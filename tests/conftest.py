@@ -67,3 +67,11 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(before)
 
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run by tests (``profl plan`` keeps reports across runs) write their cache in a
+    folder of the test session, never in the user's ``~/.cache``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from bench.model_options import MODEL_HELP, add_spec_arguments, spec_overrides
-from bench.planning import make_plan, plan_fleet, plan_record, render_plan
+from bench.planning import PLAN_THREADS, make_plan, plan_fleet, plan_record, render_plan
+from bench.report_cache import ReportCache, default_cache_dir
 from profl_core.errors import ConfigError
 from profl_core.memory import PROBES
 from profl_core.memory.plan import OBJECTIVES
@@ -37,14 +39,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--out", type=Path,
                         help="write the plan file (for profl train --partition-plan)")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", type=Path, metavar="DIR",
+                       help="keep every measured step's report in DIR and reuse it in later "
+                            "plans on this machine and code (default "
+                            "$XDG_CACHE_HOME/profl/reports, else ~/.cache/profl/reports)")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="measure every step, read and write no cache")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: use 1 or more")
     spec = native_spec(args.model, width=args.width, **spec_overrides(args))
+    cache = None if args.no_cache else ReportCache(
+        args.cache or default_cache_dir(), probe=args.probe, threads=PLAN_THREADS,
+        warnings=sys.stderr)
     planned, stage = make_plan(spec, batch_size=args.batch_size, max_blocks=args.max_blocks,
-                               probe=args.probe, objective=args.objective)
+                               probe=args.probe, objective=args.objective, cache=cache)
+    if cache is not None:
+        print(f"report cache {cache.directory}: {cache.hits} steps reused, {cache.misses} "
+              "measured", file=sys.stderr)
     fleet = (None if args.fleet is None
              else plan_fleet(args.fleet, planned.full_required_bytes, args.devices))
     record = plan_record(planned, stage, batch_size=args.batch_size, probe=args.probe,

@@ -146,16 +146,11 @@ class BlockedModel(nn.Module):
         shapes = []
         with torch.no_grad():
             x = torch.zeros((1, *self.spec.input_shape), device="meta")
-            meta_blocks = [self._meta_copy(self.block(i)) for i in range(self.num_blocks)]
+            meta_blocks = [meta_copy(self.block(i)) for i in range(self.num_blocks)]
             for block in meta_blocks:
                 x = block(x)
                 shapes.append(tuple(x.shape[1:]))
         return shapes
-
-    @staticmethod
-    def _meta_copy(module: nn.Module) -> nn.Module:
-        clone = copy.deepcopy(module)
-        return clone.to_empty(device="meta").eval()
 
     def output_module(self, step: int) -> nn.Module:
         """ProFL's output module for growing step ``step`` (1-based).
@@ -169,6 +164,12 @@ class BlockedModel(nn.Module):
     def _check_step(self, step: int) -> None:
         if not 1 <= step <= self.num_blocks:
             raise ConfigError(f"step {step} out of range; use 1..{self.num_blocks}")
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` on the meta device, in eval mode (for shapes: nothing is computed)."""
+    clone = copy.deepcopy(module)
+    return clone.to_empty(device="meta").eval()
 
 
 class PoolHead(nn.Module):

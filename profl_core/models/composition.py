@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from profl_core.errors import ConfigError
 from profl_core.models.base import BlockedModel, ModelSpec
 from profl_core.models.external import one_line
+from profl_core.models.wrapper import ExternalModel
 
 #: Samples of the real input the composition check runs (eval mode, so batch norm is fine).
 CHECK_BATCH = 2
@@ -44,6 +46,10 @@ def _required_inputs(module: nn.Module) -> list[str]:
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
+#: The atom chains whose composition check passed, with their spec (no blocks) and builder.
+_COMPOSED: set[tuple[ModelSpec, Builder, tuple[str, ...]]] = set()
+
+
 @functools.cache
 def verify(spec: ModelSpec, builder: Builder) -> None:
     """Check once per ``(spec, builder)`` that the builder's blocks compose to the model's
@@ -62,9 +68,40 @@ def verify(spec: ModelSpec, builder: Builder) -> None:
     per spec). A failing check raises and is not remembered. ``verify.cache_clear()`` forgets
     every entry; ``verify.__wrapped__`` is the check without the cache.
 
+    A partition whose blocks run the same modules in the same order as one that passed (the
+    same :func:`~profl_core.models.wrapper.atoms`: only the block boundaries differ, as
+    between the partitions the planner measures) computes the same function, so it is not run
+    again on the CPU: the model is built on the meta device to read its atoms, and only its
+    stand-ins are built.
+
     Raises:
         ConfigError: naming the model string and what is wrong.
     """
+    built = _meta_build(spec, builder)
+    key = None if built is None else (replace(spec, blocks=(), identity_standins=False),
+                                      builder, sum(built.atoms, ()))
+    if built is not None and key in _COMPOSED:
+        built.output_module(1)  # every stand-in can be built
+        return
+    _check(spec, builder)
+    if key is not None:
+        _COMPOSED.add(key)
+
+
+def _meta_build(spec: ModelSpec, builder: Builder) -> ExternalModel | None:
+    """The model built on the meta device when it is an :class:`ExternalModel` with known
+    atoms, else None (also when building it there fails: the CPU check says why)."""
+    try:
+        with unset_fake_temporarily(), torch.device("meta"), \
+                torch.random.fork_rng(devices=[]):
+            model, _ = builder(spec)
+    except Exception:  # user code; the check on the CPU reports it
+        return None
+    return model if isinstance(model, ExternalModel) and model.atoms else None
+
+
+def _check(spec: ModelSpec, builder: Builder) -> None:
+    """:func:`verify`'s check on the CPU."""
     name = spec.name
     shape = "x".join(map(str, (CHECK_BATCH, *spec.input_shape)))
     with unset_fake_temporarily(), torch.device("cpu"), torch.random.fork_rng(devices=[]):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from profl_core.models.base import BlockedModel
+from profl_core.models.base import BlockedModel, meta_copy
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def summarize_blocks(model: BlockedModel) -> list[BlockSummary]:
         named = [(name, model.block(i)) for i, name in enumerate(model.block_names())]
         for name, module in [*named, ("head", model.head)]:
             params = sum(p.numel() for p in module.parameters())
-            meta = BlockedModel._meta_copy(module).train()
+            meta = meta_copy(module).train()
             elements, x = _leaf_output_elements(meta, x)
             rows.append(
                 BlockSummary(

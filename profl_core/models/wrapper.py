@@ -10,6 +10,14 @@ the stride that matches the shape, batch norm and ReLU for image-shaped outputs,
 average pooling added only when no stride matches exactly; a linear map when only the last
 dimension differs), then a fresh copy of the head (deep copy, every ``reset_parameters``
 called).
+
+The modules a model runs in order are its *atoms* (:func:`atoms`): every group's modules with
+each plain ``nn.Sequential`` replaced by its children. Two partitions of the same model with
+the same atoms compute the same function (a group runs its atoms in order), whatever their
+block boundaries; the composition check is done once per atom chain
+(:func:`profl_core.models.composition.verify`), and a block's output shape is remembered per
+atom prefix (:func:`prefix_shapes`), so the partitions of one model that the planner measures
+run their meta-device forward once per unit boundary, not once per partition.
 """
 
 from __future__ import annotations
@@ -17,13 +25,20 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 
+import torch
 from torch import nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
-from profl_core.models.base import BlockedModel, ModelSpec
-from profl_core.models.block_groups import check_disjoint, resolve_group
+from profl_core.models.base import BlockedModel, ModelSpec, meta_copy
+from profl_core.models.block_groups import ResolvedGroup, check_disjoint, resolve_group
+
+#: Per-sample output shapes by ``(spec with no blocks, atom prefix)`` (:func:`prefix_shapes`).
+_SHAPES: dict[tuple[ModelSpec, tuple[str, ...]], tuple[int, ...]] = {}
+#: Entries :data:`_SHAPES` keeps at most (it is emptied when full).
+SHAPE_CACHE_SIZE = 65536
 
 
 def _stride(size: int, target: int) -> tuple[int, bool]:
@@ -75,6 +90,56 @@ def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
                       "head or return a BlockedModel with its own output_module")
 
 
+def _is_plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def atoms(root: nn.Module, group: ResolvedGroup) -> tuple[str, ...]:
+    """The dotted paths, in ``root``, of the modules ``group`` runs in order: its paths, each
+    plain ``nn.Sequential`` (whose forward runs its children in order) replaced by its
+    children's atoms."""
+    out: list[str] = []
+
+    def expand(path: str, module: nn.Module) -> None:
+        children = list(module.named_children())
+        if _is_plain_sequential(module) and children:
+            for name, child in children:
+                expand(f"{path}.{name}", child)
+        else:
+            out.append(path)
+
+    for path in group.paths:
+        expand(path, root.get_submodule(path))
+    return tuple(out)
+
+
+def prefix_shapes(spec: ModelSpec, blocks: Sequence[nn.Module],
+                  block_atoms: Sequence[tuple[str, ...]]) -> list[tuple[int, ...]]:
+    """Per-sample output shape of every block of a model of ``spec`` (on the meta device),
+    remembered per atom prefix: the output of the blocks up to ``k`` is the output of their
+    atoms, whatever the boundaries before it, so a shape known from another partition of the
+    same model is not computed again, and only the blocks after the last known one run."""
+    base = replace(spec, blocks=(), identity_standins=False)
+    keys: list[tuple[ModelSpec, tuple[str, ...]]] = []
+    prefix: tuple[str, ...] = ()
+    for chain in block_atoms:
+        prefix = (*prefix, *chain)
+        keys.append((base, prefix))
+    known = 0
+    while known < len(keys) and keys[known] in _SHAPES:
+        known += 1
+    if known < len(keys):
+        if len(_SHAPES) >= SHAPE_CACHE_SIZE:
+            _SHAPES.clear()
+        start = _SHAPES[keys[known - 1]] if known else tuple(spec.input_shape)
+        with unset_fake_temporarily(), torch.no_grad():
+            x = torch.zeros((1, *start), device="meta")
+            for k in range(known, len(keys)):
+                x = meta_copy(blocks[k])(x)
+                _SHAPES[keys[k]] = tuple(x.shape[1:])
+    return [_SHAPES[key] for key in keys]
+
+
 def fresh_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every submodule's ``reset_parameters`` called."""
     clone = copy.deepcopy(module)
@@ -93,14 +158,25 @@ class ExternalModel(BlockedModel):
         blocks: the block modules in forward order (shared, not copied).
         head: the head module (shared).
         groups: the group text of every block and then the head (for tables and errors).
+        atoms: the :func:`atoms` of every group, the head's last; ``()``: unknown (the blocks
+            of a user's BlockedModel), and shapes are not remembered across partitions.
     """
 
     def __init__(self, spec: ModelSpec, blocks: Sequence[nn.Module], head: nn.Module, *,
-                 groups: Sequence[str]) -> None:
+                 groups: Sequence[str], atoms: Sequence[tuple[str, ...]] = ()) -> None:
         super().__init__(spec)
         self._set_blocks(blocks, head)
         self.groups: tuple[str, ...] = tuple(groups)
+        self.atoms: tuple[tuple[str, ...], ...] = tuple(atoms)
         self._shapes: tuple[tuple[int, ...], ...] | None = None
+
+    def block_output_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample output shape of every block; remembered per atom prefix
+        (:func:`prefix_shapes`) when the atoms are known."""
+        if not self.atoms:
+            return super().block_output_shapes()
+        blocks = [self.block(i) for i in range(self.num_blocks)]
+        return prefix_shapes(self.spec, blocks, self.atoms[:self.num_blocks])
 
     def output_shapes(self) -> tuple[tuple[int, ...], ...]:
         """Per-sample output shape of every block (meta-device forward, computed once)."""
@@ -131,4 +207,4 @@ def wrap(spec: ModelSpec, module: nn.Module, groups: Sequence[str]) -> ExternalM
     resolved = [resolve_group(module, group, model=model) for group in groups]
     check_disjoint(resolved, model=model)
     return ExternalModel(spec, [g.module for g in resolved[:-1]], resolved[-1].module,
-                         groups=groups)
+                         groups=groups, atoms=[atoms(module, g) for g in resolved])

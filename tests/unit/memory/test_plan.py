@@ -230,7 +230,8 @@ def test_max_blocks_below_two_is_refused() -> None:
 def _profl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True,
                           text=True, check=False,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(HERE)})
+                          env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(HERE),
+                               "XDG_CACHE_HOME": str(cwd / "xdg-cache")})
 
 
 def test_profl_plan_json_and_the_plan_file(tmp_path: Path) -> None:

@@ -1,0 +1,129 @@
+"""Memory reports kept across runs: ``profl plan`` measures a case once per machine and code.
+
+A planner run measures hundreds of candidate steps (:mod:`profl_core.memory.plan`); planning
+the same model again (another ``--max-blocks``, ``--objective`` or ``--fleet``, a CI job) meets
+the same cases. :class:`ReportCache` wraps the probe: a case it has measured before, with the
+same probe and thread count, on the same torch and CPU capability, with the same
+``profl_core`` source, returns the stored report; any other case is measured and stored.
+
+Each report is one JSON file ``<digest>.json`` in the cache folder (default
+``~/.cache/profl/reports``, under ``$XDG_CACHE_HOME`` when set; ``profl plan --cache DIR`` or
+``--no-cache``), where ``digest`` is the SHA-256 of everything the report depends on
+(:meth:`ReportCache.identity`): the case (every field of its spec and options), the probe, the
+threads, the torch version, the CPU capability and a digest of every ``profl_core`` source file,
+so a change to the library or to torch never returns an old number. Files are written
+atomically; an entry that cannot be read back (truncated, edited, another schema, another
+case) is a miss: the case is measured again and the entry rewritten, and one line on the
+warning stream names the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+import profl_core
+from profl_core.memory import MemoryReport, TrainingCase
+from profl_core.results import atomic_write_text
+
+#: The schema name of a cache entry.
+CACHE_SCHEMA = "profl-report-cache/1"
+#: The environment variable of the user's cache root (the XDG convention).
+XDG_CACHE_ENV = "XDG_CACHE_HOME"
+
+Measure = Callable[[TrainingCase], MemoryReport]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/profl/reports``, else ``~/.cache/profl/reports``."""
+    root = os.environ.get(XDG_CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache") / "profl" / "reports"
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of every ``profl_core`` source file (path and bytes, in path order)."""
+    package = Path(profl_core.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class ReportCache:
+    """The reports of one probe at one thread count, kept in ``directory``.
+
+    Args:
+        directory: the cache folder (created on the first write).
+        probe: the probe the reports come from.
+        threads: the intra-op threads they were measured at.
+        warnings: where a bad entry is reported (one line each).
+
+    Attributes:
+        hits: cases answered from the folder in this run.
+        misses: cases measured (and stored) in this run.
+    """
+
+    def __init__(self, directory: Path, *, probe: str, threads: int, warnings: TextIO) -> None:
+        self.directory = directory
+        self.probe = probe
+        self.threads = threads
+        self.warnings = warnings
+        self.hits = 0
+        self.misses = 0
+
+    def identity(self, case: TrainingCase) -> dict[str, Any]:
+        """Everything a report of ``case`` depends on (what the file name digests)."""
+        return {"case": asdict(case), "probe": self.probe, "threads": self.threads,
+                "torch": torch.__version__,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "profl_core": code_digest()}
+
+    def path(self, identity: dict[str, Any]) -> Path:
+        """The entry's file: the SHA-256 of ``identity``'s canonical JSON."""
+        text = json.dumps(identity, sort_keys=True, default=str)
+        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+
+    def wrap(self, measure: Measure) -> Measure:
+        """``measure`` answering from the folder where it can."""
+
+        def cached(case: TrainingCase) -> MemoryReport:
+            identity = json.loads(json.dumps(self.identity(case), default=str))
+            path = self.path(identity)
+            report = self._read(path, identity)
+            if report is not None:
+                self.hits += 1
+                return report
+            report = measure(case)
+            self.misses += 1
+            entry = {"schema": CACHE_SCHEMA, "identity": identity, "report": report.to_dict()}
+            atomic_write_text(path, json.dumps(entry, sort_keys=True) + "\n")
+            return report
+
+        return cached
+
+    def _read(self, path: Path, identity: dict[str, Any]) -> MemoryReport | None:
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if (not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA
+                    or entry.get("identity") != identity):
+                raise ValueError("not this case's entry")
+            return MemoryReport.from_dict(entry["report"])
+        except Exception as err:  # any bytes: the entry is measured again and rewritten
+            print(f"profl: ignoring cache entry {path} ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0] if str(err) else 'unreadable'}); measuring the "
+                  "case again", file=self.warnings)
+            return None
