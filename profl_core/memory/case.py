@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError, field_names, reject_unknown_keys
 from profl_core.fl.types import StepOptions
@@ -56,6 +55,7 @@ from profl_core.models import (
     check_model_name,
     fitted_basic_layers,
     native_spec,
+    on_meta,
 )
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
@@ -80,14 +80,14 @@ __all__ = [
 @functools.lru_cache(maxsize=64)
 def num_blocks(spec: ModelSpec) -> int:
     """T for a model spec, from a model built on the meta device (nothing is allocated)."""
-    with unset_fake_temporarily(), torch.device("meta"):
+    with on_meta():
         return build_model(spec).num_blocks
 
 
 @functools.lru_cache(maxsize=64)
 def fitted_steps(spec: ModelSpec) -> tuple[int, ...]:
     """:func:`~profl_core.models.fitted_basic_layers` of ``spec``, built on the meta device."""
-    with unset_fake_temporarily(), torch.device("meta"):
+    with on_meta():
         model = build_model(spec)
         if model.num_blocks < 2:
             return ()

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
 from profl_core.fl.local import LocalConfig, LocalStep
@@ -33,7 +32,7 @@ from profl_core.fl.method import Method
 from profl_core.fl.observer import StepObserver
 from profl_core.memory.case import DTYPES, TrainingCase
 from profl_core.methods.registry import kind_owner
-from profl_core.models import BlockedModel, ModelSpec, build_model
+from profl_core.models import BlockedModel, ModelSpec, build_model, on_meta
 
 __all__ = [
     "PreparedStep",
@@ -117,7 +116,7 @@ def _meta_if(fake: bool) -> Iterator[None]:
     if not fake:
         yield
         return
-    with unset_fake_temporarily(), torch.device("meta"):
+    with on_meta():
         yield
 
 
@@ -286,6 +285,6 @@ def build_fake_step(case: TrainingCase) -> PreparedStep:
         raise ConfigError(f"case {case.label}: predict cannot run amp:fp16 (its GradScaler "
                           "reads the non-finite flag every step); use the dispatch, heap or "
                           "cuda probe, or amp (bfloat16)")
-    with unset_fake_temporarily(), torch.device("meta"):
+    with on_meta():
         model = construct_model(case)
     return prepare_step(case, model, fake=True)

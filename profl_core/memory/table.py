@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
 from profl_core.fl.method import Method
@@ -18,7 +17,7 @@ from profl_core.memory import dispatch, measure, predict
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.report import MemoryReport
 from profl_core.memory.step import method_step
-from profl_core.models import ModelSpec, build_model
+from profl_core.models import ModelSpec, build_model, on_meta
 
 
 def memory_table(
@@ -67,7 +66,7 @@ def method_table(
     """
     if probe not in ("predict", "dispatch"):
         raise ConfigError(f"method memory table: probe {probe!r}; use predict or dispatch")
-    with unset_fake_temporarily(), torch.device("meta"):
+    with on_meta():
         meta_model = build_model(spec)
         names = list(method.memory_plan(method.init_state(meta_model, np.random.default_rng(0))))
     out: dict[str, MemoryReport] = {}

@@ -31,6 +31,7 @@ from profl_core.models.base import (
     ModelSpec,
     PoolHead,
     fitted_basic_layers,
+    on_meta,
 )
 from profl_core.models.block_groups import parse_blocks
 from profl_core.models.cnn import CNN
@@ -129,5 +130,6 @@ __all__ = [
     "check_model_name",
     "fitted_basic_layers",
     "native_spec",
+    "on_meta",
     "parse_blocks",
 ]

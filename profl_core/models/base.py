@@ -12,12 +12,15 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.overrides import TorchFunctionMode
 
 from profl_core.errors import ConfigError, build_config
 
@@ -164,6 +167,37 @@ class BlockedModel(nn.Module):
     def _check_step(self, step: int) -> None:
         if not 1 <= step <= self.num_blocks:
             raise ConfigError(f"step {step} out of range; use 1..{self.num_blocks}")
+
+
+#: In-place fills an initialiser makes (``torch.nn.init``, ``reset_parameters``,
+#: ``reset_running_stats``); none changes a tensor's shape, so on the meta device (no values)
+#: :func:`on_meta` skips them.
+INIT_FILLS: frozenset[Any] = frozenset(getattr(Tensor, name) for name in (
+    "normal_", "uniform_", "zero_", "fill_", "random_", "exponential_", "bernoulli_",
+    "log_normal_", "cauchy_", "geometric_", "erfinv_", "clamp_", "mul_", "add_", "sub_",
+    "div_", "copy_",
+))
+
+
+class _SkipMetaFills(TorchFunctionMode):
+    """Returns the tensor of an :data:`INIT_FILLS` call on a meta tensor without running it
+    (PyTorch's meta kernels of the random fills are Python references: about half of a
+    model's construction on the meta device)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        if func in INIT_FILLS and args and isinstance(args[0], Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def on_meta() -> Iterator[None]:
+    """Build modules on the meta device, outside any fake mode: parameters and buffers have
+    shapes and dtypes but no storage, and initialisers' fills are skipped (they would compute
+    nothing). Thread-local, like every torch mode."""
+    with unset_fake_temporarily(), torch.device("meta"), _SkipMetaFills():
+        yield
 
 
 def meta_copy(module: nn.Module) -> nn.Module:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
-from profl_core.models.base import BlockedModel, ModelSpec
+from profl_core.models.base import BlockedModel, ModelSpec, on_meta
 from profl_core.models.external import one_line
 from profl_core.models.wrapper import ExternalModel
 
@@ -92,8 +92,7 @@ def _meta_build(spec: ModelSpec, builder: Builder) -> ExternalModel | None:
     """The model built on the meta device when it is an :class:`ExternalModel` with known
     atoms, else None (also when building it there fails: the CPU check says why)."""
     try:
-        with unset_fake_temporarily(), torch.device("meta"), \
-                torch.random.fork_rng(devices=[]):
+        with on_meta(), torch.random.fork_rng(devices=[]):
             model, _ = builder(spec)
     except Exception:  # user code; the check on the CPU reports it
         return None

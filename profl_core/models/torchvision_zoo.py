@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
-from profl_core.models.base import BlockedModel, ModelSpec
+from profl_core.models.base import BlockedModel, ModelSpec, on_meta
 from profl_core.models.wrapper import wrap
 
 PREFIX = "torchvision:"
@@ -167,7 +167,7 @@ def _groups_of(stage_path: str, names: list[str]) -> str:
 def default_groups(spec: ModelSpec) -> tuple[str, ...]:
     """The resolution-stage partition of a torchvision model (module doc), head last."""
     family = FAMILIES[family_of(spec.name)]
-    with unset_fake_temporarily(), torch.device("meta"):
+    with on_meta():
         body = family.restructure(torchvision_net(replace(spec, blocks=())))
     stage_root = body.get_submodule(family.stages)
     children = [(n, m) for n, m in stage_root.named_children() if n != "head"]
