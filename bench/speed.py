@@ -33,6 +33,11 @@ TARGETS = [
     ("profl plan resnet34, batch 64 (s)", "test_plan[resnet34]", None, 60.0, "<="),
     ("profl plan mobilenet_v3_small, batch 32 (s)", "test_plan[torchvision:mobilenet_v3_small]",
      None, 30.0, "<="),
+    # the same plans again, every step from the report cache the first filled
+    ("profl plan resnet34 again, from the report cache (s)", "test_plan_cached[resnet34]", None,
+     60.0, "<="),
+    ("profl plan mobilenet_v3_small again, from the report cache (s)",
+     "test_plan_cached[torchvision:mobilenet_v3_small]", None, 30.0, "<="),
 ]
 
 

@@ -12,15 +12,23 @@ never asserted:
 Each plan is searched once (``rounds=1``) in a fresh in-process state but for the scratch
 model's cache, which is shared like in one ``profl plan`` run. The plan's blocks and largest
 step go into ``extra_info`` so the JSON shows what was planned.
+
+``test_plan`` measures every step (its report cache starts empty: the cold run the targets
+are about) and fills a report cache (:mod:`bench.report_cache`); ``test_plan_cached`` then
+plans the same model again from that cache, as a second ``profl plan`` on the same machine
+and code does (``extra_info["measured"]`` says how many steps it still measured: none).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.planning import make_plan
+from bench.planning import PLAN_THREADS, make_plan
+from bench.report_cache import ReportCache
 from profl_core.models import native_spec
 
 pytestmark = pytest.mark.benchmark(group="planner")
@@ -29,15 +37,35 @@ pytestmark = pytest.mark.benchmark(group="planner")
 PLANS = [("resnet34", 64, 60.0), ("torchvision:mobilenet_v3_small", 32, 30.0)]
 
 
-@pytest.mark.parametrize(("model", "batch", "target_s"), PLANS,
-                         ids=[model for model, _, _ in PLANS])
-def test_plan(benchmark: Any, model: str, batch: int, target_s: float) -> None:
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report cache the cold plans fill and the cached plans read."""
+    return tmp_path_factory.mktemp("reports")
+
+
+def _plan(benchmark: Any, model: str, batch: int, target_s: float, folder: Path) -> None:
     spec = native_spec(model)
+    cache = ReportCache(folder, probe="predict", threads=PLAN_THREADS, warnings=sys.stderr)
 
     def plan() -> Any:
-        return make_plan(spec, batch_size=batch, max_blocks=8)[0]
+        return make_plan(spec, batch_size=batch, max_blocks=8, cache=cache)[0]
 
     planned = benchmark.pedantic(plan, rounds=1, warmup_rounds=0)
     benchmark.extra_info["target_s"] = target_s
     benchmark.extra_info["blocks"] = list(planned.groups)
     benchmark.extra_info["peak_bytes"] = planned.peak_bytes
+    benchmark.extra_info["measured"] = cache.misses
+    benchmark.extra_info["from_cache"] = cache.hits
+
+
+@pytest.mark.parametrize(("model", "batch", "target_s"), PLANS,
+                         ids=[model for model, _, _ in PLANS])
+def test_plan(benchmark: Any, model: str, batch: int, target_s: float, reports: Path) -> None:
+    _plan(benchmark, model, batch, target_s, reports)
+
+
+@pytest.mark.parametrize(("model", "batch", "target_s"), PLANS,
+                         ids=[model for model, _, _ in PLANS])
+def test_plan_cached(benchmark: Any, model: str, batch: int, target_s: float,
+                     reports: Path) -> None:
+    _plan(benchmark, model, batch, target_s, reports)

@@ -56,6 +56,7 @@ from profl_core.models import (
     fitted_basic_layers,
     native_spec,
     on_meta,
+    partition_blocks,
 )
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
@@ -77,16 +78,29 @@ __all__ = [
 ]
 
 
-@functools.lru_cache(maxsize=64)
+#: Specs whose block count and fitted steps are remembered (a planner run meets hundreds).
+SPEC_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=SPEC_CACHE_SIZE)
 def num_blocks(spec: ModelSpec) -> int:
-    """T for a model spec, from a model built on the meta device (nothing is allocated)."""
+    """T for a model spec: its groups' count when they are its blocks
+    (:func:`~profl_core.models.partition_blocks`), else from a model built on the meta device
+    (nothing is allocated)."""
+    known = partition_blocks(spec)
+    if known is not None:
+        return known
     with on_meta():
         return build_model(spec).num_blocks
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=SPEC_CACHE_SIZE)
 def fitted_steps(spec: ModelSpec) -> tuple[int, ...]:
-    """:func:`~profl_core.models.fitted_basic_layers` of ``spec``, built on the meta device."""
+    """:func:`~profl_core.models.fitted_basic_layers` of ``spec``: every step 2..T of a spec
+    cut into groups without identity stand-ins (:func:`~profl_core.models.partition_blocks`),
+    else from a model built on the meta device."""
+    if spec.blocks and not spec.identity_standins:
+        return tuple(range(2, num_blocks(spec) + 1))
     with on_meta():
         model = build_model(spec)
         if model.num_blocks < 2:

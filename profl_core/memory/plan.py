@@ -30,9 +30,9 @@ blocks. Every searched partition is measured exactly (every ``grow:t`` and ``shr
 and those are the peaks reported. A case met twice in one planning run is measured once
 (:func:`measure_once`), a block's steps once per ``(i, j, later cuts)``, a block's ``shrink``
 step only when the block can be in a best partition (its ``grow`` step is a lower bound of
-its cost; :func:`_search` proves the boundaries are the ones every cost would give), and zoo
-and torchvision cuts skip building a model to learn that their ``shrink`` steps have a
-stand-in to fit (:func:`_stand_ins_fit`). With a fleet, the objective is the share of
+its cost; :func:`_search` proves the boundaries are the ones every cost would give), and a
+cut is not built to learn that its ``shrink`` steps have a stand-in to fit
+(:func:`~profl_core.memory.case.fitted_steps`). With a fleet, the objective is the share of
 devices that fit every step: it is a decreasing step function of the largest peak, so the
 same partition maximises it.
 """
@@ -51,7 +51,6 @@ from profl_core.memory.case import TrainingCase, all_cases, fitted_steps
 from profl_core.memory.case_text import case_from_text
 from profl_core.memory.report import MemoryReport
 from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
-from profl_core.models.torchvision_zoo import is_torchvision_name
 
 #: Layers that start a unit: the weight layers. Everything else joins the unit before it.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
@@ -285,10 +284,9 @@ def plan_partition(
     units, head = layer_units(model), head_group(model)
     n = len(units)
     measure = measure_once(measure)
-    stand_ins_fit = _stand_ins_fit(base)
     searches = 1 + max(0, refinements)
     steps = _BlockSteps(base, units, head, batch_size=batch_size, measure=measure,
-                        objective=objective, stand_ins_fit=stand_ins_fit)
+                        objective=objective)
     later: tuple[int, ...] = ()  # the previous search's cuts; none at first
     best: Plan | None = None
     for search in range(1, searches + 1):
@@ -340,10 +338,9 @@ class _BlockSteps:
     the block can be in a best partition)."""
 
     def __init__(self, base: ModelSpec, units: Sequence[Unit], head: str, *, batch_size: int,
-                 measure: Measure, objective: Objective, stand_ins_fit: bool) -> None:
+                 measure: Measure, objective: Objective) -> None:
         self.base, self.units, self.head = base, units, head
         self.batch_size, self.measure, self.objective = batch_size, measure, objective
-        self.stand_ins_fit = stand_ins_fit
         self.peaks: dict[tuple[tuple[int, int, tuple[int, ...]], str], int] = {}
         self.labels: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
         self.progress: Progress | None = None
@@ -365,7 +362,7 @@ class _BlockSteps:
     def _labels(self, key: tuple[int, int, tuple[int, ...]]) -> list[str]:
         if key not in self.labels:
             t = 1 if key[0] == 0 else 2
-            fitted = t > 1 and (self.stand_ins_fit or t in fitted_steps(self._cut(key)))
+            fitted = t > 1 and t in fitted_steps(self._cut(key))
             self.labels[key] = [f"grow:{t}"] + ([f"shrink:{t}"] if fitted else [])
         return self.labels[key]
 
@@ -405,17 +402,6 @@ def measure_once(measure: Measure) -> Measure:
         return reports[case]
 
     return once
-
-
-def _stand_ins_fit(spec: ModelSpec) -> bool:
-    """Whether every shrinking step of every cut of ``spec`` has a basic layer to fit, known
-    without building the cut (:func:`fitted_steps` builds it and its output module: a
-    meta-device forward): a zoo or torchvision model cut into blocks is an
-    :class:`~profl_core.models.ExternalModel`, whose stand-ins are a convolution or a linear
-    layer unless identity stand-ins replace some (:func:`~profl_core.models.wrapper.stand_in`).
-    A user factory's model may have output modules of its own: False."""
-    return not spec.identity_standins and (spec.name in MODEL_NAMES
-                                           or is_torchvision_name(spec.name))
 
 
 def _searched_blocks(count: int) -> list[tuple[int, int]]:

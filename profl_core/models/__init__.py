@@ -108,6 +108,19 @@ def _regrouped_zoo_model(spec: ModelSpec) -> tuple[BlockedModel, nn.Module]:
     return wrap(spec, zoo, spec.blocks or (*zoo.block_names(), "head")), zoo
 
 
+def partition_blocks(spec: ModelSpec) -> int | None:
+    """The block count of a spec whose groups are its blocks (``len(spec.blocks) - 1``: a
+    torchvision, user or regrouped zoo model cut into ``spec.blocks``), after the checks
+    :func:`build_model` makes (the composition check, the stand-ins), without building it;
+    None when only building tells (a zoo model's own stages, a user's BlockedModel).
+
+    With groups the model is an :class:`ExternalModel`, whose stand-ins all have weights unless
+    identity stand-ins replace some, so every shrinking step of such a spec fits a basic
+    layer (:func:`profl_core.memory.case.fitted_steps`)."""
+    _builder(spec)
+    return len(spec.blocks) - 1 if spec.blocks else None
+
+
 def build_model(spec: ModelSpec, *, generator: torch.Generator | None = None) -> BlockedModel:
     """Build a model; with a generator, its initial weights depend only on that generator."""
     build = _builder(spec)
@@ -132,4 +145,5 @@ __all__ = [
     "native_spec",
     "on_meta",
     "parse_blocks",
+    "partition_blocks",
 ]

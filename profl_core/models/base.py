@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
-from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from profl_core.errors import ConfigError, build_config
 
@@ -171,22 +171,25 @@ class BlockedModel(nn.Module):
 
 #: In-place fills an initialiser makes (``torch.nn.init``, ``reset_parameters``,
 #: ``reset_running_stats``); none changes a tensor's shape, so on the meta device (no values)
-#: :func:`on_meta` skips them.
-INIT_FILLS: frozenset[Any] = frozenset(getattr(Tensor, name) for name in (
+#: :class:`SkipMetaFills` skips them.
+INIT_FILLS: frozenset[Any] = frozenset(getattr(torch.ops.aten, name) for name in (
     "normal_", "uniform_", "zero_", "fill_", "random_", "exponential_", "bernoulli_",
     "log_normal_", "cauchy_", "geometric_", "erfinv_", "clamp_", "mul_", "add_", "sub_",
     "div_", "copy_",
 ))
 
 
-class _SkipMetaFills(TorchFunctionMode):
-    """Returns the tensor of an :data:`INIT_FILLS` call on a meta tensor without running it
-    (PyTorch's meta kernels of the random fills are Python references: about half of a
-    model's construction on the meta device)."""
+class SkipMetaFills(TorchDispatchMode):
+    """Within it, an :data:`INIT_FILLS` op on a meta tensor returns the tensor without running:
+    PyTorch's meta kernels of ``normal_``, ``clamp_`` or ``erfinv_`` are Python references of
+    0.1-1 ms a call, half of a torchvision model's construction on the meta device. Real
+    tensors are filled as usual. Every op pays a Python call while it is active, so it wraps
+    only constructors whose initialisers use those fills (torchvision's)."""
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
-        if func in INIT_FILLS and args and isinstance(args[0], Tensor) and args[0].is_meta:
+        if func.overloadpacket in INIT_FILLS and args and isinstance(args[0], Tensor) \
+                and args[0].is_meta:
             return args[0]
         return func(*args, **(kwargs or {}))
 
@@ -194,9 +197,8 @@ class _SkipMetaFills(TorchFunctionMode):
 @contextmanager
 def on_meta() -> Iterator[None]:
     """Build modules on the meta device, outside any fake mode: parameters and buffers have
-    shapes and dtypes but no storage, and initialisers' fills are skipped (they would compute
-    nothing). Thread-local, like every torch mode."""
-    with unset_fake_temporarily(), torch.device("meta"), _SkipMetaFills():
+    shapes and dtypes but no storage."""
+    with unset_fake_temporarily(), torch.device("meta"):
         yield
 
 

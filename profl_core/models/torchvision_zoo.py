@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
-from profl_core.models.base import BlockedModel, ModelSpec, on_meta
+from profl_core.models.base import BlockedModel, ModelSpec, SkipMetaFills, on_meta
 from profl_core.models.wrapper import wrap
 
 PREFIX = "torchvision:"
@@ -150,7 +150,8 @@ def torchvision_net(spec: ModelSpec) -> nn.Module:
                               f"has no width multiplier (only {', '.join(with_width)}); "
                               "use width 1")
         kwargs[argument] = spec.width
-    net = getattr(tvm, family)(**kwargs)
+    with SkipMetaFills():
+        net = getattr(tvm, family)(**kwargs)
     if spec.in_channels != 3:
         _replace_stem(net, spec.in_channels, spec.name)
     return net

@@ -54,6 +54,20 @@ def _stride(size: int, target: int) -> tuple[int, bool]:
     return best, False
 
 
+def check_stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
+                   block: int) -> None:
+    """Raise the one-line ConfigError of :func:`stand_in` when it has no stand-in for the
+    pair of shapes (nothing is built)."""
+    if len(in_shape) == 3 and len(out_shape) == 3:
+        return
+    if len(in_shape) == len(out_shape) >= 1 and tuple(in_shape[:-1]) == tuple(out_shape[:-1]):
+        return
+    raise ConfigError(f"model {model!r}: no stand-in for block{block}, which maps per-sample "
+                      f"shape {tuple(in_shape)} to {tuple(out_shape)} (only (C,H,W) -> (C,H,W) "
+                      "and last-dimension changes are supported); move the reshape into the "
+                      "head or return a BlockedModel with its own output_module")
+
+
 def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
              block: int, identity: bool = False) -> nn.Module:
     """ProFL's cheap stand-in for a block taking per-sample shape ``in_shape`` to ``out_shape``.
@@ -66,11 +80,12 @@ def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
     exactly. Same rank, only the last dimension differs (or nothing does): one ``nn.Linear``.
 
     Raises:
-        ConfigError: any other pair of shapes.
+        ConfigError: any other pair of shapes (:func:`check_stand_in`).
     """
     if identity and tuple(in_shape) == tuple(out_shape):
         return nn.Identity()
-    if len(in_shape) == 3 and len(out_shape) == 3:
+    check_stand_in(in_shape, out_shape, model=model, block=block)
+    if len(in_shape) == 3:
         (c, h, w), (c_out, h_out, w_out) = in_shape, out_shape
         stride_h, exact_h = _stride(h, h_out)
         stride_w, exact_w = _stride(w, w_out)
@@ -82,12 +97,7 @@ def stand_in(in_shape: Sequence[int], out_shape: Sequence[int], *, model: str,
         if not (exact_h and exact_w):
             layers.append(nn.AdaptiveAvgPool2d((h_out, w_out)))
         return nn.Sequential(*layers)
-    if len(in_shape) == len(out_shape) >= 1 and tuple(in_shape[:-1]) == tuple(out_shape[:-1]):
-        return nn.Linear(in_shape[-1], out_shape[-1])
-    raise ConfigError(f"model {model!r}: no stand-in for block{block}, which maps per-sample "
-                      f"shape {tuple(in_shape)} to {tuple(out_shape)} (only (C,H,W) -> (C,H,W) "
-                      "and last-dimension changes are supported); move the reshape into the "
-                      "head or return a BlockedModel with its own output_module")
+    return nn.Linear(in_shape[-1], out_shape[-1])
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:
@@ -184,6 +194,14 @@ class ExternalModel(BlockedModel):
             with unset_fake_temporarily():
                 self._shapes = tuple(self.block_output_shapes())
         return self._shapes
+
+    def check_stand_ins(self) -> None:
+        """Raise what :meth:`output_module` of step 1 would for a block without a stand-in,
+        building nothing (:func:`check_stand_in`)."""
+        shapes = self.output_shapes()
+        for k in range(2, self.num_blocks + 1):
+            if not (self.spec.identity_standins and shapes[k - 2] == shapes[k - 1]):
+                check_stand_in(shapes[k - 2], shapes[k - 1], model=self.spec.name, block=k)
 
     def output_module(self, step: int) -> nn.Module:
         """``basic<k>`` for every missing block k (:func:`stand_in`), then a fresh head."""

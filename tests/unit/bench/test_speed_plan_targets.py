@@ -32,3 +32,10 @@ def test_the_targets_are_the_benchmarks_targets() -> None:
     """The speed table's goals are the ones bench/test_speed_plan.py records."""
     rows = ratios(_dump(*[(f"test_plan[{model}]", 1.0) for model, _, _ in PLANS]))
     assert [row[2] for row in rows] == [f"<= {target}" for _, _, target in PLANS]
+
+
+def test_the_cached_plans_have_rows_of_their_own() -> None:
+    rows = ratios(_dump(("test_plan[resnet34]", 200.0), ("test_plan_cached[resnet34]", 9.0)))
+    assert rows == [["profl plan resnet34, batch 64 (s)", "200.000", "<= 60.0", "NO"],
+                    ["profl plan resnet34 again, from the report cache (s)", "9.000", "<= 60.0",
+                     "yes"]]
