@@ -14,7 +14,8 @@ threads, the torch version, the CPU capability and a digest of every ``profl_cor
 so a change to the library or to torch never returns an old number. Files are written
 atomically; an entry that cannot be read back (truncated, edited, another schema, another
 case) is a miss: the case is measured again and the entry rewritten, and one line on the
-warning stream names the file.
+warning stream names the file. A folder that cannot be written (read-only, a file) is one
+warning line, and the plan goes on without keeping reports.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class ReportCache:
     Attributes:
         hits: cases answered from the folder in this run.
         misses: cases measured (and stored) in this run.
+        writable: False once a write failed (one warning line; nothing more is written).
     """
 
     def __init__(self, directory: Path, *, probe: str, threads: int, warnings: TextIO) -> None:
@@ -82,6 +84,7 @@ class ReportCache:
         self.warnings = warnings
         self.hits = 0
         self.misses = 0
+        self.writable = True
 
     def identity(self, case: TrainingCase) -> dict[str, Any]:
         """Everything a report of ``case`` depends on (what the file name digests)."""
@@ -107,11 +110,22 @@ class ReportCache:
                 return report
             report = measure(case)
             self.misses += 1
-            entry = {"schema": CACHE_SCHEMA, "identity": identity, "report": report.to_dict()}
-            atomic_write_text(path, json.dumps(entry, sort_keys=True) + "\n")
+            self._write(path, {"schema": CACHE_SCHEMA, "identity": identity,
+                               "report": report.to_dict()})
             return report
 
         return cached
+
+    def _write(self, path: Path, entry: dict[str, Any]) -> None:
+        if not self.writable:
+            return
+        try:
+            atomic_write_text(path, json.dumps(entry, sort_keys=True) + "\n")
+        except OSError as err:
+            self.writable = False
+            print(f"profl: cannot write the report cache {self.directory} ({err.strerror or err}); "
+                  "going on without keeping reports (--cache DIR to choose another folder)",
+                  file=self.warnings)
 
     def _read(self, path: Path, identity: dict[str, Any]) -> MemoryReport | None:
         if not path.exists():

@@ -66,7 +66,7 @@ def verify(spec: ModelSpec, builder: Builder) -> None:
     ``functools.cache`` on the ``(spec, builder)`` pair (both hashable;
     :func:`profl_core.models.build_model` picks the builder from the spec, so this is one entry
     per spec). A failing check raises and is not remembered. ``verify.cache_clear()`` forgets
-    every entry; ``verify.__wrapped__`` is the check without the cache.
+    the specs (not the atom chains below); ``verify.__wrapped__`` is the check without it.
 
     A partition whose blocks run the same modules in the same order as one that passed (the
     same :func:`~profl_core.models.wrapper.atoms`: only the block boundaries differ, as

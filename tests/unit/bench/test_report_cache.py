@@ -108,6 +108,20 @@ def test_an_entry_of_another_case_under_this_name_is_not_used(tmp_path: Path) ->
     assert calls[CASES[0]] == 2
 
 
+def test_a_folder_that_cannot_be_written_is_one_warning_and_the_reports_still_come(
+        tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    warnings = io.StringIO()
+    cache = _cache(blocked, warnings=warnings)
+    probe = cache.wrap(_counted(Counter()))
+    reports = [probe(case) for case in CASES]
+    assert reports == [measure(case, probe="predict", threads=1) for case in CASES]
+    assert len(warnings.getvalue().splitlines()) == 1
+    assert str(blocked) in warnings.getvalue()
+    assert blocked.read_text() == "not a folder"
+
+
 def _plan(folder: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bench", "plan", "--model", TOY, "--input-size", "16",

@@ -18,9 +18,12 @@ with a lower peak (138.5 instead of 148.9 MiB).
   measures);
 * every golden model's whole search runs only with ``PROFL_GOLDEN_PLANS=all`` (minutes each).
 
-The whole searches of resnet18, resnet34, mobilenet_v2 and mobilenet_v3_small were last run
-with the planner that skips shrink steps (commit 168e2f7) and with the one before it: all eight
-printed their golden files byte for byte (docs/planner.md, Planner speed).
+The whole searches of resnet18, resnet34, mobilenet_v2 and mobilenet_v3_small were run with
+the planner that skips shrink steps (commit 168e2f7) and with the one before it: all eight
+printed their golden files byte for byte. Those of resnet34 and mobilenet_v3_small were run
+again with the planner that checks each chain of modules once and keeps reports across runs
+(after commit 669a3d6), cold and from its cache; mobilenet_v2's and vgg16's with
+``PROFL_GOLDEN_PLANS=all`` (docs/planner.md, Planner speed).
 """
 
 from __future__ import annotations
