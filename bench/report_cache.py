@@ -87,22 +87,23 @@ class ReportCache:
         self.writable = True
 
     def identity(self, case: TrainingCase) -> dict[str, Any]:
-        """Everything a report of ``case`` depends on (what the file name digests)."""
-        return {"case": asdict(case), "probe": self.probe, "threads": self.threads,
-                "torch": torch.__version__,
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "profl_core": code_digest()}
+        """Everything a report of ``case`` depends on (what the file name digests), as JSON
+        gives it back (lists, not tuples)."""
+        return json.loads(json.dumps(
+            {"case": asdict(case), "probe": self.probe, "threads": self.threads,
+             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "profl_core": code_digest()}, default=str))
 
     def path(self, identity: dict[str, Any]) -> Path:
         """The entry's file: the SHA-256 of ``identity``'s canonical JSON."""
-        text = json.dumps(identity, sort_keys=True, default=str)
+        text = json.dumps(identity, sort_keys=True)
         return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
 
     def wrap(self, measure: Measure) -> Measure:
         """``measure`` answering from the folder where it can."""
 
         def cached(case: TrainingCase) -> MemoryReport:
-            identity = json.loads(json.dumps(self.identity(case), default=str))
+            identity = self.identity(case)
             path = self.path(identity)
             report = self._read(path, identity)
             if report is not None:
@@ -116,6 +117,9 @@ class ReportCache:
 
         return cached
 
+    def _warn(self, text: str) -> None:
+        print(f"profl: {text}", file=self.warnings)
+
     def _write(self, path: Path, entry: dict[str, Any]) -> None:
         if not self.writable:
             return
@@ -123,21 +127,27 @@ class ReportCache:
             atomic_write_text(path, json.dumps(entry, sort_keys=True) + "\n")
         except OSError as err:
             self.writable = False
-            print(f"profl: cannot write the report cache {self.directory} ({err.strerror or err}); "
-                  "going on without keeping reports (--cache DIR to choose another folder)",
-                  file=self.warnings)
+            self._warn(f"cannot write the report cache {self.directory} "
+                       f"({err.strerror or err}); going on without keeping reports (--cache DIR "
+                       "to choose another folder)")
 
     def _read(self, path: Path, identity: dict[str, Any]) -> MemoryReport | None:
-        if not path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            self._warn(f"ignoring cache entry {path} ({type(err).__name__}); measuring the case "
+                       "again")
             return None
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(text)
             if (not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA
                     or entry.get("identity") != identity):
                 raise ValueError("not this case's entry")
             return MemoryReport.from_dict(entry["report"])
-        except Exception as err:  # any bytes: the entry is measured again and rewritten
-            print(f"profl: ignoring cache entry {path} ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0] if str(err) else 'unreadable'}); measuring the "
-                  "case again", file=self.warnings)
+        except Exception as err:  # any content: the entry is measured again and rewritten
+            first = str(err).splitlines()[0] if str(err) else "unreadable"
+            self._warn(f"ignoring cache entry {path} ({type(err).__name__}: {first}); measuring "
+                       "the case again")
             return None
