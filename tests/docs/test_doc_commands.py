@@ -17,7 +17,7 @@ pages. :data:`COMMANDS` maps each of them to how it is checked:
 A command in the docs that :data:`COMMANDS` does not know fails
 :func:`test_every_documented_command_is_in_the_table`; so does an entry no page shows any more.
 The module needs neither the network nor Fashion-MNIST; it takes 80-95 s on a shared 2-core
-machine (the planner, about 40 s, runs beside the rest).
+machine (the planner, about 20 s, runs beside the rest).
 """
 
 from __future__ import annotations
