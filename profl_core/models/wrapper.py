@@ -135,19 +135,19 @@ def prefix_shapes(spec: ModelSpec, blocks: Sequence[nn.Module],
     for chain in block_atoms:
         prefix = (*prefix, *chain)
         keys.append((base, prefix))
-    known = 0
-    while known < len(keys) and keys[known] in _SHAPES:
-        known += 1
-    if known < len(keys):
+    shapes: list[tuple[int, ...]] = []
+    while len(shapes) < len(keys) and keys[len(shapes)] in _SHAPES:
+        shapes.append(_SHAPES[keys[len(shapes)]])
+    if len(shapes) < len(keys):
         if len(_SHAPES) >= SHAPE_CACHE_SIZE:
             _SHAPES.clear()
-        start = _SHAPES[keys[known - 1]] if known else tuple(spec.input_shape)
         with unset_fake_temporarily(), torch.no_grad():
-            x = torch.zeros((1, *start), device="meta")
-            for k in range(known, len(keys)):
+            x = torch.zeros((1, *(shapes[-1] if shapes else spec.input_shape)), device="meta")
+            for k in range(len(shapes), len(keys)):
                 x = meta_copy(blocks[k])(x)
-                _SHAPES[keys[k]] = tuple(x.shape[1:])
-    return [_SHAPES[key] for key in keys]
+                shapes.append(tuple(x.shape[1:]))
+                _SHAPES[keys[k]] = shapes[-1]
+    return shapes
 
 
 def fresh_copy(module: nn.Module) -> nn.Module:

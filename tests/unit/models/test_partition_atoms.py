@@ -122,3 +122,11 @@ def test_shapes_at_known_boundaries_run_no_block(meta_copies) -> None:
     build_model(partition_spec(replace(RESNET18, width=0.125), UNITS, [2, 6])).block_output_shapes()
     assert first == 9
     assert len(meta_copies) == first
+
+
+def test_a_full_shape_cache_is_emptied_and_the_shapes_are_still_right(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wrapper, "SHAPE_CACHE_SIZE", 2)
+    for bounds in ([1, 3], [1, 3, 6], [2, 5, 6, 8]):
+        model = build_model(partition_spec(replace(RESNET18, width=0.375), UNITS, bounds))
+        assert model.block_output_shapes() == BlockedModel.block_output_shapes(model)
