@@ -283,20 +283,6 @@ def last_layer(block: nn.Module) -> tuple[str, ...]:
                  if i == start or (i > start and isinstance(module, _NORMS)))
 
 
-def submodel_name(t: int) -> str:
-    """``neulite:t``."""
-    return f"{KIND}:{t}"
-
-
-def parse_stage(submodel: str, blocks: int) -> int:
-    """``"neulite:2"`` -> 2 (a one-line ConfigError for any other name)."""
-    kind, _, step = submodel.partition(":")
-    if kind != KIND or not step.isdigit() or not 1 <= int(step) <= blocks:
-        raise ConfigError(f"neulite: unknown sub-model {submodel!r}; use neulite:t with t in "
-                          f"1..{blocks}")
-    return int(step)
-
-
 @dataclass(frozen=True)
 class NeuLiteStructure:
     """A run's structure: the template modules (blocks, head, output modules ``om<t>``), T,
@@ -357,14 +343,14 @@ class NeuLite(StageMethod):
     def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
         """Every stage's task, ``neulite:1 .. neulite:T``."""
         structure = structure_of(state)
-        return {submodel_name(t): self.stage_task(state, t, 0, 0)
+        return {self.stage_name(t): self.stage_task(state, t, 0, 0)
                 for t in range(1, structure.num_blocks + 1)}
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
         """Stage t: ``B_1 .. B_{t-1}`` frozen but for the harmonized last layer of
         ``B_{t-1}``, then ``B_t`` and ``OM_t``, trained on the curriculum loss."""
         structure = structure_of(state)
-        t = parse_stage(task.submodel, structure.num_blocks)
+        t = self.parse_stage(task.submodel, structure.num_blocks)
         harmonize = self.config.harmonize and bool(structure.harmonized(t, True))
         modules = structure.modules_of(state.weights, t, harmonize)
         first = t - 1 if harmonize else t  # the first block that runs with autograd
@@ -382,7 +368,7 @@ class NeuLite(StageMethod):
         """The deepest stage trained so far (``submodel``'s before any round): its blocks and
         output module, plain logits."""
         structure = structure_of(state)
-        t = max(int(state.meta["deepest"]), parse_stage(submodel, structure.num_blocks))
+        t = max(int(state.meta["deepest"]), self.parse_stage(submodel, structure.num_blocks))
         modules = structure.modules_of(state.weights, t, False)
         return SubModel(modules=modules, prefix=tuple(f"block{i}" for i in range(1, t)),
                         student=(f"block{t}", *structure.om(t)))
@@ -439,5 +425,5 @@ class NeuLite(StageMethod):
         """Client ``client_id``'s task of stage ``t``."""
         structure = structure_of(state)
         harmonize = self.config.harmonize and bool(structure.harmonized(t, True))
-        return self.config.task(client_id, submodel_name(t),
+        return self.config.task(client_id, self.stage_name(t),
                                 structure.trainable(t, harmonize), required_bytes)

@@ -142,19 +142,6 @@ def stage_of(ends: Sequence[int], rounds_used: int) -> int:
     return next((t for t, end in enumerate(ends, start=1) if rounds_used < end), len(ends))
 
 
-def submodel_name(t: int) -> str:
-    """``slt:t``."""
-    return f"{KIND}:{t}"
-
-
-def parse_stage(submodel: str, blocks: int) -> int:
-    """``"slt:2"`` -> 2 (a one-line ConfigError for any other name)."""
-    kind, _, step = submodel.partition(":")
-    if kind != KIND or not step.isdigit() or not 1 <= int(step) <= blocks:
-        raise ConfigError(f"slt: unknown sub-model {submodel!r}; use slt:t with t in 1..{blocks}")
-    return int(step)
-
-
 def stage_paths(t: int, blocks: int) -> tuple[list[str], list[str]]:
     """Module names of stage t of a T-block model: the frozen prefix ``B_1 .. B_{t-1}``, and
     the trained path ``B_t``, ``S_{t+1} .. S_T``, head."""
@@ -212,13 +199,13 @@ class SLT(StageMethod):
     def memory_plan(self, state: ServerState) -> dict[str, ClientTask]:
         """Every stage's task, ``slt:1 .. slt:T``."""
         structure = structure_of(state)
-        return {submodel_name(t): self.stage_task(state, t, 0, 0)
+        return {self.stage_name(t): self.stage_task(state, t, 0, 0)
                 for t in range(1, structure.num_blocks + 1)}
 
     def submodel(self, state: ServerState, task: ClientTask) -> SubModel:
         """Stage t's sub-model: ``B_1 .. B_{t-1}`` frozen, ``B_t``, the scaled head."""
         structure = structure_of(state)
-        return structure.build(state.weights, parse_stage(task.submodel, structure.num_blocks))
+        return structure.build(state.weights, self.parse_stage(task.submodel, structure.num_blocks))
 
     # ----------------------------------------------------------------- the server half
 
@@ -273,5 +260,5 @@ class SLT(StageMethod):
                    required_bytes: int) -> ClientTask:
         """Client ``client_id``'s task of stage ``t``."""
         structure = structure_of(state)
-        return self.config.task(client_id, submodel_name(t), frozenset(structure.paths(t)[1]),
+        return self.config.task(client_id, self.stage_name(t), frozenset(structure.paths(t)[1]),
                                 required_bytes)

@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from profl_core.devices import Fleet
+from profl_core.errors import ConfigError
 from profl_core.fl.method import Method
 from profl_core.fl.selection import require_trainable, required, select_clients
 from profl_core.fl.types import ClientTask, MemoryTable, ServerState
@@ -40,6 +41,14 @@ class StageMethod(Method):
     def stage_name(self, t: int) -> str:
         """Stage ``t``'s sub-model and memory-table name, ``<kind>:t``."""
         return f"{self.kind}:{t}"
+
+    def parse_stage(self, submodel: str, blocks: int) -> int:
+        """``"<kind>:2"`` -> 2 (a one-line ConfigError for any other name)."""
+        kind, _, step = submodel.partition(":")
+        if kind != self.kind or not step.isdigit() or not 1 <= int(step) <= blocks:
+            raise ConfigError(f"{self.kind}: unknown sub-model {submodel!r}; use {self.kind}:t "
+                              f"with t in 1..{blocks}")
+        return int(step)
 
     def position(self, state: ServerState) -> tuple[str, int, str]:
         """``(kind, t, "<kind>:t")`` of the next round's stage."""
