@@ -110,3 +110,14 @@ def data_search_dirs(data_dir: Path | None) -> list[Path]:
         dirs.append(Path(env))
     dirs.extend([DEBIAN_FASHION_MNIST_DIR, Path("data")])
     return dirs
+
+
+#: The environment variable of the user's cache root (the XDG convention).
+XDG_CACHE_ENV = "XDG_CACHE_HOME"
+
+
+def report_cache_dir() -> Path:
+    """``profl plan``'s report cache (:mod:`bench.report_cache`):
+    ``$XDG_CACHE_HOME/profl/reports``, else ``~/.cache/profl/reports``."""
+    root = os.environ.get(XDG_CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache") / "profl" / "reports"

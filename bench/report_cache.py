@@ -7,10 +7,11 @@ same probe and thread count, on the same torch and CPU capability, with the same
 ``profl_core`` source, returns the stored report; any other case is measured and stored.
 
 Each report is one JSON file ``<digest>.json`` in the cache folder (default
-``~/.cache/profl/reports``, under ``$XDG_CACHE_HOME`` when set; ``profl plan --cache DIR`` or
-``--no-cache``), where ``digest`` is the SHA-256 of everything the report depends on
-(:meth:`ReportCache.identity`): the case (every field of its spec and options), the probe, the
-threads, the torch version, the CPU capability and a digest of every ``profl_core`` source file,
+``~/.cache/profl/reports``, under ``$XDG_CACHE_HOME`` when set:
+:func:`bench.paths.report_cache_dir`; ``profl plan --cache DIR`` or ``--no-cache``), where
+``digest`` is the SHA-256 of everything the report depends on (:meth:`ReportCache.identity`):
+the case (every field of its spec and options), the probe, the threads, the torch version,
+the CPU capability and a digest of every ``profl_core`` source file,
 so a change to the library or to torch never returns an old number. Files are written
 atomically; an entry that cannot be read back (truncated, edited, another schema, another
 case) is a miss: the case is measured again and the entry rewritten, and one line on the
@@ -23,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -37,16 +37,7 @@ from profl_core.results import atomic_write_text
 
 #: The schema name of a cache entry.
 CACHE_SCHEMA = "profl-report-cache/1"
-#: The environment variable of the user's cache root (the XDG convention).
-XDG_CACHE_ENV = "XDG_CACHE_HOME"
-
 Measure = Callable[[TrainingCase], MemoryReport]
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/profl/reports``, else ``~/.cache/profl/reports``."""
-    root = os.environ.get(XDG_CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache") / "profl" / "reports"
 
 
 @functools.cache

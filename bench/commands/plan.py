@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from bench.model_options import MODEL_HELP, add_spec_arguments, spec_overrides
+from bench.paths import report_cache_dir
 from bench.planning import PLAN_THREADS, make_plan, plan_fleet, plan_record, render_plan
-from bench.report_cache import ReportCache, default_cache_dir
+from bench.report_cache import ReportCache
 from profl_core.errors import ConfigError
 from profl_core.memory import PROBES
 from profl_core.memory.plan import OBJECTIVES
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: use 1 or more")
     spec = native_spec(args.model, width=args.width, **spec_overrides(args))
     cache = None if args.no_cache else ReportCache(
-        args.cache or default_cache_dir(), probe=args.probe, threads=PLAN_THREADS,
+        args.cache or report_cache_dir(), probe=args.probe, threads=PLAN_THREADS,
         warnings=sys.stderr)
     planned, stage = make_plan(spec, batch_size=args.batch_size, max_blocks=args.max_blocks,
                                probe=args.probe, objective=args.objective, cache=cache)
