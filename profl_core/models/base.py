@@ -146,14 +146,8 @@ class BlockedModel(nn.Module):
 
     def block_output_shapes(self) -> list[tuple[int, ...]]:
         """Per-sample output shape of every block, computed on the meta device."""
-        shapes = []
-        with torch.no_grad():
-            x = torch.zeros((1, *self.spec.input_shape), device="meta")
-            meta_blocks = [meta_copy(self.block(i)) for i in range(self.num_blocks)]
-            for block in meta_blocks:
-                x = block(x)
-                shapes.append(tuple(x.shape[1:]))
-        return shapes
+        return meta_shapes([self.block(i) for i in range(self.num_blocks)],
+                           self.spec.input_shape)
 
     def output_module(self, step: int) -> nn.Module:
         """ProFL's output module for growing step ``step`` (1-based).
@@ -206,6 +200,18 @@ def meta_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` on the meta device, in eval mode (for shapes: nothing is computed)."""
     clone = copy.deepcopy(module)
     return clone.to_empty(device="meta").eval()
+
+
+def meta_shapes(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """Per-sample output shape of each of ``modules`` run in order on one sample of per-sample
+    shape ``input_shape`` (meta copies in eval mode: nothing is computed or changed)."""
+    shapes: list[tuple[int, ...]] = []
+    with torch.no_grad():
+        x = torch.zeros((1, *input_shape), device="meta")
+        for module in modules:
+            x = meta_copy(module)(x)
+            shapes.append(tuple(x.shape[1:]))
+    return shapes
 
 
 class PoolHead(nn.Module):

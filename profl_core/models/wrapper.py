@@ -27,12 +27,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 
-import torch
 from torch import nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from profl_core.errors import ConfigError
-from profl_core.models.base import BlockedModel, ModelSpec, meta_copy
+from profl_core.models.base import BlockedModel, ModelSpec, meta_shapes
 from profl_core.models.block_groups import ResolvedGroup, check_disjoint, resolve_group
 
 #: Per-sample output shapes by ``(spec with no blocks, atom prefix)`` (:func:`prefix_shapes`).
@@ -141,12 +140,10 @@ def prefix_shapes(spec: ModelSpec, blocks: Sequence[nn.Module],
     if len(shapes) < len(keys):
         if len(_SHAPES) >= SHAPE_CACHE_SIZE:
             _SHAPES.clear()
-        with unset_fake_temporarily(), torch.no_grad():
-            x = torch.zeros((1, *(shapes[-1] if shapes else spec.input_shape)), device="meta")
-            for k in range(len(shapes), len(keys)):
-                x = meta_copy(blocks[k])(x)
-                shapes.append(tuple(x.shape[1:]))
-                _SHAPES[keys[k]] = shapes[-1]
+        with unset_fake_temporarily():
+            new = meta_shapes(blocks[len(shapes):], shapes[-1] if shapes else spec.input_shape)
+        _SHAPES.update(zip(keys[len(shapes):], new, strict=True))
+        shapes += new
     return shapes
 
 

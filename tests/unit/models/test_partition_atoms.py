@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 
+import profl_core.models.base as base
 import profl_core.models.composition as composition
 import profl_core.models.wrapper as wrapper
 from profl_core.errors import ConfigError
@@ -94,13 +95,13 @@ def test_a_partition_that_leaves_a_module_out_is_checked_on_the_cpu_and_refused(
 def meta_copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per block the shape cache runs on the meta device."""
     made: list[int] = []
-    copy = wrapper.meta_copy
+    copy = base.meta_copy
 
     def spy(module):
         made.append(1)
         return copy(module)
 
-    monkeypatch.setattr(wrapper, "meta_copy", spy)
+    monkeypatch.setattr(base, "meta_copy", spy)
     return made
 
 
