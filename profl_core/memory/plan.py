@@ -44,116 +44,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from torch import nn
-
 from profl_core.errors import ConfigError
 from profl_core.memory.case import TrainingCase, all_cases, fitted_steps
 from profl_core.memory.case_text import case_from_text
-from profl_core.memory.report import MemoryReport
-from profl_core.models import MODEL_NAMES, BlockedModel, ModelSpec, build_model
-
-#: Layers that start a unit: the weight layers. Everything else joins the unit before it.
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MultiheadAttention,
+from profl_core.memory.plan_bound import GrowBound
+from profl_core.memory.plan_units import (
+    Unit,
+    block_units,
+    head_group,
+    join,
+    layer_units,
+    partition_spec,
 )
+from profl_core.memory.report import MemoryReport
+from profl_core.models import MODEL_NAMES, ModelSpec, build_model
 
 Measure = Callable[[TrainingCase], MemoryReport]
 #: ``progress(search, searches, done, total)``: search ``search`` (1-based, at most
 #: ``searches``) has measured ``done`` of the at most ``total`` block steps it may need.
 Progress = Callable[[int, int, int, int], None]
 Objective = Literal["required", "tensor"]
+#: A block ``[i, j)`` of a partition whose later cuts are ``rest``: ``(i, j, rest)``.
+Key = tuple[int, int, tuple[int, ...]]
 OBJECTIVES: tuple[str, ...] = ("required", "tensor")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One layer unit: children ``first..last`` of module ``parent`` (dotted names).
-
-    Attributes:
-        parent: the module path (``block1``, ``features``; ``""`` for the top level).
-        first: the first child's name.
-        last: the last child's name (``""``: the unit is ``first`` alone, a leaf block).
-    """
-
-    parent: str
-    first: str
-    last: str
-
-    @property
-    def text(self) -> str:
-        """The unit as a block group: ``block1.3``, ``block1.0-2`` or ``conv1-maxpool``."""
-        name = f"{self.parent}.{self.first}" if self.parent else self.first
-        return name if self.last in ("", self.first) else f"{name}-{self.last}"
-
-
-def _has_weight_layer(module: nn.Module) -> bool:
-    return any(isinstance(m, WEIGHT_LAYERS) for m in module.modules())
-
-
-def _group_parent(group: str) -> str:
-    """The module path whose children a block group's block holds: the range's parent for
-    ``features.1-3`` (``""`` at the top level), the module itself for a name."""
-    if "-" not in group:
-        return group
-    left = group.rsplit("-", 1)[0]
-    return left.rpartition(".")[0]
-
-
-def block_units(model: BlockedModel) -> list[list[Unit]]:
-    """The layer units of every block of the model, in forward order (see the module doc),
-    named by their paths in the module the model's block groups refer to."""
-    groups = getattr(model, "groups", None) or model.block_names()
-    out: list[list[Unit]] = []
-    for index, group in enumerate(groups[:model.num_blocks]):
-        if "+" in group:
-            raise ConfigError(f"block group {group!r} joins pieces; plan from the model's own "
-                              "partition")
-        children = list(model.block(index).named_children())
-        if len(children) < 2:
-            parent, _, name = group.rpartition(".")  # a leaf block: one unit, its own group
-            out.append([Unit(parent, name, "")])
-            continue
-        parent = _group_parent(group)
-        units: list[Unit] = []
-        start = 0
-        for k in range(1, len(children) + 1):
-            if k == len(children) or _has_weight_layer(children[k][1]):
-                units.append(Unit(parent, children[start][0], children[k - 1][0]))
-                start = k
-        out.append(units)
-    return out
-
-
-def layer_units(model: BlockedModel) -> list[Unit]:
-    """Every block's layer units, in forward order (:func:`block_units`)."""
-    return [unit for units in block_units(model) for unit in units]
-
-
-def join(units: Sequence[Unit]) -> str:
-    """The block group of consecutive units: runs inside one parent merge into a range and
-    runs of different parents are joined with ``+`` (``block1.3-4+block2.0``)."""
-    pieces: list[Unit] = []
-    for unit in units:
-        if pieces and pieces[-1].parent == unit.parent:
-            pieces[-1] = Unit(unit.parent, pieces[-1].first, unit.last or unit.first)
-        else:
-            pieces.append(unit)
-    return "+".join(piece.text for piece in pieces)
-
-
-def head_group(model: BlockedModel) -> str:
-    """The block group of the model's head (``head`` for a zoo model)."""
-    groups = getattr(model, "groups", None)
-    return groups[-1] if groups else "head"
-
-
-def partition_spec(spec: ModelSpec, units: Sequence[Unit], bounds: Sequence[int], *,
-                   head: str = "head") -> ModelSpec:
-    """``spec`` cut at unit boundaries ``bounds`` (``0 < b_1 < ... < L``, the end excluded),
-    the head group ``head`` last."""
-    cuts = [0, *bounds, len(units)]
-    groups = [join(units[a:b]) for a, b in itertools.pairwise(cuts)]
-    return replace(spec, blocks=(*groups, head))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,50 +118,55 @@ class Plan:
         return max(s.tensor_peak_bytes for s in self.steps)
 
 
-def _best_bounds(cost: Callable[[int, int], int], count: int,
-                 max_blocks: int) -> tuple[int, ...]:
-    """Boundaries of 2..``max_blocks`` blocks ``[i, j)`` over ``count`` units that minimise
-    the largest ``cost(i, j)``; among those, the smallest sum of costs (more of the fleet in
-    the other steps), then the fewest blocks.
+Cost = Callable[[int, int], int]
 
-    Two dynamic programmes over (blocks, end unit): the first finds the least largest cost
-    ``M``, the second the least sum with every block's cost at most ``M``.
-    """
+
+def least_max(cost: Cost, count: int, max_blocks: int) -> tuple[int, tuple[int, ...]]:
+    """The least largest ``cost(i, j)`` of partitions of ``count`` units into 2..``max_blocks``
+    blocks ``[i, j)``, and the boundaries of one partition that reaches it (a dynamic
+    programme over (blocks, end unit))."""
     if count < 2:
         raise ConfigError(f"the model has {count} layer unit(s); a partition needs at least 2")
+    # best[(k, j)]: (largest cost, cuts) of k blocks covering units [0, j)
+    best: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {
+        (1, j): (cost(0, j), ()) for j in range(1, count)}  # a first block never ends the model
+    for k in range(2, max_blocks + 1):
+        for j in range(k, count + 1):
+            best[(k, j)] = min((max(best[(k - 1, i)][0], cost(i, j)), (*best[(k - 1, i)][1], i))
+                               for i in range(k - 1, j))
+    value, _, cuts = min((best[(k, count)][0], k, best[(k, count)][1])
+                         for k in range(2, min(max_blocks, count) + 1))
+    return value, cuts
 
-    def solve(limit: int | None) -> tuple[int, int, int, tuple[int, ...]]:
-        # best[(k, j)]: (value, cuts) of k blocks covering units [0, j)
-        best: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
-        for j in range(1, count):  # a first block never ends the model
-            c = cost(0, j)
-            if limit is None or c <= limit:
-                best[(1, j)] = (c, ())
-        for k in range(2, max_blocks + 1):
-            for j in range(k, count + 1):
-                options = []
-                for i in range(k - 1, j):
-                    if (k - 1, i) not in best:
-                        continue
-                    value, cuts = best[(k - 1, i)]
-                    c = cost(i, j)
-                    if limit is not None and c > limit:
-                        continue
-                    options.append((max(value, c) if limit is None else value + c, (*cuts, i)))
-                if options:
-                    best[(k, j)] = min(options)
-        finals = [(best[(k, count)][0], k, best[(k, count)][1])
-                  for k in range(2, max_blocks + 1) if (k, count) in best]
-        value, blocks, cuts = min(finals)
-        return value, blocks, 0, cuts
 
-    least_max = solve(None)[0]
-    return solve(least_max)[3]
+def least_sum(cost: Cost, count: int, max_blocks: int, limit: int) -> tuple[int, ...]:
+    """The boundaries of the partition (as in :func:`least_max`) with every block's cost at
+    most ``limit`` that is least by (sum of costs, blocks, boundaries); one must exist."""
+    best: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
+    for j in range(1, count):
+        if (c := cost(0, j)) <= limit:
+            best[(1, j)] = (c, ())
+    for k in range(2, max_blocks + 1):
+        for j in range(k, count + 1):
+            options = [(best[(k - 1, i)][0] + c, (*best[(k - 1, i)][1], i))
+                       for i in range(k - 1, j)
+                       if (k - 1, i) in best and (c := cost(i, j)) <= limit]
+            if options:
+                best[(k, j)] = min(options)
+    return min((best[(k, count)][0], k, best[(k, count)][1])
+               for k in range(2, max_blocks + 1) if (k, count) in best)[2]
+
+
+def _best_bounds(cost: Cost, count: int, max_blocks: int) -> tuple[int, ...]:
+    """Boundaries of 2..``max_blocks`` blocks ``[i, j)`` over ``count`` units that minimise
+    the largest ``cost(i, j)``; among those, the smallest sum of costs (more of the fleet in
+    the other steps), then the fewest blocks (then the first boundaries)."""
+    return least_sum(cost, count, max_blocks, least_max(cost, count, max_blocks)[0])
 
 
 def plan_partition(
     spec: ModelSpec, *, batch_size: int, measure: Measure, max_blocks: int = 8,
-    refinements: int = 3, objective: Objective = "required",
+    refinements: int = 3, objective: Objective = "required", bound: bool = True,
     progress: Progress | None = None,
 ) -> Plan:
     """The partition of ``spec`` into at most ``max_blocks`` blocks whose largest ProFL step
@@ -264,10 +182,15 @@ def plan_partition(
             blocks the previous search put after it; stops early when the partition repeats.
         objective: the peak to minimise: ``"required"`` (what selection compares with a
             budget: the heap peak where the probe models it) or ``"tensor"`` (live tensors).
+        bound: a block's ``grow`` step is bounded from below by
+            :class:`~profl_core.memory.plan_bound.GrowBound` until the search needs it: its
+            peaks must then be at least the step's live tensor bytes (the ``dispatch``,
+            ``predict``, ``heap`` and ``cuda`` probes' are). False: every block's ``grow``
+            step is measured (the bound is its ``grow`` step).
         progress: told when a search starts and after every block step it measures (see
             :data:`Progress`); a search's total counts the steps of its blocks not already
-            measured by an earlier search (a bound: shrink steps that cannot change the
-            answer are skipped, :func:`_search`).
+            measured, and shrinks once the search knows the least largest cost (a block
+            above it needs no more steps).
 
     A case is measured once per call: a case met again (the same spec, step and options) reuses
     the first report, so ``measure`` must be deterministic (every probe is).
@@ -287,12 +210,18 @@ def plan_partition(
     searches = 1 + max(0, refinements)
     steps = _BlockSteps(base, units, head, batch_size=batch_size, measure=measure,
                         objective=objective)
+    lower = steps.grow
+    if bound and n >= 2:
+        grow_bound = GrowBound(base, units, head,
+                               case=case_from_text(steps.cut((1, 2, ())), "grow:2",
+                                                   batch_size=batch_size))
+        lower = lambda key: grow_bound(*key)  # noqa: E731
     later: tuple[int, ...] = ()  # the previous search's cuts; none at first
     best: Plan | None = None
     for search in range(1, searches + 1):
         keys = {(i, j): (i, j, tuple(b for b in later if b > j)) for i, j in _searched_blocks(n)}
         steps.start(search, searches, sum(steps.bound(key) for key in keys.values()), progress)
-        bounds = _search(steps, keys, n, min(max_blocks, n))
+        bounds = _search(steps, keys, n, min(max_blocks, n), lower)
         plan = exact_plan(base, units, bounds, batch_size=batch_size, measure=measure,
                           head=head)
         if best is None or _rank(plan, objective) < _rank(best, objective):
@@ -304,28 +233,52 @@ def plan_partition(
     return best
 
 
-def _search(steps: _BlockSteps, keys: dict[tuple[int, int], tuple[int, int, tuple[int, ...]]],
-            count: int, max_blocks: int) -> tuple[int, ...]:
+
+def _search(steps: _BlockSteps, keys: dict[tuple[int, int], Key], count: int, max_blocks: int,
+            lower: Callable[[Key], int]) -> tuple[int, ...]:
     """:func:`_best_bounds` over the block costs of ``keys`` (``(i, j)`` -> the key of
-    :class:`_BlockSteps`), measuring no block's ``shrink`` step that cannot change its answer.
+    :class:`_BlockSteps`), measuring only the steps of blocks that can be in its answer.
 
-    1. Every block's ``grow`` step is measured: a lower bound of the block's cost.
-    2. The partition best by those bounds is costed exactly; its largest cost ``upper`` is at
-       least the least largest cost ``M`` of every partition.
-    3. A block whose ``grow`` step exceeds ``upper`` (so ``M``) is in no partition that
-       reaches ``M``: given its bound instead of its cost, the first programme still finds
-       ``M`` (every partition through it stays above ``M``, every other keeps its value, so
-       every state that reaches ``M`` keeps its entry) and the second leaves it out either
-       way (both numbers exceed ``M``). The boundaries are the ones every cost would give.
+    A block's *estimate* is its cost once both its steps are measured, its ``grow`` step
+    once that is measured, else ``lower(key)``: never above its cost.
+
+    1. :func:`least_max` over the estimates, until its partition's blocks are all exact: its
+       value is then the least largest cost ``M`` (no partition's estimate is above its
+       cost, and that one's is its cost). Each round measures the next step (``grow``, then
+       ``shrink``) of every inexact block of its partition.
+    2. :func:`least_sum` with the limit ``M`` over the estimates, the same way. Its answer is
+       the one of every cost: a block whose estimate is above ``M`` is above it in every
+       cost, a partition all of whose blocks are at most ``M`` has them at most ``M`` in the
+       estimates, and the answer, exact, is least by (sum, blocks, boundaries) among them
+       while no partition's estimated sum is above its sum.
     """
-    grow = {ij: steps.grow(key) for ij, key in keys.items()}
-    seed = _best_bounds(lambda i, j: grow[(i, j)], count, max_blocks)
-    upper = max(steps.cost(keys[ij]) for ij in itertools.pairwise([0, *seed, count]))
+    estimates: dict[tuple[int, int], int] = {}
 
-    def block_cost(i: int, j: int) -> int:
-        return grow[(i, j)] if grow[(i, j)] > upper else steps.cost(keys[(i, j)])
+    def estimate(i: int, j: int) -> int:
+        key = keys[(i, j)]
+        known = steps.known(key)
+        if known is not None:
+            return known
+        if (i, j) not in estimates:
+            estimates[(i, j)] = lower(key)
+        return estimates[(i, j)]
 
-    return _best_bounds(block_cost, count, max_blocks)
+    def settle(cuts: tuple[int, ...]) -> bool:
+        """Measure the next step of every inexact block of the partition; False when none."""
+        inexact = [keys[b] for b in itertools.pairwise([0, *cuts, count])
+                   if not steps.exact(keys[b])]
+        for key in inexact:
+            steps.next_step(key)
+        return bool(inexact)
+
+    value, cuts = least_max(estimate, count, max_blocks)
+    while settle(cuts):
+        value, cuts = least_max(estimate, count, max_blocks)
+    steps.narrow(sum(steps.bound(key) for ij, key in keys.items() if estimate(*ij) <= value))
+    cuts = least_sum(estimate, count, max_blocks, value)
+    while settle(cuts):
+        cuts = least_sum(estimate, count, max_blocks, value)
+    return cuts
 
 
 class _BlockSteps:
@@ -333,16 +286,15 @@ class _BlockSteps:
     ``(i, j, rest)``), measured at most once per planning run: its ``grow:t`` step (``t`` = 1
     for the first block, else 2: the prefix ``[0, i)`` is one frozen block) and, when its
     stand-in has a basic layer to fit, its ``shrink:t`` step; the block's cost is the larger.
-    Tells ``progress`` after every step it measures (a search's total is the bound of
-    :meth:`bound` over its blocks: a grow step is always measured, a shrink step only when
-    the block can be in a best partition)."""
+    Tells ``progress`` after every step it measures, with the search's total (:meth:`start`,
+    :meth:`narrow`)."""
 
     def __init__(self, base: ModelSpec, units: Sequence[Unit], head: str, *, batch_size: int,
                  measure: Measure, objective: Objective) -> None:
         self.base, self.units, self.head = base, units, head
         self.batch_size, self.measure, self.objective = batch_size, measure, objective
-        self.peaks: dict[tuple[tuple[int, int, tuple[int, ...]], str], int] = {}
-        self.labels: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
+        self.peaks: dict[tuple[Key, str], int] = {}
+        self.labels: dict[Key, list[str]] = {}
         self.progress: Progress | None = None
         self.search = self.searches = self.done = self.total = 0
 
@@ -350,45 +302,65 @@ class _BlockSteps:
         """A search starts: ``total`` steps at most to measure."""
         self.search, self.searches, self.done, self.total = search, searches, 0, total
         self.progress = progress
-        if progress is not None:
-            progress(search, searches, 0, total)
+        self._tell()
 
-    def _cut(self, key: tuple[int, int, tuple[int, ...]]) -> ModelSpec:
+    def narrow(self, remaining: int) -> None:
+        """The search needs at most ``remaining`` more steps."""
+        self.total = self.done + remaining
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.progress is not None:
+            self.progress(self.search, self.searches, self.done, self.total)
+
+    def cut(self, key: Key) -> ModelSpec:
+        """The partition that holds the block: ``[0, i)``, ``[i, j)`` and the later blocks."""
         i, j, rest = key
         n = len(self.units)
         return partition_spec(self.base, self.units,
                               [b for b in (i, j) if 0 < b < n] + list(rest), head=self.head)
 
-    def _labels(self, key: tuple[int, int, tuple[int, ...]]) -> list[str]:
+    def _labels(self, key: Key) -> list[str]:
         if key not in self.labels:
             t = 1 if key[0] == 0 else 2
-            fitted = t > 1 and t in fitted_steps(self._cut(key))
+            fitted = t > 1 and t in fitted_steps(self.cut(key))
             self.labels[key] = [f"grow:{t}"] + ([f"shrink:{t}"] if fitted else [])
         return self.labels[key]
 
-    def bound(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+    def bound(self, key: Key) -> int:
         """How many of the block's steps are not measured yet, at most."""
         t = 1 if key[0] == 0 else 2
         labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
         return sum((key, label) not in self.peaks for label in labels)
 
-    def _peak(self, key: tuple[int, int, tuple[int, ...]], label: str) -> int:
+    def _peak(self, key: Key, label: str) -> int:
         if (key, label) not in self.peaks:
-            case = case_from_text(self._cut(key), label, batch_size=self.batch_size)
+            case = case_from_text(self.cut(key), label, batch_size=self.batch_size)
             self.peaks[(key, label)] = _peak(self.measure(case), self.objective)
             self.done += 1
-            if self.progress is not None:
-                self.progress(self.search, self.searches, self.done, self.total)
+            self._tell()
         return self.peaks[(key, label)]
 
-    def grow(self, key: tuple[int, int, tuple[int, ...]]) -> int:
-        """The block's grow step: its cost when it has no stand-in to fit, else a lower
-        bound of it."""
+    def grow(self, key: Key) -> int:
+        """The block's grow step (measured): its cost when it has no stand-in to fit, else a
+        lower bound of it."""
         return self._peak(key, self._labels(key)[0])
 
-    def cost(self, key: tuple[int, int, tuple[int, ...]]) -> int:
-        """The block's cost: the larger of its steps."""
-        return max(self._peak(key, label) for label in self._labels(key))
+    def known(self, key: Key) -> int | None:
+        """The larger of the block's measured steps (its cost once :meth:`exact`); None before
+        its grow step is measured."""
+        peaks = [self.peaks[(key, label)] for label in self._labels(key)
+                 if (key, label) in self.peaks]
+        return max(peaks) if peaks else None
+
+    def exact(self, key: Key) -> bool:
+        """Whether every step of the block is measured."""
+        return all((key, label) in self.peaks for label in self._labels(key))
+
+    def next_step(self, key: Key) -> None:
+        """Measure the block's first step not yet measured (grow, then shrink)."""
+        label = next(label for label in self._labels(key) if (key, label) not in self.peaks)
+        self._peak(key, label)
 
 
 def measure_once(measure: Measure) -> Measure:

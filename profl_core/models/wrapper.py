@@ -157,6 +157,19 @@ def fresh_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
+def stand_in_module(blocks: Sequence[Sequence[Sequence[int]]], head: nn.Module, *, model: str,
+                    first: int, identity: bool = False) -> nn.Sequential:
+    """An output module: ``basic<k>`` (:func:`stand_in`) for the missing blocks ``k = first,
+    first + 1, ...`` whose per-sample (input, output) shapes are ``blocks``, then a fresh copy
+    of ``head``."""
+    layers: dict[str, nn.Module] = {}
+    for k, (in_shape, out_shape) in enumerate(blocks, start=first):
+        layers[f"basic{k}"] = stand_in(in_shape, out_shape, model=model, block=k,
+                                       identity=identity)
+    layers["head"] = fresh_copy(head)
+    return nn.Sequential(OrderedDict(layers))
+
+
 class ExternalModel(BlockedModel):
     """A BlockedModel over a user's (or torchvision's) modules, with generic output modules.
 
@@ -204,12 +217,9 @@ class ExternalModel(BlockedModel):
         """``basic<k>`` for every missing block k (:func:`stand_in`), then a fresh head."""
         self._check_step(step)
         shapes = self.output_shapes()
-        layers: dict[str, nn.Module] = {}
-        for k in range(step + 1, self.num_blocks + 1):
-            layers[f"basic{k}"] = stand_in(shapes[k - 2], shapes[k - 1], model=self.spec.name,
-                                           block=k, identity=self.spec.identity_standins)
-        layers["head"] = fresh_copy(self.head)
-        return nn.Sequential(OrderedDict(layers))
+        return stand_in_module([shapes[k - 2:k] for k in range(step + 1, self.num_blocks + 1)],
+                               self.head, model=self.spec.name, first=step + 1,
+                               identity=self.spec.identity_standins)
 
 
 def wrap(spec: ModelSpec, module: nn.Module, groups: Sequence[str]) -> ExternalModel:

@@ -76,18 +76,43 @@ def test_the_search_finds_the_brute_force_optimum(seed: int) -> None:
 
 class _Table:
     """Block steps from tables (the ``_BlockSteps`` interface of ``_search``): the grow and
-    shrink peaks of block ``[i, j)``; records which shrink steps were asked for."""
+    shrink peaks of block ``[i, j)`` (a first block has no shrink step); records the steps
+    measured."""
 
     def __init__(self, grow: list[list[int]], shrink: list[list[int]]) -> None:
-        self.grow_table, self.shrink_table = grow, shrink
-        self.shrinks: set[tuple[int, int]] = set()
+        self.tables = {"grow": grow, "shrink": shrink}
+        self.measured: set[tuple[int, int, str]] = set()
 
-    def grow(self, key: tuple[int, int, tuple[int, ...]]) -> int:
-        return self.grow_table[key[0]][key[1]]
+    def _steps(self, key: tuple[int, int, tuple[int, ...]]) -> list[str]:
+        return ["grow", "shrink"] if key[0] else ["grow"]
+
+    def peak(self, key: tuple[int, int, tuple[int, ...]], step: str) -> int:
+        return self.tables[step][key[0]][key[1]]
 
     def cost(self, key: tuple[int, int, tuple[int, ...]]) -> int:
-        self.shrinks.add(key[:2])
-        return max(self.grow_table[key[0]][key[1]], self.shrink_table[key[0]][key[1]])
+        return max(self.peak(key, step) for step in self._steps(key))
+
+    def grow(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        self.measured.add((key[0], key[1], "grow"))
+        return self.peak(key, "grow")
+
+    def known(self, key: tuple[int, int, tuple[int, ...]]) -> int | None:
+        peaks = [self.peak(key, step) for step in self._steps(key)
+                 if (key[0], key[1], step) in self.measured]
+        return max(peaks) if peaks else None
+
+    def exact(self, key: tuple[int, int, tuple[int, ...]]) -> bool:
+        return all((key[0], key[1], step) in self.measured for step in self._steps(key))
+
+    def next_step(self, key: tuple[int, int, tuple[int, ...]]) -> None:
+        step = next(s for s in self._steps(key) if (key[0], key[1], s) not in self.measured)
+        self.measured.add((key[0], key[1], step))
+
+    def bound(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        return sum((key[0], key[1], step) not in self.measured for step in self._steps(key))
+
+    def narrow(self, remaining: int) -> None:
+        pass
 
 
 def _tables(seed: int, count: int) -> _Table:
@@ -98,19 +123,43 @@ def _tables(seed: int, count: int) -> _Table:
     return _Table(grow, shrink)
 
 
+def _slack(seed: int, count: int) -> list[list[int]]:
+    """What a lower bound misses of each block's grow step: 0 to 40."""
+    rng = torch.Generator().manual_seed(1000 + seed)
+    return torch.randint(0, 41, (count, count + 1), generator=rng).tolist()
+
+
+KEYS = {(i, j): (i, j, ()) for i, j in _searched_blocks(9)}
+
+
 @pytest.mark.parametrize("seed", range(20))
-def test_skipping_shrink_steps_gives_the_boundaries_of_every_cost(seed: int) -> None:
+def test_a_search_from_lower_bounds_gives_the_boundaries_of_every_cost(seed: int) -> None:
     """The oracle: the search over every block's exact cost (the larger of its two steps)."""
+    every = _best_bounds(lambda i, j: _tables(seed, 9).cost((i, j, ())), 9, 5)
+    table, slack = _tables(seed, 9), _slack(seed, 9)
+    lower = lambda key: table.peak(key, "grow") - slack[key[0]][key[1]]  # noqa: E731
+    assert _search(table, KEYS, 9, 5, lower) == every
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_search_from_measured_grow_steps_gives_the_boundaries_of_every_cost(
+        seed: int) -> None:
+    every = _best_bounds(lambda i, j: _tables(seed, 9).cost((i, j, ())), 9, 5)
     table = _tables(seed, 9)
-    keys = {(i, j): (i, j, ()) for i, j in _searched_blocks(9)}
-    every = _best_bounds(lambda i, j: table.cost((i, j, ())), 9, 5)
-    assert _search(_tables(seed, 9), keys, 9, 5) == every
+    assert _search(table, KEYS, 9, 5, table.grow) == every
 
 
-def test_skipping_shrink_steps_skips_some() -> None:
-    table = _tables(0, 9)
-    _search(table, {(i, j): (i, j, ()) for i, j in _searched_blocks(9)}, 9, 5)
-    assert len(table.shrinks) < len(_searched_blocks(9))
+@pytest.mark.parametrize("seed", range(5))
+def test_a_search_from_a_bound_of_zero_gives_the_boundaries_of_every_cost(seed: int) -> None:
+    every = _best_bounds(lambda i, j: _tables(seed, 9).cost((i, j, ())), 9, 5)
+    assert _search(_tables(seed, 9), KEYS, 9, 5, lambda key: 0) == every
+
+
+def test_a_search_from_lower_bounds_measures_few_steps() -> None:
+    table, slack = _tables(0, 9), _slack(0, 9)
+    _search(table, KEYS, 9, 5, lambda key: table.peak(key, "grow") - slack[key[0]][key[1]])
+    every_step = sum(table.bound(key) for key in KEYS.values()) + len(table.measured)
+    assert len(table.measured) < every_step / 2
 
 
 def test_resnet18_units_are_the_stem_and_its_basic_blocks() -> None:
@@ -160,15 +209,18 @@ def test_the_search_measures_each_case_once(toy_plan) -> None:
 
 
 def test_each_search_counts_its_block_steps_up_to_its_bound(toy_plan) -> None:
-    starts = [i for i, (_, _, done, _) in enumerate(TOY_PROGRESS) if done == 0]
-    assert starts[0] == 0
-    assert 1 <= len(starts) <= TOY_PROGRESS[0][1] == 4  # 1 + refinements searches at most
-    for a, b in itertools.pairwise([*starts, len(TOY_PROGRESS)]):
-        search = TOY_PROGRESS[a:b]
-        total = search[0][3]
-        assert [done for _, _, done, _ in search] == list(range(len(search)))
-        assert all(told[3] == total and told[0] == search[0][0] for told in search)
-        assert len(search) - 1 <= total
+    searches = [told[0] for told in TOY_PROGRESS]
+    assert searches == sorted(searches)
+    assert searches[0] == 1
+    assert 1 <= searches[-1] <= TOY_PROGRESS[0][1] == 4  # 1 + refinements searches at most
+    for number in set(searches):
+        search = [told for told in TOY_PROGRESS if told[0] == number]
+        dones = [done for _, _, done, _ in search]
+        totals = [total for _, _, _, total in search]
+        assert dones[0] == 0
+        assert all(later - earlier in (0, 1) for earlier, later in itertools.pairwise(dones))
+        assert all(later <= earlier for earlier, later in itertools.pairwise(totals))
+        assert all(done <= total for done, total in zip(dones, totals, strict=True))
     # the first search's bound: every block of the 4 units but [0, 4), the 3 first blocks
     # [0, j) with their grow:1 step, the 6 others with grow:2 and shrink:2
     assert TOY_PROGRESS[0][3] == 3 + 2 * 6

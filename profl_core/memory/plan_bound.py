@@ -1,0 +1,217 @@
+"""A lower bound of a ProFL ``grow`` step's peak for the planner, from forwards on fake tensors.
+
+The planner (:mod:`profl_core.memory.plan`) needs a block's exact cost only where the block can
+be in a best partition; every other block needs a number that is at most its cost. This module
+gives that number for the block's ``grow`` step (a lower bound of the block's cost) at the
+price of a forward, where measuring the step costs a model build, two steps and the tracker.
+
+The ``grow`` step of block ``[i, j)`` (units) of a partition whose later cuts are ``rest`` holds,
+from before its forward until after its optimizer step:
+
+* the parameters and buffers of units ``[0, j)`` (the frozen prefix and the block) and of its
+  output module (a stand-in for each later block, then a fresh copy of the head), the input
+  batch and its labels;
+* the optimizer's state of every trainable parameter that has a gradient (made by the warm-up
+  step; ``copies`` parameter-sized tensors each: 1 for SGD with momentum, 2 for Adam, 0 for
+  plain SGD, counted by stepping the task's own optimizer once on a small tensor).
+
+On top of that, at three moments of the step:
+
+1. after the block's forward: every storage that forward made and is alive at its end (what
+   autograd saved for backward, and the block's output);
+2. after the output module's forward: the storages of 1. but the block's output (autograd holds
+   them until the backward), and every storage the output module's forward made and is alive
+   at its end;
+3. after the backward, before the optimizer step: a gradient for every trainable parameter the
+   output reaches through the autograd graph.
+
+The step's live tensor bytes at each of those moments are at least that sum, so their largest
+is at most the step's tensor peak (what ``dispatch`` and ``predict`` count, with the same
+storage tracker) and at most its heap peak (the allocator holds every live storage), the
+numbers the planner minimises. The storages are measured here with the
+:class:`~profl_core.memory.dispatch.StorageTracker` on fake tensors: 1. by one forward of units
+``[i, n)`` per start ``i`` read at every unit boundary (the ops of units ``[i, j)`` do not depend
+on what runs after them), 2. by one forward of each output module. It holds for the planner's
+cases: one float32 step of ProFL's default task, no checkpointing, micro-batches or autocast
+(:func:`~profl_core.memory.case_text.case_from_text` with the defaults). A deeper stand-in
+(``standin_depth`` > 1) only adds to the output module, so the bound holds for it too.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from profl_core.errors import ConfigError
+from profl_core.fl.local import make_optimizer
+from profl_core.memory.case import TrainingCase
+from profl_core.memory.categories import Category
+from profl_core.memory.dispatch import StorageTracker
+from profl_core.memory.plan_units import Unit, partition_spec
+from profl_core.memory.step import materialize
+from profl_core.methods.registry import kind_owner
+from profl_core.models import ExternalModel, ModelSpec, build_model, on_meta
+from profl_core.models.wrapper import stand_in_module
+
+#: Elements of the tensor the optimizer is stepped on to count its state (large enough that a
+#: 0-d ``step`` count is no whole copy).
+_PROBE_ELEMENTS = 1024
+
+
+def _nbytes(tensors: Iterable[Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _held(module: nn.Module) -> list[Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _reached(output: Tensor, stop: Tensor | None, params: Sequence[nn.Parameter]) -> tuple[
+        int, bool]:
+    """Bytes of ``params`` that ``output``'s autograd graph reaches without going through
+    ``stop``'s node, and whether it reaches that node."""
+    wanted = {id(p): p for p in params}
+    stop_fn = None if stop is None else stop.grad_fn
+    reached: dict[int, Tensor] = {}
+    seen: set[object] = set()
+    found = False
+    pending = [output.grad_fn]
+    while pending:
+        fn = pending.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn is stop_fn:
+            found = True
+            continue
+        variable = getattr(fn, "variable", None)
+        if variable is not None and id(variable) in wanted:
+            reached[id(variable)] = variable
+        pending.extend(next_fn for next_fn, _ in fn.next_functions)
+    return _nbytes(reached.values()), found
+
+
+def state_copies(case: TrainingCase) -> int:
+    """Parameter-sized optimizer-state tensors per parameter of the task of ``case`` (its
+    method's default settings; the optimizer after one step on a small tensor)."""
+    info = kind_owner(case.kind)
+    config = info.config_class.from_dict({"rounds": 1, "batch_size": case.batch_size,
+                                          **info.fixed})
+    task = config.task(0, case.label, frozenset(), 0)
+    param = nn.Parameter(torch.zeros(_PROBE_ELEMENTS))
+    param.grad = torch.zeros(_PROBE_ELEMENTS)
+    optimizer = make_optimizer(replace(task, optimizer=case.optimizer), [param])
+    optimizer.step()
+    state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
+    return _nbytes(state) // _nbytes([param])
+
+
+class GrowBound:
+    """Lower bounds of the ``grow`` steps of the blocks of partitions of one model (module doc).
+
+    Args:
+        base: the model spec the planner cuts.
+        units: its layer units.
+        head: its head's block group.
+        case: a ``grow`` case the planner measures (batch size, optimizer, options).
+
+    Raises:
+        ConfigError: a case with step options the bound does not model.
+    """
+
+    def __init__(self, base: ModelSpec, units: Sequence[Unit], head: str, *,
+                 case: TrainingCase) -> None:
+        if (case.dtype, case.micro_batches, case.checkpoint, case.autocast) != (
+                "float32", 1, False, None):
+            raise ConfigError(f"case {case.label}: the grow-step bound models the default "
+                              "float32 step only")
+        self.count = len(units)
+        self.batch_size = case.batch_size
+        self.identity = base.identity_standins
+        self.name = base.name
+        self.copies = state_copies(case)
+        self.fake = FakeTensorMode()
+        with on_meta():
+            model = build_model(partition_spec(base, units, range(1, self.count), head=head))
+        assert isinstance(model, ExternalModel)
+        self.model = model
+        with self.fake:
+            materialize(model, torch.device("cpu"))
+            inputs = torch.empty((self.batch_size, *base.input_shape))
+            labels = torch.empty(self.batch_size, dtype=torch.int64)
+        self.input_bytes = _nbytes([inputs, labels])
+        self.shapes = (tuple(base.input_shape), *model.output_shapes())
+        self.unit_bytes = [_nbytes(_held(model.block(k))) for k in range(self.count)]
+        self.blocks: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self.outputs: dict[tuple[int, tuple[int, ...], int], tuple[int, int, int]] = {}
+
+    def __call__(self, i: int, j: int, rest: tuple[int, ...]) -> int:
+        """At most the peak of the ``grow`` step of block ``[i, j)`` with later cuts ``rest``
+        (tensor and heap alike)."""
+        if (i, j) not in self.blocks:
+            self._forward_units(i)
+        block_live, block_saved, block_grads = self.blocks[(i, j)]
+        om_held, om_live, om_grads = self._output_module(j, rest, 3 if i else 2)
+        grads = block_grads + om_grads
+        held = sum(self.unit_bytes[:j]) + om_held + self.input_bytes + self.copies * grads
+        return held + max(block_live, block_saved + om_live, grads)
+
+    def _forward_units(self, start: int) -> None:
+        """Units ``[start, n)`` trainable, run from an input that needs no gradient: at every
+        boundary ``j``, the live bytes the forward made, those without the current output, and
+        the bytes of the parameters of ``[start, j)`` the output reaches."""
+        model = self.model
+        for k in range(self.count):
+            model.block(k).train(k >= start)
+            for param in model.block(k).parameters():
+                param.requires_grad_(k >= start)
+        with self.fake:
+            x = torch.empty((self.batch_size, *self.shapes[start]))
+            tracker = StorageTracker()
+            for tensor in _held(model):
+                tracker.track(tensor, Category.BUFFER)
+            before = tracker.live_bytes
+            grads = 0
+            with tracker:
+                for k in range(start, self.count):
+                    previous = x
+                    x = model.block(k)(previous)
+                    live = tracker.live_bytes - before
+                    own, chained = _reached(x, previous, list(model.block(k).parameters()))
+                    grads = own + (grads if chained else 0)
+                    output = x.untyped_storage().nbytes()
+                    self.blocks[(start, k + 1)] = (live, max(0, live - output), grads)
+            del x, previous
+
+    def _output_module(self, j: int, rest: tuple[int, ...], first: int) -> tuple[int, int, int]:
+        """The output module of the step whose block ends at ``j`` with later cuts ``rest``
+        (its first stand-in is block ``first``'s): its parameter and buffer bytes, the live
+        bytes of its forward (from an input that needs a gradient) and the bytes of the
+        parameters its output reaches."""
+        if (j, rest, first) not in self.outputs:
+            cuts = [j, *rest, self.count]
+            later = [(self.shapes[a], self.shapes[b]) for a, b in itertools.pairwise(cuts)
+                     if a < b]
+            with on_meta():
+                module = stand_in_module(later, self.model.head, model=self.name, first=first,
+                                         identity=self.identity)
+            with self.fake:
+                materialize(module, torch.device("cpu"))
+                module.train()
+                x = torch.empty((self.batch_size, *self.shapes[j]), requires_grad=True)
+                tracker = StorageTracker()
+                for tensor in [*_held(module), x]:
+                    tracker.track(tensor, Category.BUFFER)
+                before = tracker.live_bytes
+                with tracker:
+                    y = module(x)
+                live = tracker.live_bytes - before
+                grads, _ = _reached(y, None, list(module.parameters()))
+                del y
+            self.outputs[(j, rest, first)] = (_nbytes(_held(module)), live, grads)
+        return self.outputs[(j, rest, first)]
