@@ -348,10 +348,11 @@ class _BlockSteps:
 
     def known(self, key: Key) -> int | None:
         """The larger of the block's measured steps (its cost once :meth:`exact`); None before
-        its grow step is measured."""
-        peaks = [self.peaks[(key, label)] for label in self._labels(key)
-                 if (key, label) in self.peaks]
-        return max(peaks) if peaks else None
+        its grow step is measured (then the cut is not even checked)."""
+        if (key, f"grow:{1 if key[0] == 0 else 2}") not in self.peaks:
+            return None
+        return max(self.peaks[(key, label)] for label in self._labels(key)
+                   if (key, label) in self.peaks)
 
     def exact(self, key: Key) -> bool:
         """Whether every step of the block is measured."""

@@ -31,6 +31,7 @@ PyTorch's multi-tensor kernels, whose temporaries CUDA's default optimizer holds
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -165,8 +166,11 @@ def measure_fake(
     """
     model = (scratch if scratch is not None else _SHARED_SCRATCH) if heap else None
     # Real CPU constants of a method (HeteroFL's label mask) become fake when used.
+    # New tensors go to the CPU whatever the caller's default device; a device context costs
+    # a Python call per torch function, so it is entered only when the default differs.
+    on_cpu = nullcontext() if torch.get_default_device().type == "cpu" else torch.device("cpu")
     with intra_op_threads(threads) as used, FakeTensorMode(allow_non_fake_inputs=True), \
-            _RealOutputs(), torch.device("cpu"):
+            _RealOutputs(), on_cpu:
         prepared = make()
         prepared.run()  # warm-up
         tracker = FakeStorageTracker(model, threads=used)
