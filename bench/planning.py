@@ -58,8 +58,9 @@ def make_plan(spec: ModelSpec, *, batch_size: int, max_blocks: int, probe: str =
 
 class PlanProgress:
     """The planner's progress on stderr: each search's block steps out of its bound (the
-    steps of its blocks not measured in an earlier search; shrink steps that cannot change the
-    plan are skipped, so a search may end below it; at most ``1 + refinements`` searches), the
+    steps of its blocks not measured in an earlier search, narrowed to the blocks within the
+    least largest cost once the search knows it; steps that cannot change the plan are
+    skipped, so a search may end below it; at most ``1 + refinements`` searches), the
     steps measured (and, with a cache, the steps it answered), the time spent and the search's
     ETA (at most). A tqdm bar on a terminal; otherwise one line every ``every`` seconds (and
     when a search starts), for logs and CI.
@@ -77,6 +78,7 @@ class PlanProgress:
         self.where = "stage partition"
         self.start = self.search_start = self.last_line = time.monotonic()
         self.done = self.total = 0
+        self.current = 0  # the search being told about (0: none yet)
 
     def __enter__(self) -> PlanProgress:
         if self.tty:
@@ -99,10 +101,11 @@ class PlanProgress:
 
     def search(self, search: int, searches: int, done: int, total: int) -> None:
         """:data:`~profl_core.memory.plan.Progress`: block step ``done`` of at most
-        ``total``."""
+        ``total`` (a total that may shrink within a search)."""
         now = time.monotonic()
-        started = done == 0
+        started = search != self.current
         if started:
+            self.current = search
             self.where = f"search {search} of at most {searches}"
             self.search_start = now
         self.done, self.total = done, total
@@ -111,6 +114,7 @@ class PlanProgress:
                 self.bar.reset(total=total)
                 self.bar.set_description_str(f"plan {self.name}: {self.where}")
             else:
+                self.bar.total = total
                 self.bar.update(done - self.bar.n)
         else:
             self._line(force=started)

@@ -5,12 +5,8 @@ can take part. The model's stages are one partition; this module chooses the blo
 at the granularity of the model's *layers* instead, to make the largest step's peak as small
 as possible with at most ``max_blocks`` blocks.
 
-Layers (:func:`layer_units`): the children of every block of the model, cut so that a unit
-starts at each child holding a weight layer (convolution, linear, attention) and the
-parameter-free children (batch norm, ReLU, pooling) stay with the weight layer before them
-(``conv, bn, relu`` is one unit; a ResNet BasicBlock is one unit). A partition is a list of
-block *groups* over those units (:mod:`profl_core.models.block_groups` syntax, ``+`` joining
-pieces of different stages) plus the model's head; it is an ordinary
+Layers and partitions (:mod:`profl_core.memory.plan_units`): the children of every block of the
+model, cut so that a unit starts at each weight layer; a partition is an ordinary
 :class:`~profl_core.models.ModelSpec` with ``blocks`` set, so ProFL trains on it like on any
 model and its output modules are the generic stand-ins.
 
@@ -27,14 +23,16 @@ partition repeats (at most ``refinements`` times); the best measured partition w
 search is a dynamic programme over the boundaries that minimises the largest block cost, then
 (among partitions with that largest cost) the sum of the block costs, then the number of
 blocks. Every searched partition is measured exactly (every ``grow:t`` and ``shrink:t`` case)
-and those are the peaks reported. A case met twice in one planning run is measured once
-(:func:`measure_once`), a block's steps once per ``(i, j, later cuts)``, a block's ``shrink``
-step only when the block can be in a best partition (its ``grow`` step is a lower bound of
-its cost; :func:`_search` proves the boundaries are the ones every cost would give), and a
-cut is not built to learn that its ``shrink`` steps have a stand-in to fit
-(:func:`~profl_core.memory.case.fitted_steps`). With a fleet, the objective is the share of
-devices that fit every step: it is a decreasing step function of the largest peak, so the
-same partition maximises it.
+and those are the peaks reported. A search measures only the steps its answer can depend on
+(:func:`_search`): a block starts with a lower bound of its ``grow`` step, which costs a forward
+on fake tensors instead of a step (:class:`~profl_core.memory.plan_bound.GrowBound`), and the
+programmes measure the blocks of the partitions they choose until the chosen one is exact;
+no estimate is above its block's cost, so the boundaries are the ones every cost would give.
+A case met twice in one planning run is measured once (:func:`measure_once`), a block's steps
+once per ``(i, j, later cuts)``, and a cut is not built to learn that its ``shrink`` steps
+have a stand-in to fit (:func:`~profl_core.memory.case.fitted_steps`). With a fleet, the
+objective is the share of devices that fit every step: it is a decreasing step function of the
+largest peak, so the same partition maximises it.
 """
 
 from __future__ import annotations
@@ -61,7 +59,8 @@ from profl_core.models import MODEL_NAMES, ModelSpec, build_model
 
 Measure = Callable[[TrainingCase], MemoryReport]
 #: ``progress(search, searches, done, total)``: search ``search`` (1-based, at most
-#: ``searches``) has measured ``done`` of the at most ``total`` block steps it may need.
+#: ``searches``) has measured ``done`` of the at most ``total`` block steps it may need (a
+#: total that may shrink as the search learns which blocks it needs).
 Progress = Callable[[int, int, int, int], None]
 Objective = Literal["required", "tensor"]
 #: A block ``[i, j)`` of a partition whose later cuts are ``rest``: ``(i, j, rest)``.

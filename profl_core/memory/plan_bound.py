@@ -12,8 +12,8 @@ from before its forward until after its optimizer step:
   output module (a stand-in for each later block, then a fresh copy of the head), the input
   batch and its labels;
 * the optimizer's state of every trainable parameter that has a gradient (made by the warm-up
-  step; ``copies`` parameter-sized tensors each: 1 for SGD with momentum, 2 for Adam, 0 for
-  plain SGD, counted by stepping the task's own optimizer once on a small tensor).
+  step; parameter-sized tensors, 1 each for SGD with momentum, 2 for Adam, 0 for plain SGD:
+  :func:`optimizer_copies` counts them by stepping the task's own optimizer on a small tensor).
 
 On top of that, at three moments of the step:
 
@@ -22,10 +22,13 @@ On top of that, at three moments of the step:
 2. after the output module's forward: the storages of 1. but the block's output (autograd holds
    them until the backward), and every storage the output module's forward made and is alive
    at its end;
-3. after the backward, before the optimizer step: a gradient for every trainable parameter the
-   output reaches through the autograd graph.
+3. in the optimizer step, while it updates the largest trainable parameter: a gradient for
+   every trainable parameter the output reaches through the autograd graph, and the update's
+   parameter-sized temporaries (SGD's weight-decayed gradient; counted like the state). On
+   the CPU the optimizer updates one parameter at a time; with ``foreach`` it makes the
+   temporaries of every parameter at once, which is more.
 
-The step's live tensor bytes at each of those moments are at least that sum, so their largest
+The step's live tensor bytes at each of those moments are at least that sum, so the largest
 is at most the step's tensor peak (what ``dispatch`` and ``predict`` count, with the same
 storage tracker) and at most its heap peak (the allocator holds every live storage), the
 numbers the planner minimises. The storages are measured here with the
@@ -71,10 +74,10 @@ def _held(module: nn.Module) -> list[Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
-def _reached(output: Tensor, stop: Tensor | None, params: Sequence[nn.Parameter]) -> tuple[
-        int, bool]:
-    """Bytes of ``params`` that ``output``'s autograd graph reaches without going through
-    ``stop``'s node, and whether it reaches that node."""
+def _reached(output: Tensor, stop: Tensor | None,
+             params: Sequence[nn.Parameter]) -> tuple[int, int, bool]:
+    """The bytes of ``params`` that ``output``'s autograd graph reaches without going through
+    ``stop``'s node, the largest one's bytes, and whether it reaches that node."""
     wanted = {id(p): p for p in params}
     stop_fn = None if stop is None else stop.grad_fn
     reached: dict[int, Tensor] = {}
@@ -93,22 +96,32 @@ def _reached(output: Tensor, stop: Tensor | None, params: Sequence[nn.Parameter]
         if variable is not None and id(variable) in wanted:
             reached[id(variable)] = variable
         pending.extend(next_fn for next_fn, _ in fn.next_functions)
-    return _nbytes(reached.values()), found
+    largest = max((_nbytes([p]) for p in reached.values()), default=0)
+    return _nbytes(reached.values()), largest, found
 
 
-def state_copies(case: TrainingCase) -> int:
-    """Parameter-sized optimizer-state tensors per parameter of the task of ``case`` (its
-    method's default settings; the optimizer after one step on a small tensor)."""
+def optimizer_copies(case: TrainingCase) -> tuple[int, int]:
+    """Parameter-sized tensors the optimizer of the task of ``case`` (its method's default
+    settings) keeps per parameter (its state), and holds on top of that while it updates one
+    parameter (temporaries: SGD's weight-decayed gradient): its second step on a small
+    tensor, under the storage tracker."""
     info = kind_owner(case.kind)
     config = info.config_class.from_dict({"rounds": 1, "batch_size": case.batch_size,
                                           **info.fixed})
-    task = config.task(0, case.label, frozenset(), 0)
+    task = replace(config.task(0, case.label, frozenset(), 0), optimizer=case.optimizer)
     param = nn.Parameter(torch.zeros(_PROBE_ELEMENTS))
     param.grad = torch.zeros(_PROBE_ELEMENTS)
-    optimizer = make_optimizer(replace(task, optimizer=case.optimizer), [param])
-    optimizer.step()
+    optimizer = make_optimizer(task, [param])
+    optimizer.step()  # makes the state
     state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
-    return _nbytes(state) // _nbytes([param])
+    tracker = StorageTracker()
+    for tensor in [param, param.grad, *state]:
+        tracker.track(tensor, Category.BUFFER)
+    before = tracker.live_bytes
+    with tracker:
+        optimizer.step()
+    size = _nbytes([param])
+    return _nbytes(state) // size, (tracker.tensor_peak_bytes - before) // size
 
 
 class GrowBound:
@@ -134,7 +147,7 @@ class GrowBound:
         self.batch_size = case.batch_size
         self.identity = base.identity_standins
         self.name = base.name
-        self.copies = state_copies(case)
+        self.copies, self.temporaries = optimizer_copies(case)
         self.fake = FakeTensorMode()
         with on_meta():
             model = build_model(partition_spec(base, units, range(1, self.count), head=head))
@@ -147,24 +160,25 @@ class GrowBound:
         self.input_bytes = _nbytes([inputs, labels])
         self.shapes = (tuple(base.input_shape), *model.output_shapes())
         self.unit_bytes = [_nbytes(_held(model.block(k))) for k in range(self.count)]
-        self.blocks: dict[tuple[int, int], tuple[int, int, int]] = {}
-        self.outputs: dict[tuple[int, tuple[int, ...], int], tuple[int, int, int]] = {}
+        self.blocks: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self.outputs: dict[tuple[int, tuple[int, ...], int], tuple[int, int, int, int]] = {}
 
     def __call__(self, i: int, j: int, rest: tuple[int, ...]) -> int:
         """At most the peak of the ``grow`` step of block ``[i, j)`` with later cuts ``rest``
         (tensor and heap alike)."""
         if (i, j) not in self.blocks:
             self._forward_units(i)
-        block_live, block_saved, block_grads = self.blocks[(i, j)]
-        om_held, om_live, om_grads = self._output_module(j, rest, 3 if i else 2)
+        block_live, block_saved, block_grads, block_largest = self.blocks[(i, j)]
+        om_held, om_live, om_grads, om_largest = self._output_module(j, rest, 3 if i else 2)
         grads = block_grads + om_grads
         held = sum(self.unit_bytes[:j]) + om_held + self.input_bytes + self.copies * grads
-        return held + max(block_live, block_saved + om_live, grads)
+        update = grads + self.temporaries * max(block_largest, om_largest)
+        return held + max(block_live, block_saved + om_live, update)
 
     def _forward_units(self, start: int) -> None:
         """Units ``[start, n)`` trainable, run from an input that needs no gradient: at every
-        boundary ``j``, the live bytes the forward made, those without the current output, and
-        the bytes of the parameters of ``[start, j)`` the output reaches."""
+        boundary ``j``, the live bytes the forward made, those without the current output, the
+        bytes of the parameters of ``[start, j)`` the output reaches and the largest one's."""
         model = self.model
         for k in range(self.count):
             model.block(k).train(k >= start)
@@ -176,23 +190,26 @@ class GrowBound:
             for tensor in _held(model):
                 tracker.track(tensor, Category.BUFFER)
             before = tracker.live_bytes
-            grads = 0
+            grads = largest = 0
             with tracker:
                 for k in range(start, self.count):
                     previous = x
                     x = model.block(k)(previous)
                     live = tracker.live_bytes - before
-                    own, chained = _reached(x, previous, list(model.block(k).parameters()))
-                    grads = own + (grads if chained else 0)
+                    own, own_largest, chained = _reached(x, previous,
+                                                         list(model.block(k).parameters()))
+                    grads, largest = ((own + grads, max(own_largest, largest)) if chained
+                                      else (own, own_largest))
                     output = x.untyped_storage().nbytes()
-                    self.blocks[(start, k + 1)] = (live, max(0, live - output), grads)
+                    self.blocks[(start, k + 1)] = (live, max(0, live - output), grads, largest)
             del x, previous
 
-    def _output_module(self, j: int, rest: tuple[int, ...], first: int) -> tuple[int, int, int]:
+    def _output_module(self, j: int, rest: tuple[int, ...],
+                       first: int) -> tuple[int, int, int, int]:
         """The output module of the step whose block ends at ``j`` with later cuts ``rest``
         (its first stand-in is block ``first``'s): its parameter and buffer bytes, the live
-        bytes of its forward (from an input that needs a gradient) and the bytes of the
-        parameters its output reaches."""
+        bytes of its forward (from an input that needs a gradient), the bytes of the
+        parameters its output reaches and the largest one's."""
         if (j, rest, first) not in self.outputs:
             cuts = [j, *rest, self.count]
             later = [(self.shapes[a], self.shapes[b]) for a, b in itertools.pairwise(cuts)
@@ -211,7 +228,7 @@ class GrowBound:
                 with tracker:
                     y = module(x)
                 live = tracker.live_bytes - before
-                grads, _ = _reached(y, None, list(module.parameters()))
+                grads, largest, _ = _reached(y, None, list(module.parameters()))
                 del y
-            self.outputs[(j, rest, first)] = (_nbytes(_held(module)), live, grads)
+            self.outputs[(j, rest, first)] = (_nbytes(_held(module)), live, grads, largest)
         return self.outputs[(j, rest, first)]

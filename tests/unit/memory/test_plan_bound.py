@@ -18,7 +18,7 @@ from profl_core.memory import MemoryReport, measure
 from profl_core.memory.case import TrainingCase
 from profl_core.memory.case_text import case_from_text
 from profl_core.memory.plan import _searched_blocks, plan_partition
-from profl_core.memory.plan_bound import GrowBound, state_copies
+from profl_core.memory.plan_bound import GrowBound, optimizer_copies
 from profl_core.memory.plan_units import head_group, layer_units, partition_spec
 from profl_core.models import ModelSpec, build_model, native_spec
 
@@ -79,13 +79,15 @@ def test_the_bound_is_below_resnet18s_grow_steps_and_near_them() -> None:
     assert statistics.median(ratios) >= 0.7
 
 
-@pytest.mark.parametrize(("optimizer", "copies"), [("sgd", 1), ("adam", 2)])
-def test_state_copies_counts_the_optimizers_own_state(optimizer: str, copies: int) -> None:
-    """SGD with ProFL's default momentum keeps one momentum buffer per parameter; Adam two
-    moments (its 0-d step count is no copy)."""
+@pytest.mark.parametrize(("optimizer", "copies"), [("sgd", (1, 1)), ("adam", (2, 2))])
+def test_optimizer_copies_counts_the_optimizers_own_tensors(optimizer: str,
+                                                             copies: tuple[int, int]) -> None:
+    """SGD with ProFL's default momentum and weight decay keeps one momentum buffer per
+    parameter and makes one weight-decayed gradient while it updates it; Adam keeps two
+    moments (its 0-d step count is no copy) and makes two parameter-sized temporaries."""
     case = TrainingCase(model=native_spec("cnn"), kind="grow", step=2, batch_size=BATCH,
                         optimizer=optimizer)
-    assert state_copies(case) == copies
+    assert optimizer_copies(case) == copies
 
 
 def test_a_case_with_step_options_is_refused() -> None:
