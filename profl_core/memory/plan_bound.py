@@ -15,8 +15,12 @@ from before its forward until after its optimizer step:
   step; parameter-sized tensors, 1 each for SGD with momentum, 2 for Adam, 0 for plain SGD:
   :func:`optimizer_copies` counts them by stepping the task's own optimizer on a small tensor).
 
-On top of that, at three moments of the step:
+On top of that, at four moments of the step:
 
+0. in the frozen prefix's forward (units ``[0, i)`` under ``no_grad``, batch norm in eval
+   mode: ProFL's growing steps keep the prefix's statistics), when one of its ops returns:
+   the storages it read and returned (its caller still holds them; what else is alive
+   depends on how the prefix's modules are nested, so it is not counted);
 1. after the block's forward: every storage that forward made and is alive at its end (what
    autograd saved for backward, and the block's output);
 2. after the output module's forward: the storages of 1. but the block's output (autograd holds
@@ -31,13 +35,16 @@ On top of that, at three moments of the step:
 The step's live tensor bytes at each of those moments are at least that sum, so the largest
 is at most the step's tensor peak (what ``dispatch`` and ``predict`` count, with the same
 storage tracker) and at most its heap peak (the allocator holds every live storage), the
-numbers the planner minimises. The storages are measured here with the
-:class:`~profl_core.memory.dispatch.StorageTracker` on fake tensors: 1. by one forward of units
-``[i, n)`` per start ``i`` read at every unit boundary (the ops of units ``[i, j)`` do not depend
-on what runs after them), 2. by one forward of each output module. It holds for the planner's
-cases: one float32 step of ProFL's default task, no checkpointing, micro-batches or autocast
-(:func:`~profl_core.memory.case_text.case_from_text` with the defaults). A deeper stand-in
-(``standin_depth`` > 1) only adds to the output module, so the bound holds for it too.
+numbers the planner minimises. The storages are measured here on fake tensors: 0. by one
+forward of every unit from the batch (:class:`_OpBytes`), 1. by one forward of units
+``[i, n)`` per start ``i`` under the :class:`~profl_core.memory.dispatch.StorageTracker`,
+both read at every unit boundary (the ops of units ``[i, j)`` do not depend on what runs
+after them; at a boundary the probe holds only the current output, and what autograd saved
+does not depend on how the step nests the modules), 2. by one forward of each output module.
+It holds for the planner's cases: one float32 step of ProFL's default task, no
+checkpointing, micro-batches or autocast (:func:`~profl_core.memory.case_text.case_from_text`
+with the defaults). A deeper stand-in (``standin_depth`` > 1) only adds to the output module,
+so the bound holds for it too.
 """
 
 from __future__ import annotations
@@ -45,10 +52,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from profl_core.errors import ConfigError
 from profl_core.fl.local import make_optimizer
@@ -74,12 +84,11 @@ def _held(module: nn.Module) -> list[Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
-def _reached(output: Tensor, stop: Tensor | None,
+def _reached(output: Tensor, stop_fn: object,
              params: Sequence[nn.Parameter]) -> tuple[int, int, bool]:
     """The bytes of ``params`` that ``output``'s autograd graph reaches without going through
-    ``stop``'s node, the largest one's bytes, and whether it reaches that node."""
+    the node ``stop_fn`` (None: none), the largest one's bytes, and whether it reaches it."""
     wanted = {id(p): p for p in params}
-    stop_fn = None if stop is None else stop.grad_fn
     reached: dict[int, Tensor] = {}
     seen: set[object] = set()
     found = False
@@ -89,7 +98,7 @@ def _reached(output: Tensor, stop: Tensor | None,
         if fn is None or fn in seen:
             continue
         seen.add(fn)
-        if fn is stop_fn:
+        if stop_fn is not None and fn is stop_fn:
             found = True
             continue
         variable = getattr(fn, "variable", None)
@@ -160,6 +169,7 @@ class GrowBound:
         self.input_bytes = _nbytes([inputs, labels])
         self.shapes = (tuple(base.input_shape), *model.output_shapes())
         self.unit_bytes = [_nbytes(_held(model.block(k))) for k in range(self.count)]
+        self.prefix_peaks: list[int] = []
         self.blocks: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self.outputs: dict[tuple[int, tuple[int, ...], int], tuple[int, int, int, int]] = {}
 
@@ -168,12 +178,30 @@ class GrowBound:
         (tensor and heap alike)."""
         if (i, j) not in self.blocks:
             self._forward_units(i)
+        if not self.prefix_peaks:
+            self._forward_prefix()
         block_live, block_saved, block_grads, block_largest = self.blocks[(i, j)]
         om_held, om_live, om_grads, om_largest = self._output_module(j, rest, 3 if i else 2)
         grads = block_grads + om_grads
         held = sum(self.unit_bytes[:j]) + om_held + self.input_bytes + self.copies * grads
         update = grads + self.temporaries * max(block_largest, om_largest)
-        return held + max(block_live, block_saved + om_live, update)
+        return held + max(self.prefix_peaks[i], block_live, block_saved + om_live, update)
+
+    def _forward_prefix(self) -> None:
+        """Every unit frozen (eval mode, ``no_grad``) from the batch: up to every boundary
+        ``i``, the most bytes one op of that forward reads or returns of the storages the
+        forward made (:class:`_OpBytes`)."""
+        model = self.model
+        model.eval()
+        self.prefix_peaks = [0]
+        with self.fake:
+            x = torch.empty((self.batch_size, *self.shapes[0]))
+            ops = _OpBytes()
+            with ops, torch.no_grad():
+                for k in range(self.count - 1):
+                    x = model.block(k)(x)
+                    self.prefix_peaks.append(ops.peak_bytes)
+            del x
 
     def _forward_units(self, start: int) -> None:
         """Units ``[start, n)`` trainable, run from an input that needs no gradient: at every
@@ -193,16 +221,16 @@ class GrowBound:
             grads = largest = 0
             with tracker:
                 for k in range(start, self.count):
-                    previous = x
-                    x = model.block(k)(previous)
+                    stop_fn = x.grad_fn  # (the input's node; the input itself is let go)
+                    x = model.block(k)(x)
                     live = tracker.live_bytes - before
-                    own, own_largest, chained = _reached(x, previous,
+                    own, own_largest, chained = _reached(x, stop_fn,
                                                          list(model.block(k).parameters()))
                     grads, largest = ((own + grads, max(own_largest, largest)) if chained
                                       else (own, own_largest))
                     output = x.untyped_storage().nbytes()
                     self.blocks[(start, k + 1)] = (live, max(0, live - output), grads, largest)
-            del x, previous
+            del x, stop_fn
 
     def _output_module(self, j: int, rest: tuple[int, ...],
                        first: int) -> tuple[int, int, int, int]:
@@ -232,3 +260,26 @@ class GrowBound:
                 del y
             self.outputs[(j, rest, first)] = (_nbytes(_held(module)), live, grads, largest)
         return self.outputs[(j, rest, first)]
+
+
+class _OpBytes(TorchDispatchMode):
+    """The most bytes of storages made within it that one op reads or returns: those are
+    alive when the op returns (its caller still holds its inputs), whatever else holds them,
+    so the probes' live bytes then are at least that on top of what the step holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: dict[int, Tensor] = {}  # storage id -> a tensor on it, kept alive
+        self.peak_bytes = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, Tensor):
+                self.made.setdefault(id(leaf.untyped_storage()), leaf)
+        storages = {id(leaf.untyped_storage()): leaf.untyped_storage().nbytes()
+                    for leaf in tree_leaves((args, kwargs, out)) if isinstance(leaf, Tensor)}
+        self.peak_bytes = max(self.peak_bytes, sum(
+            nbytes for key, nbytes in storages.items() if key in self.made))
+        return out
