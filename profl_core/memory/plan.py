@@ -209,12 +209,10 @@ def plan_partition(
     searches = 1 + max(0, refinements)
     steps = _BlockSteps(base, units, head, batch_size=batch_size, measure=measure,
                         objective=objective)
-    lower = steps.grow
+    lower: Callable[[Key], int] = steps.grow
     if bound and n >= 2:
-        grow_bound = GrowBound(base, units, head,
-                               case=case_from_text(steps.cut((1, 2, ())), "grow:2",
-                                                   batch_size=batch_size))
-        lower = lambda key: grow_bound(*key)  # noqa: E731
+        lower = GrowBound(base, units, head, case=case_from_text(
+            steps.cut((1, 2, ())), "grow:2", batch_size=batch_size))
     later: tuple[int, ...] = ()  # the previous search's cuts; none at first
     best: Plan | None = None
     for search in range(1, searches + 1):

@@ -173,9 +173,10 @@ class GrowBound:
         self.blocks: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self.outputs: dict[tuple[int, tuple[int, ...], int], tuple[int, int, int, int]] = {}
 
-    def __call__(self, i: int, j: int, rest: tuple[int, ...]) -> int:
-        """At most the peak of the ``grow`` step of block ``[i, j)`` with later cuts ``rest``
-        (tensor and heap alike)."""
+    def __call__(self, key: tuple[int, int, tuple[int, ...]]) -> int:
+        """At most the peak of the ``grow`` step of block ``[i, j)`` with later cuts ``rest``,
+        ``key = (i, j, rest)`` (tensor and heap alike)."""
+        i, j, rest = key
         if (i, j) not in self.blocks:
             self._forward_units(i)
         if not self.prefix_peaks:

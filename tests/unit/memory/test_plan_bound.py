@@ -60,7 +60,7 @@ def test_the_bound_is_at_most_what_dispatch_measures_for_every_toy_block() -> No
     bound, count, head = _bound(spec, BATCH)
     for key in _keys(count, [(), (3,), (2, 3)]):
         peak = measure(_grow_case(spec, key, count, head, BATCH), probe="dispatch")
-        assert bound(*key) <= peak.tensor_peak_bytes, key
+        assert bound(key) <= peak.tensor_peak_bytes, key
 
 
 @pytest.mark.slow
@@ -73,7 +73,7 @@ def test_the_bound_is_below_resnet18s_grow_steps_and_near_them() -> None:
     ratios = []
     for key in _keys(count, [(), (2, 5)]):
         report = measure(_grow_case(base, key, count, head, 16), probe="predict", threads=1)
-        value = bound(*key)
+        value = bound(key)
         assert value <= report.tensor_peak_bytes, key
         ratios.append(value / report.tensor_peak_bytes)
     assert statistics.median(ratios) >= 0.7
