@@ -230,7 +230,6 @@ def plan_partition(
     return best
 
 
-
 def _search(steps: _BlockSteps, keys: dict[tuple[int, int], Key], count: int, max_blocks: int,
             lower: Callable[[Key], int]) -> tuple[int, ...]:
     """:func:`_best_bounds` over the block costs of ``keys`` (``(i, j)`` -> the key of
