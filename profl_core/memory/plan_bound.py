@@ -197,7 +197,7 @@ class GrowBound:
         self.prefix_peaks = [0]
         with self.fake:
             x = torch.empty((self.batch_size, *self.shapes[0]))
-            ops = _OpBytes()
+            ops = _OpBytes(existing=[*_held(model), x])
             with ops, torch.no_grad():
                 for k in range(self.count - 1):
                     x = model.block(k)(x)
@@ -216,7 +216,7 @@ class GrowBound:
         with self.fake:
             x = torch.empty((self.batch_size, *self.shapes[start]))
             tracker = StorageTracker()
-            for tensor in _held(model):
+            for tensor in [*_held(model), x]:  # (the input: the batch, or not counted)
                 tracker.track(tensor, Category.BUFFER)
             before = tracker.live_bytes
             grads = largest = 0
@@ -266,18 +266,21 @@ class GrowBound:
 class _OpBytes(TorchDispatchMode):
     """The most bytes of storages made within it that one op reads or returns: those are
     alive when the op returns (its caller still holds its inputs), whatever else holds them,
-    so the probes' live bytes then are at least that on top of what the step holds."""
+    so the probes' live bytes then are at least that on top of what the step holds. The
+    storages of ``existing`` (and of views of them) are not made within it."""
 
-    def __init__(self) -> None:
+    def __init__(self, existing: Iterable[Tensor]) -> None:
         super().__init__()
-        self.made: dict[int, Tensor] = {}  # storage id -> a tensor on it, kept alive
+        # storage id -> a tensor on it (kept alive, so that no id is reused)
+        self.existing = {id(t.untyped_storage()): t for t in existing}
+        self.made: dict[int, Tensor] = {}
         self.peak_bytes = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
-            if isinstance(leaf, Tensor):
+            if isinstance(leaf, Tensor) and id(leaf.untyped_storage()) not in self.existing:
                 self.made.setdefault(id(leaf.untyped_storage()), leaf)
         storages = {id(leaf.untyped_storage()): leaf.untyped_storage().nbytes()
                     for leaf in tree_leaves((args, kwargs, out)) if isinstance(leaf, Tensor)}

@@ -17,3 +17,13 @@ def build(num_classes: int = 10) -> nn.Module:
         nn.Sequential(*_unit(16, 24, 2), *_unit(24, 24, 1)),
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes)),
     )
+
+
+def build_linear(num_classes: int = 10) -> nn.Module:
+    """Linear layers on the 16x16 image's last dimension (each reshapes its input: the first
+    one's is the batch), two stages of two units each."""
+    return nn.Sequential(
+        nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU()),
+        nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 8, num_classes)),
+    )

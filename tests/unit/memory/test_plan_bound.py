@@ -55,8 +55,11 @@ def _keys(count: int, rests: list[tuple[int, ...]]) -> list[tuple[int, int, tupl
             for i, j in _searched_blocks(count)]
 
 
-def test_the_bound_is_at_most_what_dispatch_measures_for_every_toy_block() -> None:
-    spec = native_spec("plan_toy_model:build", input_size=16)
+@pytest.mark.parametrize("factory", ["build", "build_linear"])
+def test_the_bound_is_at_most_what_dispatch_measures_for_every_toy_block(factory: str) -> None:
+    """Units of several layers each; ``build_linear``'s layers reshape their input (the
+    first one's is the batch, which the step holds anyway)."""
+    spec = native_spec(f"plan_toy_model:{factory}", input_size=16)
     bound, count, head = _bound(spec, BATCH)
     for key in _keys(count, [(), (3,), (2, 3)]):
         peak = measure(_grow_case(spec, key, count, head, BATCH), probe="dispatch")
