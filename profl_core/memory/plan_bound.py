@@ -22,7 +22,8 @@ On top of that, at four moments of the step:
    the storages it read and returned (its caller still holds them; what else is alive
    depends on how the prefix's modules are nested, so it is not counted);
 1. after the block's forward: every storage that forward made and is alive at its end (what
-   autograd saved for backward, and the block's output);
+   autograd saved for backward, and the block's output; not its input, which the batch is
+   for the first block and the prefix's output otherwise);
 2. after the output module's forward: the storages of 1. but the block's output (autograd holds
    them until the backward), and every storage the output module's forward made and is alive
    at its end;
