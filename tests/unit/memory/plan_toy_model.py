@@ -1,4 +1,4 @@
-"""A small user model for the planner tests: two stages of two conv units each, 16x16 input."""
+"""Small user models for the planner tests, on 16x16 inputs: two stages of two units each."""
 
 from __future__ import annotations
 
