@@ -316,16 +316,21 @@ class _BlockSteps:
         return partition_spec(self.base, self.units,
                               [b for b in (i, j) if 0 < b < n] + list(rest), head=self.head)
 
+    @staticmethod
+    def _step(key: Key) -> int:
+        """The block's step: 1 for the first block, else 2 (the prefix is one block)."""
+        return 1 if key[0] == 0 else 2
+
     def _labels(self, key: Key) -> list[str]:
         if key not in self.labels:
-            t = 1 if key[0] == 0 else 2
+            t = self._step(key)
             fitted = t > 1 and t in fitted_steps(self.cut(key))
             self.labels[key] = [f"grow:{t}"] + ([f"shrink:{t}"] if fitted else [])
         return self.labels[key]
 
     def bound(self, key: Key) -> int:
         """How many of the block's steps are not measured yet, at most."""
-        t = 1 if key[0] == 0 else 2
+        t = self._step(key)
         labels = [f"grow:{t}"] + ([f"shrink:{t}"] if t > 1 else [])
         return sum((key, label) not in self.peaks for label in labels)
 
@@ -345,7 +350,7 @@ class _BlockSteps:
     def known(self, key: Key) -> int | None:
         """The larger of the block's measured steps (its cost once :meth:`exact`); None before
         its grow step is measured (then the cut is not even checked)."""
-        if (key, f"grow:{1 if key[0] == 0 else 2}") not in self.peaks:
+        if (key, f"grow:{self._step(key)}") not in self.peaks:
             return None
         return max(self.peaks[(key, label)] for label in self._labels(key)
                    if (key, label) in self.peaks)

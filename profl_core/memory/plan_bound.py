@@ -85,6 +85,15 @@ def _held(module: nn.Module) -> list[Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
+def _tracker(known: Iterable[Tensor]) -> tuple[StorageTracker, int]:
+    """A storage tracker that knows ``known`` already (views of them are no new storage), and
+    its live bytes: what a measurement subtracts."""
+    tracker = StorageTracker()
+    for tensor in known:
+        tracker.track(tensor, Category.BUFFER)
+    return tracker, tracker.live_bytes
+
+
 def _reached(output: Tensor, stop_fn: object,
              params: Sequence[nn.Parameter]) -> tuple[int, int, bool]:
     """The bytes of ``params`` that ``output``'s autograd graph reaches without going through
@@ -124,10 +133,7 @@ def optimizer_copies(case: TrainingCase) -> tuple[int, int]:
     optimizer = make_optimizer(task, [param])
     optimizer.step()  # makes the state
     state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
-    tracker = StorageTracker()
-    for tensor in [param, param.grad, *state]:
-        tracker.track(tensor, Category.BUFFER)
-    before = tracker.live_bytes
+    tracker, before = _tracker([param, param.grad, *state])
     with tracker:
         optimizer.step()
     size = _nbytes([param])
@@ -216,10 +222,8 @@ class GrowBound:
                 param.requires_grad_(k >= start)
         with self.fake:
             x = torch.empty((self.batch_size, *self.shapes[start]))
-            tracker = StorageTracker()
-            for tensor in [*_held(model), x]:  # (the input: the batch, or not counted)
-                tracker.track(tensor, Category.BUFFER)
-            before = tracker.live_bytes
+            # (the input is known: the batch, or not counted)
+            tracker, before = _tracker([*_held(model), x])
             grads = largest = 0
             with tracker:
                 for k in range(start, self.count):
@@ -251,10 +255,7 @@ class GrowBound:
                 materialize(module, torch.device("cpu"))
                 module.train()
                 x = torch.empty((self.batch_size, *self.shapes[j]), requires_grad=True)
-                tracker = StorageTracker()
-                for tensor in [*_held(module), x]:
-                    tracker.track(tensor, Category.BUFFER)
-                before = tracker.live_bytes
+                tracker, before = _tracker([*_held(module), x])
                 with tracker:
                     y = module(x)
                 live = tracker.live_bytes - before

@@ -19,7 +19,7 @@ from profl_core.memory.case import TrainingCase
 from profl_core.memory.case_text import case_from_text
 from profl_core.memory.plan import _searched_blocks, plan_partition
 from profl_core.memory.plan_bound import GrowBound, optimizer_copies
-from profl_core.memory.plan_units import head_group, layer_units, partition_spec
+from profl_core.memory.plan_units import Unit, head_group, layer_units, partition_spec
 from profl_core.models import ModelSpec, build_model, native_spec
 
 HERE = Path(__file__).resolve().parent
@@ -33,21 +33,20 @@ def _toy_importable():
     sys.path.remove(str(HERE))
 
 
-def _grow_case(spec: ModelSpec, key: tuple[int, int, tuple[int, ...]], count: int, head: str,
-               batch: int) -> TrainingCase:
+def _grow_case(spec: ModelSpec, units: list[Unit], head: str,
+               key: tuple[int, int, tuple[int, ...]], batch: int) -> TrainingCase:
     i, j, rest = key
-    units = layer_units(build_model(spec))
-    cut = partition_spec(spec, units, [b for b in (i, j) if 0 < b < count] + list(rest),
+    cut = partition_spec(spec, units, [b for b in (i, j) if 0 < b < len(units)] + list(rest),
                          head=head)
     return case_from_text(cut, f"grow:{1 if i == 0 else 2}", batch_size=batch)
 
 
-def _bound(spec: ModelSpec, batch: int) -> tuple[GrowBound, int, str]:
-    units = layer_units(build_model(spec))
-    head = head_group(build_model(spec))
+def _bound(spec: ModelSpec, batch: int) -> tuple[GrowBound, list[Unit], str]:
+    model = build_model(spec)
+    units, head = layer_units(model), head_group(model)
     example = case_from_text(partition_spec(spec, units, [1, 2], head=head), "grow:2",
                              batch_size=batch)
-    return GrowBound(spec, units, head, case=example), len(units), head
+    return GrowBound(spec, units, head, case=example), units, head
 
 
 def _keys(count: int, rests: list[tuple[int, ...]]) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -60,9 +59,9 @@ def test_the_bound_is_at_most_what_dispatch_measures_for_every_toy_block(factory
     """Units of several layers each; ``build_linear``'s layers reshape their input (the
     first one's is the batch, which the step holds anyway)."""
     spec = native_spec(f"plan_toy_model:{factory}", input_size=16)
-    bound, count, head = _bound(spec, BATCH)
-    for key in _keys(count, [(), (3,), (2, 3)]):
-        peak = measure(_grow_case(spec, key, count, head, BATCH), probe="dispatch")
+    bound, units, head = _bound(spec, BATCH)
+    for key in _keys(len(units), [(), (3,), (2, 3)]):
+        peak = measure(_grow_case(spec, units, head, key, BATCH), probe="dispatch")
         assert bound(key) <= peak.tensor_peak_bytes, key
 
 
@@ -72,10 +71,10 @@ def test_the_bound_is_below_resnet18s_grow_steps_and_near_them() -> None:
     the predicted tensor peak, and at least 70% of it in the median (a bound far below the
     steps would skip none)."""
     base = native_spec("resnet18")
-    bound, count, head = _bound(base, 16)
+    bound, units, head = _bound(base, 16)
     ratios = []
-    for key in _keys(count, [(), (2, 5)]):
-        report = measure(_grow_case(base, key, count, head, 16), probe="predict", threads=1)
+    for key in _keys(len(units), [(), (2, 5)]):
+        report = measure(_grow_case(base, units, head, key, 16), probe="predict", threads=1)
         value = bound(key)
         assert value <= report.tensor_peak_bytes, key
         ratios.append(value / report.tensor_peak_bytes)
